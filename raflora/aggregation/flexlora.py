@@ -1,0 +1,22 @@
+"""FlexLoRA (Bai et al., NeurIPS 2024, arXiv 2402.11505): weighted product sum, SVD re-allocation.
+
+``delta = sum_i p_i s_i B_i A_i``; a client of rank ``r`` starts from the best rank-``r``
+approximation of ``delta`` (truncated SVD, its scale divided out). The SVD comes from the stacked
+factors (QR + a small core SVD), never from the dense ``m x n`` sum.
+Sends and receives ``r_i (m + n)`` values per module.
+"""
+
+from __future__ import annotations
+
+from raflora.aggregation.result import SVDResult
+from raflora.aggregation.stacking import constant_weights, stack_factors
+from raflora.aggregation.validate import Checked
+
+
+def aggregate_flexlora(checked: Checked, seed: int = 0) -> SVDResult:
+    weights = checked.weights
+    factors = {}
+    for m in checked.modules:
+        fs = [u.factors[m] for u in checked.updates]
+        factors[m] = stack_factors(fs, constant_weights(fs, weights))
+    return SVDResult("flexlora", checked, factors, seed)

@@ -1,0 +1,22 @@
+"""FLoRA (Wang et al., NeurIPS 2024, arXiv 2409.05976): exact aggregation by stacking.
+
+``B_g = [B_1 ... B_N]`` (``m x R``), ``A_g = [p_1 s_1 A_1; ...; p_N s_N A_N]`` (``R x n``,
+``R = sum r_i``), so ``delta = B_g A_g = sum_i p_i s_i B_i A_i`` exactly. Clients merge ``delta``
+into the frozen weight and start a fresh adapter (``B = 0``, seeded ``A``).
+Every client receives the whole stack: ``R (m + n)`` values per module.
+"""
+
+from __future__ import annotations
+
+from raflora.aggregation.result import MergeResult
+from raflora.aggregation.stacking import constant_weights, stack_factors
+from raflora.aggregation.validate import Checked
+
+
+def aggregate_flora(checked: Checked, seed: int = 0) -> MergeResult:
+    weights = checked.weights
+    factors = {}
+    for m in checked.modules:
+        fs = [u.factors[m] for u in checked.updates]
+        factors[m] = stack_factors(fs, constant_weights(fs, weights))
+    return MergeResult("flora", checked, factors, seed)

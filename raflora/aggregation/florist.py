@@ -1,0 +1,40 @@
+"""FLoRIST (Ramesh & Dass, MLSys 2026, arXiv 2506.09199): stacked SVD with an energy threshold.
+
+Stack as FLoRA (``sum_i p_i s_i B_i A_i``), take the thin SVD from the stacked factors and keep,
+per module, the smallest rank ``p`` whose squared-singular-value energy reaches ``tau``:
+``delta = U_p S_p V_p^T``. ``tau = 1`` keeps every direction and equals FLoRA.
+Clients merge ``delta`` into the frozen weight and start a fresh adapter; each receives the
+rank-``p`` global adapter: ``p (m + n)`` values per module.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from raflora.aggregation.result import MergeResult
+from raflora.aggregation.stacking import constant_weights, stack_factors
+from raflora.aggregation.validate import Checked
+from raflora.lora import product_svd
+
+
+def energy_rank(S: torch.Tensor, tau: float) -> int:
+    """Smallest ``p`` with ``sum_{j<=p} S_j^2 >= tau * sum_j S_j^2`` (at least 1)."""
+    energy = S.double().square()
+    total = float(energy.sum())
+    if total == 0.0 or tau >= 1.0:
+        return max(1, int(S.shape[0]))
+    cumulative = torch.cumsum(energy, 0) / total
+    return int(torch.searchsorted(cumulative, torch.tensor([tau], dtype=torch.float64)).item()) + 1
+
+
+def aggregate_florist(checked: Checked, seed: int = 0, tau: float = 0.9) -> MergeResult:
+    if not 0.0 < tau <= 1.0:
+        raise ValueError(f"florist: tau must be in (0, 1], got {tau}")
+    weights = checked.weights
+    factors = {}
+    for m in checked.modules:
+        fs = [u.factors[m] for u in checked.updates]
+        U, S, V = product_svd(*stack_factors(fs, constant_weights(fs, weights)))
+        p = min(energy_rank(S, tau), S.shape[0])
+        factors[m] = (U[:, :p] * S[:p], V[:, :p].T.contiguous())
+    return MergeResult("florist", checked, factors, seed)

@@ -1,0 +1,23 @@
+"""Replication padding (Byun & Lee, NAACL 2025, arXiv 2406.17477).
+
+A low-rank client's missing components are filled with the high-rank clients' components instead
+of zeros. As implemented here (the per-index form of that rule): component ``j`` of ``A`` (row)
+and of ``B`` (column, scale folded in) is averaged only over the clients with ``r_i > j``, with
+weights renormalised over them: ``x[j] = sum_{i: r_i > j} p_i x_i[j] / sum_{i: r_i > j} p_i``.
+Sends and receives ``r_i (m + n)`` values per module.
+"""
+
+from __future__ import annotations
+
+from raflora.aggregation.padding import average_factors
+from raflora.aggregation.result import TruncationResult
+from raflora.aggregation.validate import Checked
+
+
+def aggregate_replication(checked: Checked, seed: int = 0) -> TruncationResult:
+    weights = checked.weights
+    factors = {
+        m: average_factors([u.factors[m] for u in checked.updates], weights, renormalise=True)
+        for m in checked.modules
+    }
+    return TruncationResult("replication", checked, factors, seed)

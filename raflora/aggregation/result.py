@@ -1,0 +1,189 @@
+"""What ``aggregate`` returns: the round's global update per module, in factored form.
+
+Every result keeps, per module, a pair ``(B, A)`` with ``delta = B @ A`` (client scales already
+folded in), so ``delta`` is never formed unless asked for and singular values come from
+:func:`raflora.lora.product_svd`. Subclasses differ in what a client starts from next round
+(:meth:`AggregationResult.client_factors`).
+"""
+
+from __future__ import annotations
+
+from typing import Hashable
+
+import torch
+from torch import Tensor
+
+from raflora.aggregation.validate import Checked, Rejection
+from raflora.lora import LoRAFactors, fresh_factors, pad_factors, product_svd
+
+
+class AggregationResult:
+    """The global update of one round.
+
+    Attributes: ``method``, ``modules``, ``rejected`` (``(client_id, module or None, reason)``
+    for refused updates), ``weights`` (``client_id -> p_i``), ``merge_into_base`` (``True`` when
+    clients fold ``delta`` into the frozen weight and start a fresh adapter: flora, florist).
+    """
+
+    merge_into_base = False
+
+    def __init__(self, method: str, checked: Checked, factors: dict[str, tuple[Tensor, Tensor]], seed: int = 0):
+        self.method = method
+        self.modules: tuple[str, ...] = checked.modules
+        self.rejected: list[Rejection] = list(checked.rejected)
+        self.weights: dict[Hashable, float] = {u.client_id: p for u, p in zip(checked.updates, checked.weights)}
+        self.shapes = {m: checked.shapes[m] for m in self.modules}
+        self.seed = seed
+        self._factors = factors
+        self._ranks = {m: {u.client_id: u.factors[m].rank for u in checked.updates} for m in self.modules}
+        self._scales = {m: {u.client_id: u.factors[m].scale for u in checked.updates} for m in self.modules}
+        self._svd: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+
+    # -- the global update -------------------------------------------------------------------
+    def _module(self, module: str) -> str:
+        if module not in self._factors:
+            raise KeyError(f"module {module!r} is not in this result; modules: {', '.join(self.modules)}")
+        return module
+
+    def delta_factors(self, module: str) -> tuple[Tensor, Tensor]:
+        """``(B, A)`` with ``delta = B @ A``; ``B`` is ``(m, k)``, ``A`` is ``(k, n)``."""
+        return self._factors[self._module(module)]
+
+    def delta(self, module: str) -> Tensor:
+        """Dense ``(m, n)`` global update of this round (for checks and diagnostics only)."""
+        B, A = self.delta_factors(module)
+        return B @ A
+
+    def svd(self, module: str) -> tuple[Tensor, Tensor, Tensor]:
+        """Thin SVD ``U, S, V`` of ``delta`` computed from the factors (cached)."""
+        if module not in self._svd:
+            self._svd[module] = product_svd(*self.delta_factors(module))
+        return self._svd[module]
+
+    def singular_values(self, module: str) -> Tensor:
+        """Descending singular values of ``delta(module)``: the ``min(m, n, k)`` largest; the rest are 0."""
+        return self.svd(module)[1]
+
+    def client_ranks(self, module: str) -> dict[Hashable, int]:
+        """Rank of each accepted client's update for ``module``."""
+        return dict(self._ranks[self._module(module)])
+
+    # -- what clients receive ----------------------------------------------------------------
+    def resolve_scale(self, module: str, rank: int, scale: float | None) -> float:
+        """The given scale, else the one the round's clients of that rank used."""
+        if scale is not None:
+            return float(scale)
+        used = {
+            self._scales[module][cid] for cid, r in self._ranks[self._module(module)].items() if r == rank
+        }
+        if len(used) == 1:
+            return used.pop()
+        found = "no client of that rank" if not used else f"clients used {sorted(used)}"
+        raise ValueError(
+            f"client_factors: module {module!r}: pass scale= for rank {rank} ({found} in this round)"
+        )
+
+    def client_factors(
+        self, module: str, rank: int, scale: float | None = None, client_id: Hashable | None = None
+    ) -> LoRAFactors:
+        """The factors a client of ``rank`` starts from next round, with its ``scale`` divided out
+        (``scale`` defaults to the one this round's clients of that rank used)."""
+        if rank < 1:
+            raise ValueError(f"client_factors: rank must be >= 1, got {rank}")
+        return self._hand_back(self._module(module), int(rank), self.resolve_scale(module, rank, scale), client_id)
+
+    def _hand_back(self, module: str, rank: int, scale: float, client_id: Hashable | None) -> LoRAFactors:
+        raise NotImplementedError
+
+    def download_values(self, module: str, rank: int) -> int:
+        """Number of values a client of ``rank`` receives for ``module`` (default ``rank (m + n)``)."""
+        m, n = self.shapes[self._module(module)]
+        return rank * (m + n)
+
+
+class TruncationResult(AggregationResult):
+    """Factor-averaging methods (fedit, zero_pad, hetlora, replication, ffa).
+
+    The global state is one averaged pair ``(B, A)`` at the largest rank; a client of rank ``r``
+    gets its first ``r`` components: ``A[:r]`` and ``B[:, :r] / scale``.
+    """
+
+    def _hand_back(self, module, rank, scale, client_id):
+        B, A = self._factors[module]
+        A_r, B_r = pad_factors(module, A, B / scale, rank, self.seed)
+        return LoRAFactors(A_r, B_r, scale)
+
+
+class FrozenAResult(TruncationResult):
+    """FFA-LoRA: ``A`` is the shared seeded init and never travels; only ``B`` is sent."""
+
+    def download_values(self, module, rank):
+        return rank * self.shapes[self._module(module)][0]
+
+
+class SVDResult(AggregationResult):
+    """SVD re-allocation (flexlora, raflora): a client of rank ``r`` gets the best rank-``r``
+    approximation of ``delta``, ``U_r S_r V_r^T``.
+
+    Split of the singular values: balanced, ``B = U_r sqrt(S_r / s)``, ``A = sqrt(S_r / s) V_r^T``,
+    so ``s B A = U_r S_r V_r^T`` and ``B`` and ``A`` have equal norms (the official FlexLoRA code
+    puts all of ``S`` in ``B``; the product, which is what training starts from, is the same).
+    Directions beyond the rank of ``delta`` are padded with ``B = 0`` and a seeded ``A``.
+    """
+
+    def _hand_back(self, module, rank, scale, client_id):
+        U, S, V = self.svd(module)
+        k = min(rank, S.shape[0])
+        root = (S[:k] / scale).sqrt()
+        B = U[:, :k] * root
+        A = root[:, None] * V[:, :k].T
+        A, B = pad_factors(module, A, B, rank, self.seed)
+        return LoRAFactors(A.contiguous(), B.contiguous(), scale)
+
+
+class MergeResult(AggregationResult):
+    """Methods whose clients merge ``delta`` into the frozen weight and start a fresh adapter
+    (flora, florist): :meth:`client_factors` is a new ``B = 0``, seeded-``A`` init."""
+
+    merge_into_base = True
+
+    def _hand_back(self, module, rank, scale, client_id):
+        m, n = self.shapes[module]
+        B, _ = self._factors[module]
+        return fresh_factors(module, m, n, rank, scale, self.seed, B.dtype)
+
+    def global_rank(self, module: str) -> int:
+        """Rank of the broadcast global adapter (``sum r_i`` for flora, ``p`` for florist)."""
+        return int(self.delta_factors(module)[0].shape[1])
+
+    def download_values(self, module, rank):
+        m, n = self.shapes[self._module(module)]
+        return self.global_rank(module) * (m + n)
+
+
+class SharedAResult(AggregationResult):
+    """FedSA-LoRA: the averaged ``A`` is shared, every client keeps its own ``B``.
+
+    ``delta`` is the weighted mean of the clients' personalised updates with the new ``A``,
+    ``sum_i p_i s_i B_i A[:r_i]``. :meth:`client_factors` returns ``A[:r]`` and the client's own
+    ``B`` when ``client_id`` took part this round (else ``B = 0``); only ``A`` is sent.
+    """
+
+    def __init__(self, method, checked, factors, shared_a, own_b, seed=0):
+        super().__init__(method, checked, factors, seed)
+        self._shared_a = shared_a
+        self._own_b = own_b
+
+    def _hand_back(self, module, rank, scale, client_id):
+        A = self._shared_a[module]
+        m = self.shapes[module][0]
+        A_r, B_r = pad_factors(module, A, torch.zeros((m, A.shape[0]), dtype=A.dtype, device=A.device), rank, self.seed)
+        own = self._own_b[module].get(client_id) if client_id is not None else None
+        if own is not None:
+            k = min(rank, own.shape[1])
+            B_r = B_r.clone()
+            B_r[:, :k] = own[:, :k]
+        return LoRAFactors(A_r, B_r, scale)
+
+    def download_values(self, module, rank):
+        return rank * self.shapes[self._module(module)][1]

@@ -1,0 +1,33 @@
+"""Stacked factors: ``sum_i s_i B_i diag(c_i) A_i`` as one ``(m, R) @ (R, n)`` product, ``R = sum r_i``.
+
+This is how FLoRA, FlexLoRA, FLoRIST and raFLoRA combine clients without forming the dense
+``m x n`` sum: the weights go into the rows of the stacked ``A``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from raflora.lora import LoRAFactors
+
+
+def stack_factors(factors: Sequence[LoRAFactors], column_weights: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """``(B_st, A_st)`` with ``B_st @ A_st = sum_i s_i B_i diag(c_i) A_i``.
+
+    ``column_weights[i]`` is a length-``r_i`` tensor ``c_i`` (a constant ``p_i`` for FedAvg-style
+    weighting, raFLoRA's partition weights otherwise).
+    """
+    B_st = torch.cat([f.B for f in factors], dim=1)
+    A_st = torch.cat(
+        [(f.scale * c.to(dtype=f.A.dtype, device=f.A.device))[:, None] * f.A for f, c in zip(factors, column_weights)],
+        dim=0,
+    )
+    return B_st, A_st
+
+
+def constant_weights(factors: Sequence[LoRAFactors], weights: Sequence[float]) -> list[Tensor]:
+    """``c_i = p_i`` for every column of client ``i``."""
+    return [torch.full((f.rank,), float(w), dtype=torch.float64) for f, w in zip(factors, weights)]

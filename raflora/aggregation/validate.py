@@ -1,0 +1,183 @@
+"""Refuse malformed client updates with a reason, keep the rest.
+
+A refused update is dropped whole (a partial update would bias the average) and reported as
+``(client_id, module or None, reason)``. The round goes on with the remaining updates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Hashable, Iterable, Mapping, Sequence
+
+import torch
+
+from raflora.lora import ClientUpdate, LoRAFactors
+
+Rejection = tuple[Hashable, "str | None", str]
+
+
+class NoValidUpdates(ValueError):
+    """Raised when nothing is left to aggregate."""
+
+
+@dataclass
+class Checked:
+    """Updates that passed, cast to one dtype and device, with their FedAvg weights."""
+
+    updates: list[ClientUpdate]
+    modules: tuple[str, ...]
+    shapes: dict[str, tuple[int, int]]
+    rejected: list[Rejection]
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def weights(self) -> list[float]:
+        """``p_i = num_examples_i / sum of num_examples`` over the accepted updates."""
+        total = float(sum(u.num_examples for u in self.updates))
+        return [u.num_examples / total for u in self.updates]
+
+    def ranks(self, module: str) -> list[int]:
+        return [u.factors[module].rank for u in self.updates]
+
+    def reject(self, index_reasons: Mapping[int, tuple[str | None, str]]) -> None:
+        """Drop updates by index (method-specific checks), recording why."""
+        for i, (module, reason) in sorted(index_reasons.items()):
+            self.rejected.append((self.updates[i].client_id, module, reason))
+        self.updates = [u for i, u in enumerate(self.updates) if i not in index_reasons]
+        if not self.updates:
+            raise NoValidUpdates(_nothing_left(self.rejected))
+
+
+def _nothing_left(rejected: Sequence[Rejection]) -> str:
+    lines = "; ".join(reason for _, _, reason in rejected)
+    return f"no valid client update to aggregate ({len(rejected)} refused: {lines})"
+
+
+def _most_common(items: Iterable):
+    counts = Counter(items)
+    # Ties go to the first seen: Counter keeps insertion order and most_common is stable.
+    return counts.most_common(1)[0][0]
+
+
+def _check_factors(cid, module: str, f, shape: tuple[int, int] | None) -> str | None:
+    where = f"client {cid!r}: module {module!r}"
+    if not isinstance(f, LoRAFactors):
+        return f"{where}: expected LoRAFactors, got {type(f).__name__}"
+    A, B = f.A, f.B
+    if not isinstance(A, torch.Tensor) or not isinstance(B, torch.Tensor):
+        return f"{where}: A and B must be torch tensors"
+    if A.dim() != 2 or B.dim() != 2:
+        return f"{where}: A and B must be 2-D, got A {tuple(A.shape)} and B {tuple(B.shape)}"
+    if not (A.is_floating_point() and B.is_floating_point()):
+        return f"{where}: A and B must be floating point, got {A.dtype} and {B.dtype}"
+    if A.shape[0] < 1:
+        return f"{where}: rank must be >= 1, got A {tuple(A.shape)}"
+    if A.shape[0] != B.shape[1]:
+        return f"{where}: rank mismatch: A has {A.shape[0]} rows but B has {B.shape[1]} columns"
+    if shape is not None and (B.shape[0], A.shape[1]) != shape:
+        return (
+            f"{where}: wrong shape: B {tuple(B.shape)} and A {tuple(A.shape)} make a "
+            f"{B.shape[0]}x{A.shape[1]} update, the module is {shape[0]}x{shape[1]}"
+        )
+    if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
+        return f"{where}: factors contain NaN or Inf"
+    scale = f.scale
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale) or scale <= 0:
+        return f"{where}: scale must be a finite positive number, got {scale!r}"
+    return None
+
+
+def check_updates(
+    updates: Sequence[ClientUpdate],
+    modules: Sequence[str] | None = None,
+    shapes: Mapping[str, tuple[int, int]] | None = None,
+) -> Checked:
+    """Validate updates; return the accepted ones cast to a common dtype/device.
+
+    ``modules`` is the set every update must cover exactly (default: the most common set among
+    the updates). ``shapes`` maps a module to its ``(m, n)`` (default: the most common shape).
+    """
+    updates = list(updates)
+    if not updates:
+        raise NoValidUpdates("no client updates given: aggregate needs at least one ClientUpdate")
+    rejected: list[Rejection] = []
+    seen_ids: set = set()
+    candidates: list[ClientUpdate] = []
+    for u in updates:
+        if not isinstance(u, ClientUpdate):
+            rejected.append((None, None, f"expected ClientUpdate, got {type(u).__name__}"))
+            continue
+        n = u.num_examples
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0:
+            rejected.append((u.client_id, None, f"client {u.client_id!r}: num_examples must be positive, got {n!r}"))
+            continue
+        if u.client_id in seen_ids:
+            rejected.append((u.client_id, None, f"client {u.client_id!r}: duplicate client id in this round"))
+            continue
+        if not isinstance(u.factors, Mapping) or not u.factors:
+            rejected.append((u.client_id, None, f"client {u.client_id!r}: no factors"))
+            continue
+        seen_ids.add(u.client_id)
+        candidates.append(u)
+    if not candidates:
+        raise NoValidUpdates(_nothing_left(rejected))
+
+    expected = tuple(modules) if modules is not None else tuple(
+        _most_common(tuple(sorted(u.factors)) for u in candidates)
+    )
+    shapes = dict(shapes or {})
+    for module in expected:
+        if module not in shapes:
+            seen = [
+                (f.B.shape[0], f.A.shape[1])
+                for u in candidates
+                if isinstance(f := u.factors.get(module), LoRAFactors)
+                and isinstance(f.A, torch.Tensor) and isinstance(f.B, torch.Tensor)
+                and f.A.dim() == 2 and f.B.dim() == 2
+            ]
+            if seen:
+                shapes[module] = tuple(int(x) for x in _most_common(seen))
+
+    accepted: list[ClientUpdate] = []
+    for u in candidates:
+        reason = None
+        module_at = None
+        missing = [m for m in expected if m not in u.factors]
+        unknown = [m for m in u.factors if m not in expected]
+        if missing:
+            module_at, reason = missing[0], f"client {u.client_id!r}: module {missing[0]!r} is missing"
+        elif unknown:
+            module_at, reason = unknown[0], f"client {u.client_id!r}: module {unknown[0]!r} is unknown"
+        else:
+            for module in expected:
+                reason = _check_factors(u.client_id, module, u.factors[module], shapes.get(module))
+                if reason:
+                    module_at = module
+                    break
+        if reason:
+            rejected.append((u.client_id, module_at, reason))
+        else:
+            accepted.append(u)
+    if not accepted:
+        raise NoValidUpdates(_nothing_left(rejected))
+
+    dtypes = {f.A.dtype for u in accepted for f in u.factors.values()} | {
+        f.B.dtype for u in accepted for f in u.factors.values()
+    }
+    dtype = torch.float64 if torch.float64 in dtypes else torch.float32
+    device = next(iter(accepted[0].factors.values())).A.device
+    cast = [
+        ClientUpdate(
+            u.client_id,
+            {
+                m: LoRAFactors(f.A.to(device=device, dtype=dtype), f.B.to(device=device, dtype=dtype), float(f.scale))
+                for m, f in u.factors.items()
+            },
+            u.num_examples,
+        )
+        for u in accepted
+    ]
+    return Checked(cast, expected, shapes, rejected, dtype, device)
