@@ -9,14 +9,9 @@ Sends and receives ``r_i (m + n)`` values per module.
 from __future__ import annotations
 
 from raflora.aggregation.result import SVDResult
-from raflora.aggregation.stacking import constant_weights, stack_factors
+from raflora.aggregation.stacking import fedavg_stacks
 from raflora.aggregation.validate import Checked
 
 
 def aggregate_flexlora(checked: Checked, seed: int = 0) -> SVDResult:
-    weights = checked.weights
-    factors = {}
-    for m in checked.modules:
-        fs = [u.factors[m] for u in checked.updates]
-        factors[m] = stack_factors(fs, constant_weights(fs, weights))
-    return SVDResult("flexlora", checked, factors, seed)
+    return SVDResult("flexlora", checked, fedavg_stacks(checked), seed)

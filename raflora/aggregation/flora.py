@@ -9,14 +9,9 @@ Every client receives the whole stack: ``R (m + n)`` values per module.
 from __future__ import annotations
 
 from raflora.aggregation.result import MergeResult
-from raflora.aggregation.stacking import constant_weights, stack_factors
+from raflora.aggregation.stacking import fedavg_stacks
 from raflora.aggregation.validate import Checked
 
 
 def aggregate_flora(checked: Checked, seed: int = 0) -> MergeResult:
-    weights = checked.weights
-    factors = {}
-    for m in checked.modules:
-        fs = [u.factors[m] for u in checked.updates]
-        factors[m] = stack_factors(fs, constant_weights(fs, weights))
-    return MergeResult("flora", checked, factors, seed)
+    return MergeResult("flora", checked, fedavg_stacks(checked), seed)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from raflora.aggregation.result import MergeResult
-from raflora.aggregation.stacking import constant_weights, stack_factors
+from raflora.aggregation.stacking import fedavg_stacks
 from raflora.aggregation.validate import Checked
 from raflora.lora import product_svd
 
@@ -30,11 +30,9 @@ def energy_rank(S: torch.Tensor, tau: float) -> int:
 def aggregate_florist(checked: Checked, seed: int = 0, tau: float = 0.9) -> MergeResult:
     if not 0.0 < tau <= 1.0:
         raise ValueError(f"florist: tau must be in (0, 1], got {tau}")
-    weights = checked.weights
     factors = {}
-    for m in checked.modules:
-        fs = [u.factors[m] for u in checked.updates]
-        U, S, V = product_svd(*stack_factors(fs, constant_weights(fs, weights)))
+    for m, stack in fedavg_stacks(checked).items():
+        U, S, V = product_svd(*stack)
         p = min(energy_rank(S, tau), S.shape[0])
         factors[m] = (U[:, :p] * S[:p], V[:, :p].T.contiguous())
     return MergeResult("florist", checked, factors, seed)

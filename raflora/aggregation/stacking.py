@@ -31,3 +31,13 @@ def stack_factors(factors: Sequence[LoRAFactors], column_weights: Sequence[Tenso
 def constant_weights(factors: Sequence[LoRAFactors], weights: Sequence[float]) -> list[Tensor]:
     """``c_i = p_i`` for every column of client ``i``."""
     return [torch.full((f.rank,), float(w), dtype=torch.float64) for f, w in zip(factors, weights)]
+
+
+def fedavg_stacks(checked) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per module, the stack of ``sum_i p_i s_i B_i A_i`` over the accepted updates."""
+    weights = checked.weights
+    stacks = {}
+    for m in checked.modules:
+        fs = [u.factors[m] for u in checked.updates]
+        stacks[m] = stack_factors(fs, constant_weights(fs, weights))
+    return stacks
