@@ -11,9 +11,11 @@ from typing import Any
 
 from raflora.tasks.base import Task, TaskData
 from raflora.tasks.text import BBCNewsTask, MeanPoolClassifier, TextClassificationTask
+from raflora.tasks.user_data import UserTextTask
 
 TASKS: dict[str, type[Task]] = {
     "text": BBCNewsTask,
+    "user_text": UserTextTask,
 }
 
 
@@ -51,6 +53,7 @@ __all__ = [
     "Task",
     "TaskData",
     "TextClassificationTask",
+    "UserTextTask",
     "build_task",
     "task_options",
 ]

@@ -121,22 +121,24 @@ class TextClassificationTask(Task):
         offline()
         num_labels = len(self.label_names())
         backbone = self._tiny_backbone() if self.model == TINY else self._pretrained_backbone()
+        self._check_targets(backbone)
         with seeded(self.seed):
             return MeanPoolClassifier(backbone, backbone.config.hidden_size, num_labels)
 
     def _pretrained_backbone(self) -> nn.Module:
         from transformers import AutoModel
 
-        path = resolve_encoder(self.model)
-        backbone = AutoModel.from_pretrained(str(path), dtype=torch.float32)
+        return AutoModel.from_pretrained(str(resolve_encoder(self.model)), dtype=torch.float32)
+
+    def _check_targets(self, backbone: nn.Module) -> None:
+        """Fail early, naming the encoder's linear layers, instead of deep inside PEFT."""
         leaves = {name.rsplit(".", 1)[-1] for name, _ in backbone.named_modules()}
         missing = [t for t in self.target_modules if t not in leaves]
         if missing:
             linear = sorted({n.rsplit(".", 1)[-1] for n, m in backbone.named_modules() if isinstance(m, nn.Linear)})
             raise ValueError(
-                f"target_modules {missing} not found in encoder {str(path)!r}; its linear layers are named {linear}"
+                f"target_modules {missing} not found in encoder {self.model!r}; its linear layers are named {linear}"
             )
-        return backbone
 
     def _tiny_backbone(self) -> nn.Module:
         """A randomly initialised small BERT with the real MiniLM vocabulary (no download)."""
