@@ -11,11 +11,13 @@ from typing import Any
 
 from raflora.tasks.base import Task, TaskData
 from raflora.tasks.text import BBCNewsTask, MeanPoolClassifier, TextClassificationTask
+from raflora.tasks.synthetic import SyntheticTask
 from raflora.tasks.user_data import UserTextTask
 
 TASKS: dict[str, type[Task]] = {
     "text": BBCNewsTask,
     "user_text": UserTextTask,
+    "synthetic": SyntheticTask,
 }
 
 
