@@ -13,9 +13,11 @@ from raflora.tasks.base import Task, TaskData
 from raflora.tasks.text import BBCNewsTask, MeanPoolClassifier, TextClassificationTask
 from raflora.tasks.synthetic import SyntheticTask
 from raflora.tasks.user_data import UserTextTask
+from raflora.tasks.vision import FashionMNISTTask
 
 TASKS: dict[str, type[Task]] = {
     "text": BBCNewsTask,
+    "vision": FashionMNISTTask,
     "user_text": UserTextTask,
     "synthetic": SyntheticTask,
 }
@@ -51,6 +53,7 @@ def build_task(name: str, **options: Any) -> Task:
 __all__ = [
     "TASKS",
     "BBCNewsTask",
+    "FashionMNISTTask",
     "MeanPoolClassifier",
     "Task",
     "TaskData",

