@@ -1,0 +1,203 @@
+"""One base model in memory with one PEFT LoRA adapter per distinct client rank.
+
+Adapter ``"r8"`` serves every client of rank 8: before a client trains, its start factors are
+copied into ``lora_A``/``lora_B`` and the global head into the adapter's ``modules_to_save`` copy.
+PEFT's scaling of an adapter is set to the run's scale ``s`` for that rank (``lora_alpha = s r``,
+``use_rslora=False``, and the scaling entry itself written to ``s``), so PEFT computes
+``s * B @ A`` exactly as ``LoRAFactors`` does.
+
+Module names are the task model's own (PEFT's ``base_model.model.`` prefix stripped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from raflora.lora import LoRAFactors
+
+PREFIX = "base_model.model."
+
+
+def adapter_name(rank: int) -> str:
+    return f"r{rank}"
+
+
+class AdapterModel:
+    """A task model wrapped by PEFT with adapters for ``ranks`` (``scales[rank]`` = ``s``)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_modules: Sequence[str],
+        head_modules: Sequence[str],
+        ranks: Sequence[int],
+        scales: Mapping[int, float],
+        dropout: float = 0.0,
+    ):
+        from peft import get_peft_model
+
+        self.target_modules = list(target_modules)
+        self.head_modules = list(head_modules)
+        self.dropout = float(dropout)
+        self.scales = {int(r): float(s) for r, s in scales.items()}
+        ranks = sorted(set(int(r) for r in ranks))
+        self.peft = get_peft_model(model, self._lora_config(ranks[0]), adapter_name=adapter_name(ranks[0]))
+        for r in ranks[1:]:
+            self.peft.add_adapter(adapter_name(r), self._lora_config(r))
+        self.layers = self._lora_layers()
+        self.heads = self._head_wrappers()
+        for r in ranks:
+            self._fix_scaling(r)
+        self.ranks = ranks
+
+    def _lora_config(self, rank: int):
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=rank,
+            lora_alpha=self.scales[rank] * rank,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            modules_to_save=self.head_modules or None,
+            use_rslora=False,
+            bias="none",
+        )
+
+    def _lora_layers(self) -> dict[str, nn.Module]:
+        from peft.tuners.lora import LoraLayer
+
+        return {
+            name[len(PREFIX):]: module
+            for name, module in self.peft.named_modules()
+            if isinstance(module, LoraLayer)
+        }
+
+    def _head_wrappers(self) -> dict[str, nn.Module]:
+        from peft.utils.other import ModulesToSaveWrapper
+
+        return {
+            name[len(PREFIX):]: module
+            for name, module in self.peft.named_modules()
+            if isinstance(module, ModulesToSaveWrapper)
+        }
+
+    def _fix_scaling(self, rank: int) -> None:
+        for layer in self.layers.values():
+            layer.scaling[adapter_name(rank)] = self.scales[rank]
+
+    # -- module metadata ----------------------------------------------------------------------
+    @property
+    def modules(self) -> list[str]:
+        return sorted(self.layers)
+
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        """``(m, n)`` = ``(out_features, in_features)`` of every adapted layer."""
+        return {name: tuple(self.base_weight(name).shape) for name in self.modules}
+
+    def base_weight(self, module: str) -> Tensor:
+        return self.layers[module].get_base_layer().weight
+
+    # -- per-client state ---------------------------------------------------------------------
+    def activate(self, rank: int, train_a: bool = True) -> None:
+        """Make ``rank``'s adapter the active one; only its factors (``A`` if ``train_a``) and its
+        head copy are trainable."""
+        name = adapter_name(rank)
+        self.peft.set_adapter(name)
+        for p in self.peft.parameters():
+            p.requires_grad_(False)
+        for layer in self.layers.values():
+            layer.lora_B[name].weight.requires_grad_(True)
+            layer.lora_A[name].weight.requires_grad_(train_a)
+        for wrapper in self.heads.values():
+            wrapper.modules_to_save[name].requires_grad_(True)
+
+    def set_factors(self, rank: int, factors: Mapping[str, LoRAFactors]) -> None:
+        name = adapter_name(rank)
+        with torch.no_grad():
+            for module, f in factors.items():
+                layer = self.layers[module]
+                layer.lora_A[name].weight.copy_(f.A)
+                layer.lora_B[name].weight.copy_(f.B)
+
+    def get_factors(self, rank: int) -> dict[str, LoRAFactors]:
+        name, s = adapter_name(rank), self.scales[rank]
+        return {
+            module: LoRAFactors(
+                layer.lora_A[name].weight.detach().clone(), layer.lora_B[name].weight.detach().clone(), s
+            )
+            for module, layer in sorted(self.layers.items())
+        }
+
+    def set_head(self, rank: int | None, state: Mapping[str, Tensor]) -> None:
+        """Load ``{"<head module>.<param>": tensor}`` into ``rank``'s head copy (``None``: the
+        base model's own head, used when adapters are disabled)."""
+        with torch.no_grad():
+            for module, wrapper in self.heads.items():
+                target = wrapper.original_module if rank is None else wrapper.modules_to_save[adapter_name(rank)]
+                for key, p in target.named_parameters():
+                    p.copy_(state[f"{module}.{key}"])
+
+    def get_head(self, rank: int | None) -> dict[str, Tensor]:
+        out = {}
+        for module, wrapper in sorted(self.heads.items()):
+            source = wrapper.original_module if rank is None else wrapper.modules_to_save[adapter_name(rank)]
+            for key, p in source.named_parameters():
+                out[f"{module}.{key}"] = p.detach().clone()
+        return out
+
+    # -- the global model ---------------------------------------------------------------------
+    def add_to_base(self, deltas: Mapping[str, Tensor]) -> None:
+        """``W += delta`` in the frozen base weights (flora/florist merge the round's update)."""
+        with torch.no_grad():
+            for module, delta in deltas.items():
+                w = self.base_weight(module)
+                w.add_(delta.to(w.dtype))
+
+    @contextlib.contextmanager
+    def global_model(self, deltas: Mapping[str, Tensor], head: Mapping[str, Tensor]) -> Iterator[nn.Module]:
+        """The global model for evaluation: adapters off, ``W + delta`` in the base weights and the
+        global head in place; the base weights are restored bit for bit afterwards."""
+        saved = {m: self.base_weight(m).detach().clone() for m in deltas}
+        self.set_head(None, head)
+        self.add_to_base(deltas)
+        try:
+            with self.peft.disable_adapter():
+                yield self.peft
+        finally:
+            with torch.no_grad():
+                for module, w in saved.items():
+                    self.base_weight(module).copy_(w)
+
+    def load_base(self, weights: Mapping[str, Tensor]) -> None:
+        """Replace base weights (a resumed flora/florist run restores its merged weights)."""
+        with torch.no_grad():
+            for module, w in weights.items():
+                self.base_weight(module).copy_(w)
+
+    def save_adapter(
+        self, folder, rank: int, scale: float, factors: Mapping[str, LoRAFactors], head: Mapping[str, Tensor]
+    ) -> None:
+        """Write a PEFT adapter folder (rank ``rank``, PEFT scaling ``scale``) holding ``factors``
+        and ``head``; ``PeftModel.from_pretrained(task.load_model(), folder)`` loads it."""
+        name = "default"  # PEFT writes the "default" adapter at the folder's top level
+        self.scales.setdefault(rank, scale)
+        config = self._lora_config(rank)
+        config.lora_alpha = scale * rank
+        self.peft.add_adapter(name, config)
+        try:
+            with torch.no_grad():
+                for module, f in factors.items():
+                    layer = self.layers[module]
+                    layer.scaling[name] = scale
+                    layer.lora_A[name].weight.copy_(f.A)
+                    layer.lora_B[name].weight.copy_(f.B)
+                for module, wrapper in self.heads.items():
+                    for key, p in wrapper.modules_to_save[name].named_parameters():
+                        p.copy_(head[f"{module}.{key}"])
+            self.peft.save_pretrained(str(folder), selected_adapters=[name])
+        finally:
+            self.peft.delete_adapter(name)

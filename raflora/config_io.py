@@ -1,0 +1,215 @@
+"""Reading, checking and writing :class:`raflora.config.Config` (TOML in, TOML out)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any, Mapping
+
+from raflora.config import (
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    PARTITIONS,
+    RANK_POLICIES,
+    SECTIONS,
+    Config,
+    ConfigError,
+)
+
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _check_value(where: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list of {TYPE_NAMES[item]}s, got {value!r}")
+        return [_check_value(f"{where}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
+        raise ConfigError(f"{where} must be {TYPE_NAMES[hint]}, got {value!r}")
+    if hint is float and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
+    return value
+
+
+def _section(name: str, cls: type, table: Mapping[str, Any]) -> Any:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"[{name}] must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    if name == "task":
+        table = dict(table)
+        options = {k: table.pop(k) for k in list(table) if k not in known}
+        table.setdefault("options", {})
+        table["options"] = {**table["options"], **options}
+    values = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"unknown key {name}.{key}; [{name}] takes: {', '.join(sorted(known))}")
+        values[key] = _check_value(f"{name}.{key}", value, hints[key])
+    return cls(**values)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """A checked :class:`Config` from a nested mapping (a parsed TOML document)."""
+    for name in data:
+        if name not in SECTIONS:
+            raise ConfigError(f"unknown section [{name}]; sections: {', '.join(SECTIONS)}")
+    config = Config(**{name: _section(name, cls, data.get(name, {})) for name, cls in SECTIONS.items()})
+    validate(config)
+    return config
+
+
+def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"run.rounds": 5}`` style overrides on a parsed document (None values are skipped)."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, key = dotted.split(".", 1)
+        data.setdefault(section, {})[key] = value
+    return data
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read a TOML config file, apply overrides, check everything; ConfigError on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    return config_from_dict(apply_overrides(data, overrides or {}))
+
+
+def _one_of(where: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{where} = {value!r} is not known; choose one of {', '.join(allowed)}")
+
+
+def _positive(where: str, value, zero_ok: bool = False) -> None:
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ConfigError(f"{where} must be {'>= 0' if zero_ok else '> 0'}, got {value!r}")
+
+
+def validate(c: Config) -> None:
+    """Cross-field checks; the first problem found raises ConfigError."""
+    from raflora.aggregation import AGGREGATORS
+    from raflora.lora import SCALINGS
+    from raflora.tasks import TASKS, build_task
+    from raflora.wire import TRANSPORT_DTYPES
+
+    _positive("run.rounds", c.run.rounds)
+    _positive("run.threads", c.run.threads)
+    _positive("run.keep_checkpoints", c.run.keep_checkpoints)
+    f = c.federation
+    _positive("federation.num_clients", f.num_clients)
+    _one_of("federation.method", f.method, list(AGGREGATORS))
+    _one_of("federation.transport_dtype", f.transport_dtype, list(TRANSPORT_DTYPES))
+    if not 0.0 < f.sample_fraction <= 1.0:
+        raise ConfigError(f"federation.sample_fraction must be in (0, 1], got {f.sample_fraction}")
+    if not 0 <= f.sample_count <= f.num_clients:
+        raise ConfigError(f"federation.sample_count must be between 0 and num_clients ({f.num_clients}), got {f.sample_count}")
+    if not 0.0 < f.tau <= 1.0:
+        raise ConfigError(f"federation.tau must be in (0, 1], got {f.tau}")
+    _positive("federation.sfed_alpha", f.sfed_alpha, zero_ok=True)
+    _validate_ranks(c)
+    if any(level < 1 for level in f.rank_levels):
+        raise ConfigError(f"federation.rank_levels must be positive, got {f.rank_levels}")
+    _one_of("lora.scaling", c.lora.scaling, SCALINGS)
+    _positive("lora.alpha", c.lora.alpha)
+    if not 0.0 <= c.lora.dropout < 1.0:
+        raise ConfigError(f"lora.dropout must be in [0, 1), got {c.lora.dropout}")
+    t = c.train
+    _one_of("train.optimizer", t.optimizer, OPTIMIZERS)
+    _one_of("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
+    _positive("train.lr", t.lr)
+    _positive("train.batch_size", t.batch_size)
+    _positive("train.local_steps", t.local_steps, zero_ok=True)
+    _positive("train.local_epochs", t.local_epochs, zero_ok=True)
+    if t.local_steps == 0 and t.local_epochs == 0:
+        raise ConfigError("train.local_steps and train.local_epochs are both 0; set one of them")
+    _positive("train.grad_clip", t.grad_clip, zero_ok=True)
+    _positive("train.weight_decay", t.weight_decay, zero_ok=True)
+    p = c.partition
+    _one_of("partition.scheme", p.scheme, PARTITIONS)
+    _positive("partition.alpha", p.alpha)
+    _positive("partition.min_examples", p.min_examples)
+    _positive("eval.batch_size", c.eval.batch_size)
+    _positive("eval.every", c.eval.every)
+    _positive("eval.max_examples", c.eval.max_examples, zero_ok=True)
+    _one_of("task.name", c.task.name, sorted(TASKS))
+    try:
+        build_task(c.task.name, **c.task.options)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
+        raise ConfigError(f"[task]: {err}") from None
+
+
+def _validate_ranks(c: Config) -> None:
+    r = c.ranks
+    _one_of("ranks.policy", r.policy, RANK_POLICIES)
+    _positive("ranks.r_max", r.r_max)
+    _positive("ranks.r_min", r.r_min)
+    if r.r_min > r.r_max:
+        raise ConfigError(f"ranks.r_min ({r.r_min}) is above ranks.r_max ({r.r_max})")
+    used = {"homogeneous": [r.rank]}.get(r.policy, r.ranks if r.policy in ("explicit", "cycle", "groups") else [])
+    if r.policy in ("explicit", "cycle", "groups") and not r.ranks:
+        raise ConfigError(f"ranks.ranks must list at least one rank for policy {r.policy!r}")
+    for rank in used:
+        if rank < 1:
+            raise ConfigError(f"rank {rank} in [ranks] must be >= 1")
+        if rank > r.r_max:
+            raise ConfigError(f"rank {rank} in [ranks] is above ranks.r_max = {r.r_max}")
+    n = c.federation.num_clients
+    if r.policy == "explicit" and len(r.ranks) != n:
+        raise ConfigError(f"ranks.ranks lists {len(r.ranks)} ranks for {n} clients (policy 'explicit' needs one per client)")
+    if r.policy == "groups":
+        if len(r.shares) != len(r.ranks):
+            raise ConfigError(f"ranks.shares must have one share per rank in ranks.ranks ({len(r.ranks)}), got {len(r.shares)}")
+        if any(s < 0 for s in r.shares) or not math.isclose(sum(r.shares), 1.0, abs_tol=1e-6):
+            raise ConfigError(f"ranks.shares must be non-negative and sum to 1, got {r.shares}")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name in SECTIONS:
+        section = dataclasses.asdict(getattr(config, name))
+        if name == "task":
+            section = {"name": section["name"], **section["options"]}
+        out[name] = section
+    return out
+
+
+def config_to_toml(config: Config) -> str:
+    """The resolved config (every default filled in) as TOML that :func:`load_config` reads back."""
+    lines = []
+    for name, section in config_to_dict(config).items():
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in section.items()]
+        lines.append("")
+    return "\n".join(lines)

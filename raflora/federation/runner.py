@@ -1,0 +1,126 @@
+"""The embedded runtime: rounds in one process, with an output folder that can be resumed.
+
+Output folder: ``config.toml`` (resolved), ``metrics.jsonl`` (one object per round),
+``checkpoints/round_<k>/`` (state after round k) and ``adapter/`` (the final global adapter as a
+PEFT folder).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from raflora.config import Config, ConfigError
+from raflora.config_io import config_to_dict, config_to_toml
+from raflora.federation.export import write_adapter
+from raflora.federation.round import run_round, steps_in_round
+from raflora.federation.setup import RunSetup, build_setup
+from raflora.federation.state import FederationState, clean_json, latest_checkpoint, load_checkpoint, save_checkpoint
+
+RESUMABLE = ("run.rounds", "run.out", "run.keep_checkpoints", "eval.every")
+
+
+def _differences(a: dict, b: dict) -> list[str]:
+    out = []
+    for section in sorted(set(a) | set(b)):
+        for key in sorted(set(a.get(section, {})) | set(b.get(section, {}))):
+            if f"{section}.{key}" in RESUMABLE:
+                continue
+            va, vb = a.get(section, {}).get(key), b.get(section, {}).get(key)
+            if va != vb:
+                out.append(f"{section}.{key}: {vb!r} in the run, {va!r} now")
+    return out
+
+
+def prepare_folder(config: Config, out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix runs: a used folder needs ``resume`` (same config) or ``overwrite``."""
+    used = (out / "metrics.jsonl").exists() or (out / "checkpoints").exists()
+    if resume:
+        saved = out / "config.toml"
+        if not saved.is_file() or latest_checkpoint(out / "checkpoints") is None:
+            raise ConfigError(f"cannot resume: {str(out)!r} holds no checkpoint of a run")
+        from raflora.config_io import load_config
+
+        diff = _differences(config_to_dict(config), config_to_dict(load_config(saved)))
+        if diff:
+            raise ConfigError(f"cannot resume {str(out)!r} with a different config: {diff[0]}")
+    elif used and not overwrite:
+        raise ConfigError(f"{str(out)!r} already holds a run; resume it with --resume {out} or pass --overwrite")
+    elif used:
+        for name in ("metrics.jsonl", "checkpoints", "adapter", "config.toml"):
+            target = out / name
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+
+
+def format_round(record: dict, rounds: int, metric: str) -> str:
+    parts = [f"round {record['round']}/{rounds}"]
+    if metric in record:
+        parts.append(f"{metric} {record[metric]:.4f}  loss {record['loss']:.4f}")
+    if record.get("rho_rmin") is not None:
+        parts.append(f"rho_rmin {record['rho_rmin']:.3f}")
+    parts.append(f"up {record['bytes_up'] / 1e6:.2f} MB  down {record['bytes_down'] / 1e6:.2f} MB")
+    parts.append(f"{record['seconds']:.1f} s")
+    if record["rejected"]:
+        parts.append(f"rejected {len(record['rejected'])}: {record['rejected'][0]['reason']}")
+    return "  ".join(parts)
+
+
+def run_federation(
+    config: Config,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    stop_after: int | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
+) -> list[dict]:
+    """Run (or continue) the federation described by ``config``; returns every round's metrics.
+
+    ``stop_after=k`` ends after round ``k`` with its checkpoint written (an interruption that
+    ``resume=True`` continues). ``log`` receives one summary line per round; ``progress`` shows a
+    tqdm bar over the round's local steps.
+    """
+    out = Path(config.out)
+    prepare_folder(config, out, resume, overwrite)
+    setup = build_setup(config)
+    state = _initial_state(setup, out, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.toml").write_text(config_to_toml(config))
+    with (out / "metrics.jsonl").open("w") as f:
+        f.writelines(json.dumps(m) + "\n" for m in state.metrics)
+    say = log or (lambda line: None)
+    if resume:
+        say(f"resuming {out} after round {state.round}")
+    for round_ in range(state.round + 1, config.run.rounds + 1):
+        record = _one_round(setup, state, round_, progress)
+        state.metrics.append(clean_json(record))
+        with (out / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(state.metrics[-1]) + "\n")
+        save_checkpoint(state, out / "checkpoints", config.run.keep_checkpoints)
+        say(format_round(record, config.run.rounds, setup.task.metric))
+        if stop_after is not None and round_ >= stop_after:
+            say(f"stopped after round {round_}; continue with --resume {out}")
+            return state.metrics
+    write_adapter(setup.model, setup.base0, state, config.ranks.r_max, setup.scales[config.ranks.r_max], out / "adapter")
+    return state.metrics
+
+
+def _initial_state(setup: RunSetup, out: Path, resume: bool) -> FederationState:
+    if not resume:
+        return FederationState(starts=setup.fresh_starts(), head=setup.model.get_head(None))
+    state = load_checkpoint(latest_checkpoint(out / "checkpoints"))
+    if state.base:
+        setup.model.load_base(state.base)
+    return state
+
+
+def _one_round(setup: RunSetup, state: FederationState, round_: int, progress: bool) -> dict:
+    if not progress:
+        return run_round(setup, state, round_)
+    from tqdm import tqdm
+
+    total = steps_in_round(setup, round_)
+    with tqdm(total=total, desc=f"round {round_}/{setup.config.run.rounds}", unit="step", leave=False) as bar:
+        return run_round(setup, state, round_, on_step=bar.update)

@@ -1,0 +1,110 @@
+"""The server state between rounds and its checkpoint on disk (safetensors + a small JSON).
+
+A checkpoint after round ``k`` holds everything round ``k + 1`` reads: each rank's start factors,
+the global head, the last global update's factors, the merged base weights (flora, florist), each
+client's private ``B`` (fedsa) and the metrics so far. Every random draw of a round is derived from
+the run seed, the round and the client, so no generator state needs saving.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from raflora.lora import LoRAFactors
+
+STATE_TENSORS = "state.safetensors"
+STATE_JSON = "state.json"
+
+
+@dataclass
+class FederationState:
+    round: int = 0                                                     # rounds completed
+    starts: dict[int, dict[str, LoRAFactors]] = field(default_factory=dict)  # rank -> next start
+    head: dict[str, Tensor] = field(default_factory=dict)
+    delta: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)    # last (B, A) per module
+    base: dict[str, Tensor] = field(default_factory=dict)              # merged base weights
+    own_b: dict[int, dict[str, Tensor]] = field(default_factory=dict)  # fedsa: client -> module -> B
+    metrics: list[dict] = field(default_factory=list)
+
+
+def clean_json(value):
+    """NaN and infinities become null, so metrics files are strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(v) for v in value]
+    return value
+
+
+def _tensors(state: FederationState) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for rank, factors in state.starts.items():
+        for module, f in factors.items():
+            out[f"start/{rank}/{module}/A"] = f.A
+            out[f"start/{rank}/{module}/B"] = f.B
+    out.update({f"head/{key}": t for key, t in state.head.items()})
+    for module, (B, A) in state.delta.items():
+        out[f"delta/{module}/B"], out[f"delta/{module}/A"] = B, A
+    out.update({f"base/{module}": w for module, w in state.base.items()})
+    for client, bs in state.own_b.items():
+        out.update({f"own_b/{client}/{module}": b for module, b in bs.items()})
+    return {k: v.detach().contiguous().cpu() for k, v in out.items()}
+
+
+def save_checkpoint(state: FederationState, folder: Path, keep: int = 2) -> Path:
+    """Write ``folder/round_<k>`` atomically (temporary folder, then rename); keep the last ``keep``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"round_{state.round:04d}"
+    tmp = folder / f".tmp_round_{state.round:04d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(_tensors(state), str(tmp / STATE_TENSORS))
+    scales = {str(r): {m: f.scale for m, f in fs.items()} for r, fs in state.starts.items()}
+    meta = {"round": state.round, "scales": scales, "metrics": clean_json(state.metrics)}
+    (tmp / STATE_JSON).write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in sorted(folder.glob("round_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    found = sorted(p for p in folder.glob("round_*") if (p / STATE_JSON).is_file())
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path) -> FederationState:
+    meta = json.loads((path / STATE_JSON).read_text())
+    tensors = load_file(str(path / STATE_TENSORS))
+    state = FederationState(round=int(meta["round"]), metrics=list(meta["metrics"]))
+    pairs: dict[str, dict[str, Tensor]] = {}
+    for key, t in tensors.items():
+        kind, rest = key.split("/", 1)
+        if kind == "head":
+            state.head[rest] = t
+        elif kind == "base":
+            state.base[rest] = t
+        elif kind == "own_b":
+            client, module = rest.split("/", 1)
+            state.own_b.setdefault(int(client), {})[module] = t
+        else:  # start/<rank>/<module>/<A|B> and delta/<module>/<A|B>
+            pairs.setdefault(f"{kind}/{rest[:-2]}", {})[rest[-1]] = t
+    for key, ab in pairs.items():
+        kind, rest = key.split("/", 1)
+        if kind == "delta":
+            state.delta[rest] = (ab["B"], ab["A"])
+        else:
+            rank, module = rest.split("/", 1)
+            scale = float(meta["scales"][rank][module])
+            state.starts.setdefault(int(rank), {})[module] = LoRAFactors(ab["A"], ab["B"], scale)
+    return state
