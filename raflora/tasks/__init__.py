@@ -10,6 +10,7 @@ import inspect
 from typing import Any
 
 from raflora.tasks.base import Task, TaskData
+from raflora.tasks.reasoning import ReasoningGymTask
 from raflora.tasks.text import BBCNewsTask, MeanPoolClassifier, TextClassificationTask
 from raflora.tasks.synthetic import SyntheticTask
 from raflora.tasks.user_data import UserTextTask
@@ -18,6 +19,7 @@ from raflora.tasks.vision import FashionMNISTTask
 TASKS: dict[str, type[Task]] = {
     "text": BBCNewsTask,
     "vision": FashionMNISTTask,
+    "reasoning": ReasoningGymTask,
     "user_text": UserTextTask,
     "synthetic": SyntheticTask,
 }
@@ -55,6 +57,7 @@ __all__ = [
     "BBCNewsTask",
     "FashionMNISTTask",
     "MeanPoolClassifier",
+    "ReasoningGymTask",
     "Task",
     "TaskData",
     "TextClassificationTask",
