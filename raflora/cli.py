@@ -1,11 +1,18 @@
-"""Command line: ``raflora simulate`` (more commands arrive with the runtime)."""
+"""Command line: ``raflora run | export | demo | simulate`` (thin: parse, call, print).
+
+Config problems (unknown key, wrong type, rank above r_max, unknown method or task, missing file)
+print one line ``error: ...`` and exit with code 2 before any work starts.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from raflora.aggregation import AGGREGATORS
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "bbc_minilm.toml"
 
 
 def _ranks(text: str) -> list[int]:
@@ -18,17 +25,67 @@ def _ranks(text: str) -> list[int]:
     return ranks
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from raflora.simulate import simulate_collapse
 
     print(f"rank collapse without training: ranks {args.ranks}, {args.rounds} rounds")
     print("rho_rmin = share of the global update's energy in its top r_min directions (1.0 = collapsed)")
     traces = [simulate_collapse(m, args.ranks, rounds=args.rounds, seed=args.seed) for m in args.methods]
-    header = "round " + " ".join(f"{t.method:>10}" for t in traces)
-    print(header)
+    print("round " + " ".join(f"{t.method:>10}" for t in traces))
     for k in range(0, args.rounds + 1):
         if k % max(1, args.rounds // 10) == 0 or k == args.rounds:
             print(f"{k:5d} " + " ".join(f"{t.rho[k]:10.3f}" for t in traces))
+    return 0
+
+
+def _run(config_path, *, out=None, method=None, rounds=None, resume=None, overwrite=False, stop_after=None,
+         quiet=False) -> int:
+    from raflora.config_io import load_config
+
+    overrides = {"run.out": str(resume or out) if (resume or out) else None,
+                 "federation.method": method, "run.rounds": rounds}
+    config = load_config(config_path, overrides)  # ConfigError -> exit 2 in main()
+    from tqdm import tqdm
+
+    from raflora.federation import run_federation
+
+    metrics = run_federation(config, resume=bool(resume), overwrite=overwrite, stop_after=stop_after,
+                             log=tqdm.write, progress=not quiet)
+    evaluated = [m for m in metrics if "loss" in m]
+    if evaluated and metrics[-1]["round"] == config.run.rounds:
+        last = evaluated[-1]
+        metric = next(k for k in last if k not in ("loss",) and k in ("accuracy", "exact_match", "perplexity")) \
+            if any(k in last for k in ("accuracy", "exact_match", "perplexity")) else "loss"
+        print(f"done: {metric} {last[metric]:.4f} after round {last['round']}; global adapter in {config.out}/adapter")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run(args.config, out=args.out, method=args.method, rounds=args.rounds, resume=args.resume,
+                overwrite=args.overwrite, stop_after=args.stop_after, quiet=args.quiet)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return _run(DEMO_CONFIG, out="runs/demo", overwrite=True, quiet=args.quiet)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from raflora.federation import export_run
+
+    out = Path(args.out or Path(args.run) / ("merged" if args.merged else "export"))
+    written = export_run(args.run, out, merged=args.merged, rank=args.rank)
+    kind = "merged weights (model.safetensors)" if args.merged else "PEFT adapter"
+    print(f"wrote {kind} to {written}")
     return 0
 
 
@@ -38,6 +95,37 @@ def build_parser() -> argparse.ArgumentParser:
         description="Federated LoRA fine-tuning with heterogeneous client ranks (raFLoRA and baselines).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a federation from a TOML config",
+                         description="Run a federation in this process. Writes config.toml, metrics.jsonl, "
+                         "checkpoints/ and adapter/ to the output folder ([run] out, default runs/<name>).")
+    run.add_argument("config", help="TOML config file (see docs/usage.md)")
+    run.add_argument("--out", help="output folder (overrides [run] out)")
+    run.add_argument("--method", help=f"aggregation method (overrides [federation] method): {', '.join(AGGREGATORS)}")
+    run.add_argument("--rounds", type=_positive, help="number of rounds (overrides [run] rounds)")
+    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint (DIR is the output folder)")
+    run.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder")
+    run.add_argument("--stop-after", type=_positive, metavar="K", help="stop after round K (checkpoint kept, resumable)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar (the per-round lines are still printed)")
+    run.set_defaults(func=cmd_run)
+
+    export = sub.add_parser("export", help="write a run's global model as a PEFT adapter folder or merged weights",
+                            description="Export the latest checkpoint of a run folder. Default: a PEFT adapter "
+                            "folder (rank [ranks] r_max, the best rank-r approximation of the global update) that "
+                            "PeftModel.from_pretrained(task model, folder) loads. --merged: the task model's full "
+                            "state dict with the exact global update and head merged in (model.safetensors).")
+    export.add_argument("run", help="run folder (holds config.toml and checkpoints/)")
+    export.add_argument("out", nargs="?", help="folder to write (default: RUN/export, or RUN/merged with --merged)")
+    export.add_argument("--merged", action="store_true", help="write merged weights instead of an adapter")
+    export.add_argument("--rank", type=_positive, help="adapter rank (default: [ranks] r_max of the run)")
+    export.set_defaults(func=cmd_export)
+
+    demo = sub.add_parser("demo", help="the default run: MiniLM + BBC News, 10 clients, raflora, into runs/demo",
+                          description=f"Runs {DEMO_CONFIG.name} (all-MiniLM-L6-v2 on BBC News, 10 clients with "
+                          "Dirichlet 0.5 label skew, ranks 2/4/8/16, raflora) into runs/demo, replacing a previous demo.")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.set_defaults(func=cmd_demo)
+
     sim = sub.add_parser(
         "simulate",
         help="show rank collapse without training (clients resend their slice with noise)",
@@ -50,17 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--rounds", type=int, default=30)
     sim.add_argument("--seed", type=int, default=0)
     sim.set_defaults(func=cmd_simulate)
-    demo = sub.add_parser("demo", help="the default demonstration")
-    demo.set_defaults(func=lambda a: cmd_simulate(
-        argparse.Namespace(methods=["flexlora", "zero_pad", "raflora"], ranks=_ranks("2,4,4,8,8,16,16,16"), rounds=30, seed=0)
-    ))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from raflora.config import ConfigError
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -125,6 +125,13 @@ def validate(c: Config) -> None:
         raise ConfigError(f"federation.tau must be in (0, 1], got {f.tau}")
     _positive("federation.sfed_alpha", f.sfed_alpha, zero_ok=True)
     _validate_ranks(c)
+    from raflora.federation.ranks import client_ranks
+
+    ranks = sorted(set(client_ranks(c.ranks, f.num_clients, c.run.seed)))
+    if f.method == "fedit" and len(ranks) > 1:
+        raise ConfigError(f"federation.method 'fedit' needs one rank for every client, [ranks] gives {ranks}")
+    if f.rank_levels and not set(ranks) <= set(f.rank_levels):
+        raise ConfigError(f"federation.rank_levels {f.rank_levels} must include every client rank {ranks}")
     if any(level < 1 for level in f.rank_levels):
         raise ConfigError(f"federation.rank_levels must be positive, got {f.rank_levels}")
     _one_of("lora.scaling", c.lora.scaling, SCALINGS)

@@ -84,13 +84,16 @@ def run_federation(
     """
     out = Path(config.out)
     prepare_folder(config, out, resume, overwrite)
+    say = log or (lambda line: None)
+    f = config.federation
+    say(f"raflora run: task {config.task.name}, method {f.method}, {f.num_clients} clients, "
+        f"{config.run.rounds} rounds -> {out}")
     setup = build_setup(config)
     state = _initial_state(setup, out, resume)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(config_to_toml(config))
     with (out / "metrics.jsonl").open("w") as f:
         f.writelines(json.dumps(m) + "\n" for m in state.metrics)
-    say = log or (lambda line: None)
     if resume:
         say(f"resuming {out} after round {state.round}")
     for round_ in range(state.round + 1, config.run.rounds + 1):

@@ -57,7 +57,7 @@ def _tensors(state: FederationState) -> dict[str, Tensor]:
     out.update({f"base/{module}": w for module, w in state.base.items()})
     for client, bs in state.own_b.items():
         out.update({f"own_b/{client}/{module}": b for module, b in bs.items()})
-    return {k: v.detach().contiguous().cpu() for k, v in out.items()}
+    return {k: v.detach().cpu().clone().contiguous() for k, v in out.items()}
 
 
 def save_checkpoint(state: FederationState, folder: Path, keep: int = 2) -> Path:
