@@ -80,11 +80,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from raflora.config import ConfigError
     from raflora.federation import export_run
 
-    out = Path(args.out or Path(args.run) / ("merged" if args.merged else "export"))
-    written = export_run(args.run, out, merged=args.merged, rank=args.rank)
-    kind = "merged weights (model.safetensors)" if args.merged else "PEFT adapter"
+    merged = args.merged is not None
+    if isinstance(args.merged, str):
+        if args.out:
+            raise ConfigError(f"give the export folder once (--merged {args.merged} or {args.out})")
+        args.out = args.merged
+    out = Path(args.out or Path(args.run) / ("merged" if merged else "export"))
+    written = export_run(args.run, out, merged=merged, rank=args.rank)
+    kind = "merged weights (model.safetensors)" if merged else "PEFT adapter"
     print(f"wrote {kind} to {written}")
     return 0
 
@@ -116,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "state dict with the exact global update and head merged in (model.safetensors).")
     export.add_argument("run", help="run folder (holds config.toml and checkpoints/)")
     export.add_argument("out", nargs="?", help="folder to write (default: RUN/export, or RUN/merged with --merged)")
-    export.add_argument("--merged", action="store_true", help="write merged weights instead of an adapter")
+    export.add_argument("--merged", nargs="?", const=True, metavar="OUT",
+                        help="write merged weights instead of an adapter (optionally into OUT)")
     export.add_argument("--rank", type=_positive, help="adapter rank (default: [ranks] r_max of the run)")
     export.set_defaults(func=cmd_export)
 

@@ -157,6 +157,9 @@ def validate(c: Config) -> None:
     _positive("eval.every", c.eval.every)
     _positive("eval.max_examples", c.eval.max_examples, zero_ok=True)
     _one_of("task.name", c.task.name, sorted(TASKS))
+    for key, value in c.task.options.items():
+        if key.endswith("_file") and isinstance(value, str) and not Path(value).expanduser().is_file():
+            raise ConfigError(f"task.{key}: file {value!r} does not exist (relative paths start at the working directory)")
     try:
         build_task(c.task.name, **c.task.options)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:

@@ -1,0 +1,92 @@
+"""Config reading: defaults, overrides, and one readable line for every kind of mistake."""
+
+from __future__ import annotations
+
+import pytest
+
+from raflora.config import Config, ConfigError
+from raflora.config_io import config_to_toml, load_config
+
+BASE = """
+[run]
+name = "x"
+[federation]
+num_clients = 4
+[task]
+name = "synthetic"
+train_size = 100
+"""
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_task_options(tmp_path):
+    c = load_config(write(tmp_path, BASE))
+    assert isinstance(c, Config)
+    assert c.federation.method == "raflora" and c.ranks.r_max == 16 and c.out == "runs/x"
+    assert c.task.options == {"train_size": 100}
+
+
+def test_overrides_replace_file_values(tmp_path):
+    c = load_config(write(tmp_path, BASE), {"run.rounds": 7, "federation.method": "flora", "run.out": None})
+    assert c.run.rounds == 7 and c.federation.method == "flora" and c.out == "runs/x"
+
+
+def test_resolved_toml_reads_back(tmp_path):
+    c = load_config(write(tmp_path, BASE + "\n[ranks]\npolicy = 'groups'\nranks = [8, 2]\nshares = [0.25, 0.75]\n"))
+    again = write(tmp_path, config_to_toml(c))
+    assert load_config(again) == c
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("[run]\nroundz = 3", "unknown key run.roundz"),
+        ("[train]\nlr = 'fast'", "train.lr must be a number"),
+        ("[run]\nrounds = 2.5", "run.rounds must be an integer"),
+        ("[run]\nrounds = true", "run.rounds must be an integer"),
+        ("[ranks]\nranks = [2, 64]\nr_max = 16", "rank 64 in [ranks] is above ranks.r_max = 16"),
+        ("[federation]\nmethod = 'fedavg'", "federation.method = 'fedavg' is not known"),
+        ("[task]\nname = 'nope'", "task.name = 'nope' is not known"),
+        ("[task]\nbogus = 1", "bogus"),
+        ("[colours]\nred = 1", "unknown section [colours]"),
+        ("[ranks]\npolicy = 'explicit'\nranks = [2, 4]", "policy 'explicit' needs one per client"),
+        ("[ranks]\npolicy = 'groups'\nranks = [2, 4]\nshares = [0.5, 0.6]", "sum to 1"),
+        ("[train]\nlocal_steps = 0", "set one of them"),
+        ("[federation]\nmethod = 'fedit'", "needs one rank for every client"),
+        ("[federation]\nsample_fraction = 0.0", "sample_fraction must be in (0, 1]"),
+        ("[partition]\nscheme = 'random'", "partition.scheme"),
+        ("[lora]\nscaling = 'big'", "lora.scaling"),
+    ],
+)
+def test_bad_config_is_one_line(tmp_path, extra, message):
+    text = BASE
+    section = extra.split("\n", 1)[0]
+    if extra.startswith("[task]\nname"):
+        text = BASE.split("[task]")[0] + extra + "\n"
+    elif section in BASE:  # merge into the existing table instead of declaring it twice
+        text = BASE.replace(section, extra, 1)
+    else:
+        text = BASE + "\n" + extra + "\n"
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_file_and_bad_toml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[run\n"))
+
+
+def test_user_task_missing_data_file(tmp_path):
+    text = "[task]\nname = 'user_text'\ntrain_file = 'no/such.csv'\ntext_column = 't'\nlabel_column = 'l'\n"
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert "no/such.csv" in str(err.value)
