@@ -59,14 +59,8 @@ def _run(config_path, *, out=None, method=None, rounds=None, resume=None, overwr
 
     from raflora.federation import run_federation
 
-    metrics = run_federation(config, resume=bool(resume), overwrite=overwrite, stop_after=stop_after,
-                             log=tqdm.write, progress=not quiet)
-    evaluated = [m for m in metrics if "loss" in m]
-    if evaluated and metrics[-1]["round"] == config.run.rounds:
-        last = evaluated[-1]
-        metric = next(k for k in last if k not in ("loss",) and k in ("accuracy", "exact_match", "perplexity")) \
-            if any(k in last for k in ("accuracy", "exact_match", "perplexity")) else "loss"
-        print(f"done: {metric} {last[metric]:.4f} after round {last['round']}; global adapter in {config.out}/adapter")
+    run_federation(config, resume=bool(resume), overwrite=overwrite, stop_after=stop_after,
+                   log=tqdm.write, progress=not quiet)
     return 0
 
 

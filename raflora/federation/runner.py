@@ -54,13 +54,17 @@ def prepare_folder(config: Config, out: Path, resume: bool, overwrite: bool) -> 
             shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
 
 
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e6:.2f} MB" if nbytes >= 1e6 else f"{nbytes / 1e3:.1f} kB"
+
+
 def format_round(record: dict, rounds: int, metric: str) -> str:
     parts = [f"round {record['round']}/{rounds}"]
     if metric in record:
         parts.append(f"{metric} {record[metric]:.4f}  loss {record['loss']:.4f}")
     if record.get("rho_rmin") is not None:
         parts.append(f"rho_rmin {record['rho_rmin']:.3f}")
-    parts.append(f"up {record['bytes_up'] / 1e6:.2f} MB  down {record['bytes_down'] / 1e6:.2f} MB")
+    parts.append(f"up {_size(record['bytes_up'])}  down {_size(record['bytes_down'])}")
     parts.append(f"{record['seconds']:.1f} s")
     if record["rejected"]:
         parts.append(f"rejected {len(record['rejected'])}: {record['rejected'][0]['reason']}")
@@ -107,6 +111,10 @@ def run_federation(
             say(f"stopped after round {round_}; continue with --resume {out}")
             return state.metrics
     write_adapter(setup.model, setup.base0, state, config.ranks.r_max, setup.scales[config.ranks.r_max], out / "adapter")
+    metric = setup.task.metric
+    last = next((m for m in reversed(state.metrics) if m.get(metric) is not None), None)
+    if last is not None:
+        say(f"done: {metric} {last[metric]:.4f} after round {last['round']}; global adapter in {out / 'adapter'}")
     return state.metrics
 
 
