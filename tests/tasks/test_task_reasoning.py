@@ -14,7 +14,7 @@ SMALL_SUMS = {"chain_sum": {"max_terms": 3, "max_digits": 2}}
 def task():
     return ReasoningGymTask(
         model="tiny", datasets=["chain_sum", "basic_arithmetic"], dataset_options=SMALL_SUMS,
-        train_size=30, test_size=9, system_prompt=None, max_length=128, seed=2,
+        train_size=30, test_size=9, system_prompt=None, max_length=128, max_new_tokens=4, seed=2,
     )
 
 
@@ -61,7 +61,7 @@ def test_peft_loss_backprop_eval_and_learning(task, data, peft_helpers):
     assert torch.isfinite(loss)
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
-    result = task.evaluate(model, data.test, batch_size=4)
+    result = task.evaluate(model, data.test, batch_size=9)
     assert set(result) == {"exact_match", "loss"} and 0.0 <= result["exact_match"] <= 1.0
     assert result["loss"] > 0
     first, last = peft_helpers.train_steps(task, model, data.train[:6], steps=10, lr=3e-2)

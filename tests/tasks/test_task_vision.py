@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from raflora.tasks import FashionMNISTTask, build_task
-from raflora.tasks.vision import FASHION_MNIST_DIR, plain_pointwise_convs
+from raflora.tasks.vision import FASHION_MNIST_DIR, ChannelLinear, linear_pointwise_convs
 
 
 @pytest.fixture(scope="module")
@@ -63,18 +63,27 @@ def test_batchnorm_statistics_stay_frozen(task, data, peft_helpers):
         assert torch.equal(before, model.base_model.model._bn0.running_mean) == freeze
 
 
-def test_plain_pointwise_convs_compute_the_same():
+def test_pointwise_convs_become_equivalent_linears():
     from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding
 
     torch.manual_seed(0)
     net = nn.Sequential()
-    net.add_module("_expand_conv", Conv2dStaticSamePadding(4, 6, 1, image_size=16, bias=False))
+    net.add_module("_expand_conv", Conv2dStaticSamePadding(4, 6, 1, image_size=16, bias=True))
     net.add_module("_other", Conv2dStaticSamePadding(6, 6, 3, image_size=16))
     x = torch.randn(2, 4, 16, 16)
     reference = net(x)
-    assert plain_pointwise_convs(net, ["_expand_conv"]) == 1
-    assert type(net._expand_conv) is nn.Conv2d and type(net._other) is Conv2dStaticSamePadding
-    assert torch.equal(net(x), reference)
+    assert linear_pointwise_convs(net, ["_expand_conv"]) == 1
+    assert isinstance(net._expand_conv, ChannelLinear) and type(net._other) is Conv2dStaticSamePadding
+    assert torch.allclose(net(x), reference, atol=1e-6)
+    with pytest.raises(ValueError, match="not a pointwise conv"):
+        ChannelLinear.from_conv(nn.Conv2d(3, 3, 3))
+
+
+def test_lora_factors_are_matrices(task, peft_helpers):
+    model = peft_helpers.wrap(task, task.load_model(), r=2)
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if "lora_" in n}
+    assert shapes and all(len(s) == 2 for s in shapes.values())
+    assert shapes["base_model.model._conv_head.linear.lora_A.default.weight"] == (2, 8)
 
 
 def test_options_are_checked():
