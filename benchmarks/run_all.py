@@ -1,0 +1,42 @@
+"""Run every server-side benchmark and print markdown tables.
+
+    python -m benchmarks.run_all            # LLaMA-7B shapes (about 10-20 minutes on 2 cores)
+    python -m benchmarks.run_all --quick    # small shapes (a minute)
+
+The client-training-overhead and 100-client memory benchmarks need the federation runtime
+(``raflora.federation``) and are not here yet; see docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Sequence
+
+from benchmarks import memory, scaling, server, wire
+from benchmarks.common import machine_line, set_threads
+
+BENCHMARKS = {"server": server, "scaling": scaling, "wire": wire, "memory": memory}
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes for every benchmark")
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    print(f"# raflora server benchmarks\n\nmachine: {machine_line()}\n")
+    results = {}
+    for name in args.only.split(","):
+        module = BENCHMARKS[name]
+        start = time.perf_counter()
+        flags = (["--quick"] if args.quick else []) + ["--threads", str(args.threads)]
+        print(f"## {name}\n")
+        results[name] = module.main(flags)
+        print(f"\n({name}: {time.perf_counter() - start:.0f} s)\n", flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main()
