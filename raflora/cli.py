@@ -7,6 +7,7 @@ print one line ``error: ...`` and exit with code 2 before any work starts.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -144,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from raflora.config import ConfigError
+
+    # The per-round lines are the progress report; transformers' weight-loading bar is noise.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
     parser = build_parser()
     args = parser.parse_args(argv)

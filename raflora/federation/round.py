@@ -101,6 +101,7 @@ def run_round(
     finite = [losses[c] for c in accepted if math.isfinite(losses[c])]
     record["train_loss"] = sum(finite) / len(finite) if finite else float("nan")
     record.update(bytes_up=bytes_up, bytes_down=bytes_down)
+    record.update({setup.task.metric: None, "loss": None})  # same fields on every line
     if round_ % config.eval.every == 0 or round_ == config.run.rounds:
         record.update(evaluate_global(setup, state))
     state.round = round_

@@ -60,7 +60,7 @@ def _size(nbytes: int) -> str:
 
 def format_round(record: dict, rounds: int, metric: str) -> str:
     parts = [f"round {record['round']}/{rounds}"]
-    if metric in record:
+    if record.get(metric) is not None:
         parts.append(f"{metric} {record[metric]:.4f}  loss {record['loss']:.4f}")
     if record.get("rho_rmin") is not None:
         parts.append(f"rho_rmin {record['rho_rmin']:.3f}")

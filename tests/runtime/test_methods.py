@@ -46,3 +46,9 @@ def test_bfloat16_transport_halves_the_payload(make_config):
     bf16 = run_federation(make_config("bf16", federation={"transport_dtype": "bfloat16"}))[0]
     assert bf16["bytes_up"] < 0.6 * f32["bytes_up"]
     assert bf16["accuracy"] > 0.3
+
+
+def test_eval_every_keeps_the_fields_and_always_evaluates_the_last_round(make_config):
+    metrics = run_federation(make_config(run={"rounds": 3}, eval={"every": 2, "max_examples": 20}))
+    assert [m["accuracy"] is None for m in metrics] == [True, False, False]
+    assert all("loss" in m for m in metrics)
