@@ -97,6 +97,14 @@ def product_svd(B: Tensor, A: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return Qb @ Uc, S, Qa @ Vch.T
 
 
+def product_singular_values(B: Tensor, A: Tensor) -> Tensor:
+    """The ``S`` of :func:`product_svd` alone: the same QR ``R`` factors and core, but neither
+    ``Q`` nor the singular vectors are formed (about half the work when only ``S`` is needed)."""
+    Rb = torch.linalg.qr(B, mode="r")[1]
+    Ra = torch.linalg.qr(A.T, mode="r")[1]
+    return torch.linalg.svdvals(Rb @ Ra.T)
+
+
 def product_frobenius_norm(B: Tensor, A: Tensor) -> Tensor:
     """``||B @ A||_F`` without the dense product: ``sqrt(sum((B^T B) * (A A^T)))``."""
     value = ((B.T @ B) * (A @ A.T)).sum()

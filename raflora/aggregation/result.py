@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from raflora.aggregation.validate import Checked, Rejection
-from raflora.lora import LoRAFactors, fresh_factors, pad_factors, product_svd
+from raflora.lora import LoRAFactors, fresh_factors, pad_factors, product_singular_values, product_svd
 
 
 class AggregationResult:
@@ -38,6 +38,7 @@ class AggregationResult:
         self._ranks = {m: {u.client_id: u.factors[m].rank for u in checked.updates} for m in self.modules}
         self._scales = {m: {u.client_id: u.factors[m].scale for u in checked.updates} for m in self.modules}
         self._svd: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        self._sv: dict[str, Tensor] = {}
 
     # -- the global update -------------------------------------------------------------------
     def _module(self, module: str) -> str:
@@ -61,8 +62,16 @@ class AggregationResult:
         return self._svd[module]
 
     def singular_values(self, module: str) -> Tensor:
-        """Descending singular values of ``delta(module)``: the ``min(m, n, k)`` largest; the rest are 0."""
-        return self.svd(module)[1]
+        """Descending singular values of ``delta(module)``: the ``min(m, n, k)`` largest; the rest are 0.
+
+        Computed without the singular vectors (the diagnostics need only these) unless the
+        full SVD is already cached.
+        """
+        if module in self._svd:
+            return self._svd[module][1]
+        if module not in self._sv:
+            self._sv[module] = product_singular_values(*self.delta_factors(module))
+        return self._sv[module]
 
     def client_ranks(self, module: str) -> dict[Hashable, int]:
         """Rank of each accepted client's update for ``module``."""
@@ -130,6 +139,10 @@ class SVDResult(AggregationResult):
     puts all of ``S`` in ``B``; the product, which is what training starts from, is the same).
     Directions beyond the rank of ``delta`` are padded with ``B = 0`` and a seeded ``A``.
     """
+
+    def singular_values(self, module: str) -> Tensor:
+        # Clients are handed the singular vectors next, so compute (and cache) the full SVD once.
+        return self.svd(module)[1]
 
     def _hand_back(self, module, rank, scale, client_id):
         U, S, V = self.svd(module)
