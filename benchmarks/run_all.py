@@ -13,10 +13,10 @@ import argparse
 import time
 from typing import Sequence
 
-from benchmarks import memory, scaling, server, wire
+from benchmarks import diagnostics, memory, scaling, server, wire
 from benchmarks.common import machine_line, set_threads
 
-BENCHMARKS = {"server": server, "scaling": scaling, "wire": wire, "memory": memory}
+BENCHMARKS = {"server": server, "scaling": scaling, "wire": wire, "memory": memory, "diagnostics": diagnostics}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks import common, memory, run_all, scaling, server, wire
+from benchmarks import common, diagnostics, memory, run_all, scaling, server, wire
 from raflora import aggregate
 
 
@@ -88,5 +88,12 @@ def test_memory_child_process():
     assert "peak / uploaded" in memory.table(out)
 
 
+def test_diagnostics_before_after():
+    out = diagnostics.run(dim=32, num_modules=2, repeats=1)
+    assert [r["method"] for r in out["rows"]] == ["flora", "zero_pad", "florist"]
+    assert all(r["values_only_s"] > 0 and r["full_svd_s"] > 0 for r in out["rows"])
+    assert "speedup" in diagnostics.table(out)
+
+
 def test_run_all_knows_every_benchmark():
-    assert set(run_all.BENCHMARKS) == {"server", "scaling", "wire", "memory"}
+    assert set(run_all.BENCHMARKS) == {"server", "scaling", "wire", "memory", "diagnostics"}
