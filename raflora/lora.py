@@ -84,16 +84,20 @@ def lora_scale(scaling: str, alpha: float, rank: int, num_clients: int | None = 
     raise ValueError(f"lora_scale: unknown scaling {scaling!r}; choose one of {', '.join(SCALINGS)}")
 
 
-def product_svd(B: Tensor, A: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def product_svd(B: Tensor, A: Tensor, top: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Thin SVD ``U, S, V`` of ``B @ A`` without forming it: ``B @ A = U @ diag(S) @ V.T``.
 
     ``B = Qb Rb`` and ``A.T = Qa Ra`` (reduced QR), so ``B @ A = Qb (Rb Ra^T) Qa^T``; the SVD of
     the small core ``Rb Ra^T = Uc S Vc^T`` gives ``U = Qb Uc`` and ``V = Qa Vc``.
     ``S`` is descending; ``U`` is ``(m, s)``, ``V`` is ``(n, s)`` with ``s = min(m, n, k)``.
+    ``top``: rotate back only the first ``top`` singular vectors (``U`` and ``V`` get
+    ``min(top, s)`` columns, ``S`` stays whole), for callers that hand out rank-``r`` truncations.
     """
     Qb, Rb = torch.linalg.qr(B)
     Qa, Ra = torch.linalg.qr(A.T)
     Uc, S, Vch = torch.linalg.svd(Rb @ Ra.T, full_matrices=False)
+    if top is not None:
+        Uc, Vch = Uc[:, :top], Vch[:top]
     return Qb @ Uc, S, Qa @ Vch.T
 
 

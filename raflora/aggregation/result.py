@@ -39,6 +39,7 @@ class AggregationResult:
         self._scales = {m: {u.client_id: u.factors[m].scale for u in checked.updates} for m in self.modules}
         self._svd: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         self._sv: dict[str, Tensor] = {}
+        self._top: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
 
     # -- the global update -------------------------------------------------------------------
     def _module(self, module: str) -> str:
@@ -140,12 +141,25 @@ class SVDResult(AggregationResult):
     Directions beyond the rank of ``delta`` are padded with ``B = 0`` and a seeded ``A``.
     """
 
+    def _top_svd(self, module: str, rank: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``U, S, V`` with at least the first ``min(rank, s)`` singular vectors: the full SVD
+        when cached, else only as many vectors as this round's largest rank needs (a client
+        never uses more, and rotating back all ``sum r_i`` of them costs time and memory)."""
+        if module in self._svd:
+            return self._svd[module]
+        got = self._top.get(module)
+        if got is None or got[0].shape[1] < min(rank, got[1].shape[0]):
+            need = max(rank, max(self._ranks[module].values()))
+            got = product_svd(*self.delta_factors(module), top=need)
+            self._top[module] = got
+        return got
+
     def singular_values(self, module: str) -> Tensor:
-        # Clients are handed the singular vectors next, so compute (and cache) the full SVD once.
-        return self.svd(module)[1]
+        # Clients are handed the top singular vectors next: compute them with the values, once.
+        return self._top_svd(self._module(module), 1)[1]
 
     def _hand_back(self, module, rank, scale, client_id):
-        U, S, V = self.svd(module)
+        U, S, V = self._top_svd(module, rank)
         k = min(rank, S.shape[0])
         root = (S[:k] / scale).sqrt()
         B = U[:, :k] * root
