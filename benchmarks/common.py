@@ -70,11 +70,24 @@ def uploaded_bytes(updates: Sequence[ClientUpdate]) -> int:
                for u in updates for f in u.factors.values())
 
 
+BEFORE = ":full-svd"  # suffix naming the pre-fix path of an SVD method (see server_round)
+
+
 def server_round(method: str, updates: Sequence[ClientUpdate], keep: bool = True, **options):
     """What the server does each round: ``aggregate`` plus ``client_factors`` for every client
     and module. ``keep=False`` drops each client's factors once made (a server that encodes and
-    sends them one by one); returns the result and the kept factors."""
+    sends them one by one); returns the result and the kept factors.
+
+    ``"raflora:full-svd"`` (any method plus :data:`BEFORE`) runs the path before this
+    benchmark's library fix: the full thin SVD (all ``sum r_i`` singular vectors) of every
+    module is computed and cached first, and clients are handed their factors from it.
+    """
+    full = method.endswith(BEFORE)
+    method = method.removesuffix(BEFORE)
     result = aggregate(method, updates, **options)
+    if full:
+        for module in result.modules:
+            result.svd(module)
     out = {}
     for u in updates:
         mine = {}

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Sequence
 
 from benchmarks.common import (
+    BEFORE,
     LLAMA_DIM,
     LLAMA_MODULES,
     LLAMA_RANKS,
@@ -121,7 +122,7 @@ def measure(method: str, dim: int, modules: int, mode: str, threads: int = 2) ->
 def run(
     dim: int = LLAMA_DIM,
     num_modules: int = LLAMA_MODULES,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = METHODS + ("raflora" + BEFORE,),
     modes: Sequence[str] = ("streamed", "kept"),
     dense: bool = True,
     threads: int = 2,

@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 
 from benchmarks.common import (
+    BEFORE,
     LLAMA_DIM,
     LLAMA_MODULES,
     LLAMA_RANKS,
@@ -90,7 +91,7 @@ def run(
     dim: int = LLAMA_DIM,
     num_modules: int = LLAMA_MODULES,
     ranks: Sequence[int] = LLAMA_RANKS,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] = METHODS + ("raflora" + BEFORE,),
     repeats: int = 3,
     per_module_samples: int = 8,
     dense_modules: int = 2,
@@ -138,7 +139,7 @@ def run(
             "speedup_vs_dense": dense_median / median(per_module),
             "speedup_vs_dense_cpu": median(dense_cpu) / median(per_module_cpu),
         }
-        if method in ("flexlora", "raflora"):
+        if method in ("flexlora", "raflora"):  # agreement is checked on the current path
             module = dense_sample[0]
             if method == "raflora":
                 ref = dense_svd_module(updates, module, "raflora")
@@ -197,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--modules", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dense-modules", type=int, default=2)
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(METHODS + ("raflora" + BEFORE,)),
+                        help=f"'raflora{BEFORE}' is raflora's path before the top-k fix")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     set_threads(args.threads)

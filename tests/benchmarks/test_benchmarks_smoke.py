@@ -23,7 +23,7 @@ def _threads():
 
 def test_server_rows_and_dense_agreement():
     out = server.run(dim=48, num_modules=2, repeats=1, per_module_samples=1, dense_modules=1)
-    assert [r["method"] for r in out["rows"]] == list(common.METHODS)
+    assert [r["method"] for r in out["rows"]] == list(common.METHODS) + ["raflora" + common.BEFORE]
     for r in out["rows"]:
         assert r["round_s"] > 0 and r["per_module_ms"] > 0 and r["speedup_vs_dense"] > 0
     for r in out["rows"]:
@@ -48,6 +48,16 @@ def test_stacked_matches_dense_sum(method):
     result_round, kept = common.server_round(method, updates)
     assert set(kept) == {u.client_id for u in updates}
     assert all(kept[u.client_id][module].rank == u.factors[module].rank for u in updates)
+
+
+def test_before_fix_path_hands_back_the_same_factors():
+    updates = common.make_updates([8, 4, 2], 2, 30, 20, seed=2, dtype=torch.float64)
+    _, now = common.server_round("raflora", updates)
+    _, before = common.server_round("raflora" + common.BEFORE, updates)
+    for cid, factors in now.items():
+        for module, f in factors.items():
+            g = before[cid][module]
+            assert torch.allclose(f.B @ f.A, g.B @ g.A, atol=1e-12)
 
 
 def test_dense_svd_module_hands_back_best_rank_r():
