@@ -1,0 +1,231 @@
+"""Dense float64 references for every aggregation method, written from the formulas alone.
+
+Nothing here calls raflora's math (no ``stack_factors``, ``average_factors``, ``product_svd``,
+``partition_weights``...): each reference builds the dense ``m x n`` update with plain torch
+loops, so a bug shared by the library's helpers cannot hide in the expected value. The only
+library names used are the data classes (to build inputs) and ``init_a`` (FFA's frozen ``A`` is
+*defined* as that matrix).
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from torch import Tensor
+
+from raflora import ClientUpdate, LoRAFactors, init_a
+
+F64 = torch.float64
+TRUNCATION = ("fedit", "zero_pad", "hetlora", "replication", "ffa")
+SVD = ("flexlora", "raflora")
+MERGE = ("flora", "florist")
+METHODS = TRUNCATION + SVD + MERGE + ("fedsa",)
+# Each dtype's error budget from the issue: norm(diff) / norm(reference).
+TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9}
+
+
+# -- inputs ------------------------------------------------------------------------------------
+def random_shapes(seed: int, modules=("q_proj", "v_proj")) -> dict[str, tuple[int, int]]:
+    rng = random.Random(seed)
+    return {module: (rng.randint(3, 20), rng.randint(3, 20)) for module in modules}
+
+
+def random_updates(
+    seed: int,
+    ranks,
+    shapes: dict[str, tuple[int, int]] | None = None,
+    dtype: torch.dtype = F64,
+    num_examples=None,
+    scales=None,
+    frozen_a_seed: int | None = None,
+) -> list[ClientUpdate]:
+    """One update per rank with random factors, scales and example counts.
+
+    ``frozen_a_seed``: give every client FFA's shared frozen ``A`` instead of a random one.
+    """
+    rng = random.Random(seed)
+    g = torch.Generator().manual_seed(seed)
+    shapes = shapes or random_shapes(seed)
+    counts = num_examples or [rng.randint(1, 100) for _ in ranks]
+    scale_of = scales or [rng.uniform(0.25, 4.0) for _ in ranks]
+    updates = []
+    for i, r in enumerate(ranks):
+        factors = {}
+        for module, (m, n) in shapes.items():
+            if frozen_a_seed is None:
+                A = torch.randn((r, n), generator=g, dtype=F64)
+            else:
+                A = init_a(module, r, n, frozen_a_seed, F64)
+            B = torch.randn((m, r), generator=g, dtype=F64)
+            factors[module] = LoRAFactors(A.to(dtype), B.to(dtype), scale_of[i])
+        updates.append(ClientUpdate(f"c{i}", factors, counts[i]))
+    return updates
+
+
+# -- small dense helpers -------------------------------------------------------------------------
+def p(updates) -> list[float]:
+    total = sum(u.num_examples for u in updates)
+    return [u.num_examples / total for u in updates]
+
+
+def factors64(update: ClientUpdate, module: str) -> tuple[Tensor, Tensor, float]:
+    f = update.factors[module]
+    return f.A.to(F64), f.B.to(F64), float(f.scale)
+
+
+def rel_err(actual: Tensor, expected: Tensor) -> float:
+    expected = expected.to(F64)
+    diff = torch.linalg.norm(actual.to(F64) - expected)
+    size = torch.linalg.norm(expected)
+    return float(diff / size) if size > 0 else float(diff)
+
+
+def best_rank(delta: Tensor, r: int) -> Tensor:
+    """Eckart-Young: the best rank-``r`` approximation from a dense SVD."""
+    U, S, Vh = torch.linalg.svd(delta.to(F64), full_matrices=False)
+    return (U[:, :r] * S[:r]) @ Vh[:r]
+
+
+def padded(updates, module: str, weights, renormalise: bool) -> tuple[Tensor, Tensor]:
+    """Index-by-index average of ``(s_i B_i, A_i)``: component ``j`` over the clients having it,
+    divided by their total weight when ``renormalise`` (replication) else by 1 (zero padding)."""
+    r_max = max(u.factors[module].rank for u in updates)
+    m, n = update_shape(updates[0], module)
+    B = torch.zeros((m, r_max), dtype=F64)
+    A = torch.zeros((r_max, n), dtype=F64)
+    for j in range(r_max):
+        have = [(u, w) for u, w in zip(updates, weights) if u.factors[module].rank > j]
+        denominator = sum(w for _, w in have) if renormalise else 1.0
+        for u, w in have:
+            a, b, s = factors64(u, module)
+            B[:, j] += w * s * b[:, j] / denominator
+            A[j] += w * a[j] / denominator
+    return B, A
+
+
+def update_shape(update: ClientUpdate, module: str) -> tuple[int, int]:
+    f = update.factors[module]
+    return int(f.B.shape[0]), int(f.A.shape[1])
+
+
+# -- the references ------------------------------------------------------------------------------
+def product_sum(updates, module: str, weights) -> Tensor:
+    """``sum_i w_i s_i B_i A_i`` (FLoRA, FlexLoRA)."""
+    total = 0
+    for u, w in zip(updates, weights):
+        a, b, s = factors64(u, module)
+        total = total + w * s * (b @ a)
+    return total
+
+
+def ref_factors(method: str, updates, module: str, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """The averaged ``(B, A)`` (scales folded into ``B``) of a factor-averaging method."""
+    weights = p(updates)
+    if method == "fedit":
+        m, n = update_shape(updates[0], module)
+        r = updates[0].factors[module].rank
+        B = torch.zeros((m, r), dtype=F64)
+        A = torch.zeros((r, n), dtype=F64)
+        for u, w in zip(updates, weights):
+            a, b, s = factors64(u, module)
+            B += w * s * b
+            A += w * a
+        return B, A
+    if method == "zero_pad":
+        return padded(updates, module, weights, renormalise=False)
+    if method == "replication":
+        return padded(updates, module, weights, renormalise=True)
+    if method == "hetlora":
+        norms = []
+        for u in updates:
+            a, b, s = factors64(u, module)
+            norms.append(float(torch.linalg.norm(s * (b @ a))))
+        total = sum(norms)
+        het = [x / total for x in norms] if total > 0 else weights
+        return padded(updates, module, het, renormalise=False)
+    if method == "ffa":
+        r_max = max(u.factors[module].rank for u in updates)
+        m, n = update_shape(updates[0], module)
+        B, _ = padded(updates, module, weights, renormalise=False)
+        return B, init_a(module, r_max, n, seed, F64)
+    raise ValueError(method)
+
+
+def ref_raflora(updates, module: str, levels=None) -> Tensor:
+    """Partition by partition: ``P_k = (l_{k-1}, l_k]``, contributors ``r_i >= l_k``, each
+    weighted by its share of the contributors' ``p``."""
+    weights = p(updates)
+    ranks = [u.factors[module].rank for u in updates]
+    levels = sorted(set(levels if levels is not None else ranks))
+    m, n = update_shape(updates[0], module)
+    delta = torch.zeros((m, n), dtype=F64)
+    low = 0
+    for level in levels:
+        members = [(u, w) for u, w, r in zip(updates, weights, ranks) if r >= level]
+        reach = sum(w for _, w in members)
+        for u, w in members:
+            a, b, s = factors64(u, module)
+            delta += (w / reach) * s * (b[:, low:level] @ a[low:level])
+        low = level
+    return delta
+
+
+def ref_florist(updates, module: str, tau: float) -> Tensor:
+    """Dense SVD of the FedAvg product sum, cut at the smallest rank whose energy reaches tau."""
+    dense = product_sum(updates, module, p(updates))
+    S = torch.linalg.svdvals(dense)
+    energy = S.square()
+    keep = 1
+    while keep < len(S) and float(energy[:keep].sum()) < tau * float(energy.sum()):
+        keep += 1
+    return best_rank(dense, keep)
+
+
+def ref_fedsa(updates, module: str, scales=None) -> Tensor:
+    """``sum_i p_i s_i B_i Abar[:r_i]`` with ``Abar`` the zero-padded average of the ``A``s."""
+    weights = p(updates)
+    _, A_bar = padded(updates, module, weights, renormalise=False)
+    delta = 0
+    for i, (u, w) in enumerate(zip(updates, weights)):
+        _, b, s = factors64(u, module)
+        s = s if scales is None else scales[i]
+        delta = delta + w * s * (b @ A_bar[: b.shape[1]])
+    return delta
+
+
+def ref_delta(method: str, updates, module: str, seed: int = 0, **options) -> Tensor:
+    """Dense float64 global update of ``method``."""
+    if method in TRUNCATION:
+        B, A = ref_factors(method, updates, module, seed)
+        return B @ A
+    if method in ("flora", "flexlora"):
+        return product_sum(updates, module, p(updates))
+    if method == "raflora":
+        return ref_raflora(updates, module, options.get("rank_levels"))
+    if method == "florist":
+        return ref_florist(updates, module, options.get("tau", 0.9))
+    if method == "fedsa":
+        return ref_fedsa(updates, module)
+    raise ValueError(method)
+
+
+def assert_close(actual: Tensor, expected: Tensor, dtype: torch.dtype, what: str = "") -> None:
+    err = rel_err(actual, expected)
+    assert err <= TOLERANCE[dtype], f"{what}: relative error {err:.3g} > {TOLERANCE[dtype]:g}"
+
+
+def assert_singular_values(result, module: str, expected_delta: Tensor, dtype: torch.dtype) -> None:
+    """``result.singular_values`` matches the dense spectrum: the leading values agree, the
+    ones it leaves out or reports beyond the rank are ~0."""
+    dense = torch.linalg.svdvals(expected_delta.to(F64))
+    got = result.singular_values(module).to(F64)
+    assert torch.all(got[:-1] >= got[1:] - 1e-12), "singular values must be descending"
+    k = min(len(got), len(dense))
+    # Weyl: each singular value moves by at most ||E||_2 <= ||E||_F, and the issue's budget is
+    # ||E||_F <= tol * ||delta||_F.
+    tol = TOLERANCE[dtype] * float(torch.linalg.norm(dense))
+    assert torch.allclose(got[:k], dense[:k], rtol=0, atol=tol), (got[:k], dense[:k])
+    # Anything the result does not report must be (numerically) zero in the dense spectrum.
+    rest = dense[k:]
+    assert len(rest) == 0 or float(rest.max()) <= tol, rest
