@@ -7,6 +7,7 @@ A refused update is dropped whole (a partial update would bias the average) and 
 from __future__ import annotations
 
 import math
+import numbers
 from collections import Counter
 from dataclasses import dataclass
 from typing import Hashable, Iterable, Mapping, Sequence
@@ -85,7 +86,7 @@ def _check_factors(cid, module: str, f, shape: tuple[int, int] | None) -> str | 
     if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
         return f"{where}: factors contain NaN or Inf"
     scale = f.scale
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale) or scale <= 0:
+    if not isinstance(scale, numbers.Real) or isinstance(scale, bool) or not math.isfinite(scale) or scale <= 0:
         return f"{where}: scale must be a finite positive number, got {scale!r}"
     return None
 
@@ -111,7 +112,9 @@ def check_updates(
             rejected.append((None, None, f"expected ClientUpdate, got {type(u).__name__}"))
             continue
         n = u.num_examples
-        if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0:
+        # numbers.Real, not (int, float): counts often arrive as numpy integers (np.bincount, len of
+        # an index array) and must not be refused as "not positive".
+        if isinstance(n, bool) or not isinstance(n, numbers.Real) or not math.isfinite(n) or n <= 0:
             rejected.append((u.client_id, None, f"client {u.client_id!r}: num_examples must be positive, got {n!r}"))
             continue
         if u.client_id in seen_ids:
