@@ -138,7 +138,7 @@ class SVDResult(AggregationResult):
     Split of the singular values: balanced, ``B = U_r sqrt(S_r / s)``, ``A = sqrt(S_r / s) V_r^T``,
     so ``s B A = U_r S_r V_r^T`` and ``B`` and ``A`` have equal norms (the official FlexLoRA code
     puts all of ``S`` in ``B``; the product, which is what training starts from, is the same).
-    Directions beyond the rank of ``delta`` are padded with ``B = 0`` and a seeded ``A``.
+    Directions beyond the (numerical) rank of ``delta`` are padded with ``B = 0`` and a seeded ``A``.
     """
 
     def _top_svd(self, module: str, rank: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -160,7 +160,12 @@ class SVDResult(AggregationResult):
 
     def _hand_back(self, module, rank, scale, client_id):
         U, S, V = self._top_svd(module, rank)
-        k = min(rank, S.shape[0])
+        # Only the numerically non-zero directions (matrix_rank's tolerance): a zero singular
+        # value would give a zero A row with a zero B column, a component that never trains
+        # again. Those are padded instead (B = 0, seeded A), e.g. after an all-zero round.
+        m, n = self.shapes[module]
+        floor = float(S[0]) * max(m, n) * torch.finfo(S.dtype).eps if S.numel() else 0.0
+        k = min(rank, int((S > floor).sum()))
         root = (S[:k] / scale).sqrt()
         B = U[:, :k] * root
         A = root[:, None] * V[:, :k].T

@@ -112,3 +112,35 @@ __all__ = [
     "check_truncation_hand_back",
     "random_ranks",
 ]
+
+
+def check_svd_hand_back_stays_trainable(method: str) -> None:
+    """Directions the global update lacks come back as B = 0 with a full-rank seeded A, never as
+    a zero A row with a zero B column (which no gradient could revive)."""
+    from raflora import ClientUpdate, LoRAFactors
+
+    updates = random_updates(3, [2, 4])
+    # All-zero round (e.g. a module the loss never reaches): every B is zero.
+    zero = [
+        ClientUpdate(u.client_id, {m: LoRAFactors(f.A, torch.zeros_like(f.B), f.scale) for m, f in u.factors.items()},
+                     u.num_examples)
+        for u in updates
+    ]
+    # Rank-deficient round: both clients upload the same rank-1 product b a^T through every
+    # component, so delta has rank 1 while the stack holds 6 columns.
+    a = updates[1].factors["q_proj"].A[:1]
+    b = updates[1].factors["q_proj"].B[:, :1]
+    zero_rows = torch.zeros((3, a.shape[1]), dtype=F64)
+    same = [
+        ClientUpdate("x", {"q_proj": LoRAFactors(torch.cat([a, zero_rows[:1]]), b.repeat(1, 2), 1.0)}, 1),
+        ClientUpdate("y", {"q_proj": LoRAFactors(torch.cat([a, zero_rows]), b.repeat(1, 4), 1.0)}, 1),
+    ]
+    for ups, expected_rank in ((zero, 0), (same, 1)):
+        res = aggregate(method, ups)
+        f = res.client_factors("q_proj", 4, scale=1.0)
+        n = f.A.shape[1]
+        assert torch.linalg.matrix_rank(f.A) == min(4, n), f"{method}: a dead A row was handed back"
+        assert int(torch.linalg.matrix_rank(f.B)) == expected_rank
+        if expected_rank:
+            assert_close(f.B @ f.A, res.delta("q_proj"), F64, f"{method} product")
+        assert torch.count_nonzero(f.B[:, expected_rank:]) == 0

@@ -4,7 +4,7 @@ import pytest
 
 from raflora import aggregate
 
-from .checks import DTYPES, check_delta, check_svd_hand_back, random_ranks
+from .checks import DTYPES, check_delta, check_svd_hand_back, check_svd_hand_back_stays_trainable, random_ranks
 from .reference import F64, assert_close, best_rank, random_updates, ref_delta
 
 
@@ -30,3 +30,7 @@ def test_hand_back_after_singular_values_and_in_any_rank_order():
     dense = ref_delta("flexlora", updates, "q_proj")
     assert_close(small.B @ small.A, best_rank(dense, 1), F64, "rank 1")
     assert_close(large.B @ large.A, best_rank(dense, 6), F64, "rank 6 after rank 1")
+
+
+def test_missing_directions_come_back_trainable():
+    check_svd_hand_back_stays_trainable("flexlora")

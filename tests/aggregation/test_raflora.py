@@ -5,7 +5,7 @@ import torch
 
 from raflora import ClientUpdate, LoRAFactors, aggregate
 
-from .checks import DTYPES, check_delta, check_svd_hand_back, random_ranks
+from .checks import DTYPES, check_delta, check_svd_hand_back, check_svd_hand_back_stays_trainable, random_ranks
 from .reference import F64, assert_close, random_updates, ref_delta
 
 
@@ -69,3 +69,7 @@ def test_rank_outside_levels_is_refused():
 def test_bad_rank_levels_raise(levels):
     with pytest.raises(ValueError, match="rank_levels"):
         aggregate("raflora", random_updates(0, [2]), rank_levels=levels)
+
+
+def test_missing_directions_come_back_trainable():
+    check_svd_hand_back_stays_trainable("raflora")
