@@ -24,7 +24,9 @@ def energy_rank(S: torch.Tensor, tau: float) -> int:
     if total == 0.0 or tau >= 1.0:
         return max(1, int(S.shape[0]))
     cumulative = torch.cumsum(energy, 0) / total
-    return int(torch.searchsorted(cumulative, torch.tensor([tau], dtype=torch.float64)).item()) + 1
+    # tau on S's device: searchsorted refuses a CPU value against a CUDA sequence.
+    target = torch.tensor([tau], dtype=torch.float64, device=S.device)
+    return int(torch.searchsorted(cumulative, target).item()) + 1
 
 
 def aggregate_florist(checked: Checked, seed: int = 0, tau: float = 0.9) -> MergeResult:

@@ -182,7 +182,9 @@ class MergeResult(AggregationResult):
     def _hand_back(self, module, rank, scale, client_id):
         m, n = self.shapes[module]
         B, _ = self._factors[module]
-        return fresh_factors(module, m, n, rank, scale, self.seed, B.dtype)
+        fresh = fresh_factors(module, m, n, rank, scale, self.seed, B.dtype)
+        # fresh_factors draws on the CPU; hand back on the device the round ran on.
+        return LoRAFactors(fresh.A.to(B.device), fresh.B.to(B.device), scale)
 
     def global_rank(self, module: str) -> int:
         """Rank of the broadcast global adapter (``sum r_i`` for flora, ``p`` for florist)."""

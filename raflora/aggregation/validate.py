@@ -117,6 +117,12 @@ def check_updates(
         if isinstance(n, bool) or not isinstance(n, numbers.Real) or not math.isfinite(n) or n <= 0:
             rejected.append((u.client_id, None, f"client {u.client_id!r}: num_examples must be positive, got {n!r}"))
             continue
+        try:
+            hash(u.client_id)
+        except TypeError:
+            # The id keys result.weights; an unhashable one would crash the round, not refuse.
+            rejected.append((None, None, f"client {u.client_id!r}: client_id must be hashable"))
+            continue
         if u.client_id in seen_ids:
             rejected.append((u.client_id, None, f"client {u.client_id!r}: duplicate client id in this round"))
             continue

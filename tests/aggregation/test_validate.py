@@ -174,3 +174,21 @@ def test_numpy_counts_and_scales_are_accepted():
     assert res.rejected == []
     for m in res.modules:
         assert_close(res.delta(m), ref_delta("raflora", good, m), torch.float32)
+
+
+def test_unhashable_client_id_is_refused_not_a_crash():
+    good = good_updates("flexlora")
+    res = aggregate("flexlora", [ClientUpdate(["a", "list"], good[0].factors, 3), *good])
+    assert res.rejected[0][:2] == (None, None) and "hashable" in res.rejected[0][2]
+    assert "['a', 'list']" in res.rejected[0][2]
+    assert set(res.weights) == {"c0", "c1", "c2"}
+
+
+def test_low_precision_inputs_aggregate_in_float32():
+    good = good_updates("zero_pad")
+    half = [ClientUpdate(u.client_id, {m: LoRAFactors(f.A.bfloat16(), f.B.bfloat16(), f.scale)
+                                       for m, f in u.factors.items()}, u.num_examples) for u in good]
+    res = aggregate("zero_pad", half)
+    assert res.delta("q_proj").dtype == torch.float32
+    # bf16 keeps ~3 significant digits; the aggregate must still be the same update.
+    assert_close(res.delta("q_proj"), ref_delta("zero_pad", half, "q_proj"), torch.float32)
