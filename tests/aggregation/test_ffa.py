@@ -33,8 +33,9 @@ def test_client_a_is_the_frozen_init():
     updates = random_updates(1, [2, 4], frozen_a_seed=7)
     res = aggregate("ffa", updates, seed=7)
     for module, (m, n) in res.shapes.items():
-        f = res.client_factors(module, 4, scale=1.0)
-        assert torch.equal(f.A, init_a(module, 4, n, 7, F64))
+        for r in (2, 4, 6):  # 6 > r_max: the padded rows must continue the same frozen init
+            f = res.client_factors(module, r, scale=1.0)
+            assert torch.equal(f.A, init_a(module, r, n, 7, F64))
         assert res.download_values(module, 4) == 4 * m, "only B travels"
 
 

@@ -112,3 +112,39 @@ def test_only_merge_methods_merge_into_base():
     updates = random_updates(1, [2, 2], frozen_a_seed=0)
     merging = {name for name in AGGREGATORS if aggregate(name, updates).merge_into_base}
     assert merging == {"flora", "florist"}
+
+
+class NoDense(torch.overrides.TorchFunctionMode):
+    """Fails any torch call that produces an ``m x n`` (or larger) matrix."""
+
+    def __init__(self, m: int, n: int):
+        super().__init__()
+        self.m, self.n = m, n
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple) else (out,):
+            if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[-2] >= self.m and t.shape[-1] >= self.n:
+                raise AssertionError(f"{func} formed a dense {tuple(t.shape)} matrix")
+        return out
+
+
+def test_no_dense_guard_catches_a_dense_product():
+    updates = random_updates(0, [2], shapes={"w": (40, 30)})
+    res = aggregate("flexlora", updates)
+    with NoDense(40, 30), pytest.raises(AssertionError, match="dense"):
+        res.delta("w")
+
+
+@pytest.mark.parametrize("method", sorted(AGGREGATORS))
+def test_aggregation_never_forms_the_dense_update(method):
+    # Ranks sum to 12, far below 40 x 30: any 40 x 30 tensor can only be the dense delta.
+    m, n = 40, 30
+    ranks = [4, 4, 4] if method == "fedit" else [2, 4, 6]
+    updates = random_updates(5, ranks, shapes={"w": (m, n)}, frozen_a_seed=0)
+    options = {"tau": 0.9} if method == "florist" else {}
+    with NoDense(m, n):
+        res = aggregate(method, updates, **options)
+        res.singular_values("w")
+        for r in (2, 6):
+            res.client_factors("w", r, scale=1.0, **({"client_id": "c0"} if method == "fedsa" else {}))
