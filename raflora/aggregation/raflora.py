@@ -35,8 +35,13 @@ def partition_weights(ranks: Sequence[int], weights: Sequence[float], levels: Se
         for level in levels:
             if low >= r:
                 break
-            reach = sum(w for rr, w in zip(ranks, weights) if rr >= level)
-            c[low:min(level, r)] = p / reach
+            if all(rr >= level for rr in ranks):
+                # Every client reaches it: the share is p itself. Dividing by sum(p), which
+                # rounding can leave a hair off 1, would break "homogeneous ranks == FlexLoRA".
+                c[low:min(level, r)] = p
+            else:
+                reach = sum(w for rr, w in zip(ranks, weights) if rr >= level)
+                c[low:min(level, r)] = p / reach
             low = level
         out.append(c)
     return out

@@ -124,3 +124,15 @@ def test_energy_by_partition_sums_to_one(values, levels):
     # The first partition is exactly the energy inside the smallest level.
     first = next(iter(shares.values()))
     assert abs(first - energy_ratio(values, min(levels))) < 1e-12
+
+
+@FAST
+@given(rank=st.integers(1, 8), sizes=st.lists(counts, min_size=1, max_size=6), seed=st.integers(0, 2**16))
+def test_raflora_is_flexlora_bit_for_bit_for_homogeneous_ranks(rank, sizes, seed):
+    # One partition holding every client: its weights are the p_i themselves, not p_i divided
+    # by a sum of p that rounding may leave a hair away from 1.
+    updates = random_updates(seed, [rank] * len(sizes), num_examples=sizes)
+    ra, flex = aggregate("raflora", updates), aggregate("flexlora", updates)
+    for m in ra.modules:
+        assert torch.equal(ra.delta_factors(m)[1], flex.delta_factors(m)[1])
+        assert torch.equal(ra.delta(m), flex.delta(m))
