@@ -126,6 +126,12 @@ def test_init_a_is_nested_seeded_and_bounded():
     assert torch.allclose(init_a("layers.0.q_proj", 16, 50, 3, F64).float(), big)
 
 
+def test_init_a_nesting_holds_at_model_sizes():
+    # FFA's exactness rests on nesting; check it where the draw is large (hidden size 4096).
+    big = init_a("model.layers.3.mlp.down_proj", 64, 4096)
+    assert torch.equal(init_a("model.layers.3.mlp.down_proj", 8, 4096), big[:8])
+
+
 def test_fresh_factors_start_at_zero():
     f = fresh_factors("w", 6, 5, 3, scale=2.0, seed=1)
     assert f.scale == 2.0 and f.shape == (6, 5) and f.rank == 3
