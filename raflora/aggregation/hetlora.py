@@ -56,7 +56,8 @@ def self_prune(received: LoRAFactors, trained: LoRAFactors, gamma: float, r_min:
         raise ValueError(f"self_prune: gamma must be in (0, 1], got {gamma}")
     before = float(tail_penalty(received.A, received.B, gamma))
     after = float(tail_penalty(trained.A, trained.B, gamma))
-    new_rank = max(int(r_min), int(math.floor(gamma * trained.rank)))
+    # At least 1: a rank-0 adapter is not an update (aggregate would refuse the client).
+    new_rank = max(1, int(r_min), int(math.floor(gamma * trained.rank)))
     if after < before and new_rank < trained.rank:
         return LoRAFactors(trained.A[:new_rank].clone(), trained.B[:, :new_rank].clone(), trained.scale)
     return trained

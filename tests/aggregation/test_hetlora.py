@@ -74,5 +74,7 @@ def test_self_prune_shrinks_only_when_the_tail_shrank():
     assert self_prune(received, grown, gamma=0.5, r_min=2) is grown
     # r_min is a floor: gamma 0.25 would give rank 2, r_min keeps 3.
     assert self_prune(received, shrunk, gamma=0.25, r_min=3).rank == 3
+    # Never below rank 1, whatever r_min says: gamma 0.1 on rank 8 floors to 0.
+    assert self_prune(received, shrunk, gamma=0.1, r_min=0).rank == 1
     with pytest.raises(ValueError, match="gamma"):
         self_prune(received, shrunk, gamma=0.0, r_min=1)

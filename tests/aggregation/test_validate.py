@@ -49,6 +49,7 @@ def bad_cases(template: ClientUpdate) -> dict[str, tuple[object, str | None, str
         "not LoRAFactors": (with_module(template, "q_proj", (f.A, f.B)), "q_proj", "LoRAFactors"),
         "integer factors": (with_module(template, "q_proj", LoRAFactors(f.A.long(), f.B.long(), f.scale)),
                             "q_proj", "floating"),
+        "zero rank": (with_module(template, "q_proj", LoRAFactors(f.A[:0], f.B[:, :0], f.scale)), "q_proj", "rank must be"),
         "1-D factor": (with_module(template, "q_proj", LoRAFactors(f.A[0], f.B, f.scale)), "q_proj", "2-D"),
         "zero scale": (with_module(template, "q_proj", LoRAFactors(f.A, f.B, 0.0)), "q_proj", "scale"),
         "nan scale": (with_module(template, "q_proj", LoRAFactors(f.A, f.B, math.nan)), "q_proj", "scale"),
