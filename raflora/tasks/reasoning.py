@@ -122,8 +122,9 @@ class ReasoningGymTask(Task):
         max_length: int = 96        -- tokens per example (the prompt is cut from the left).
         max_new_tokens: int = 8     -- generation budget for exact match.
         target_modules: list[str] = ["q_proj", "v_proj"] -- LoRA targets (never the tied lm_head).
-        bf16_autocast: bool = False -- run loss/evaluate under bfloat16 autocast (1.4-1.7x faster
-                                       on CPUs with avx512_bf16; numbers change slightly).
+        bf16_autocast: bool = False -- run loss/evaluate under bfloat16 autocast: 1.4-1.7x faster
+                                       on CPUs with avx512_bf16 (or a GPU), but many times slower
+                                       on CPUs without it; numbers change slightly.
     """
 
     name = "reasoning"

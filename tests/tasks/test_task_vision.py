@@ -103,7 +103,7 @@ def test_fashion_mnist_subsample_is_seeded():
 
 
 @pytest.mark.slow
-def test_real_efficientnet_lite0_predicts_and_plain_convs_are_exact():
+def test_real_efficientnet_lite0_predicts_and_channel_linears_are_exact():
     import matplotlib
     import numpy as np
     from PIL import Image
