@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
