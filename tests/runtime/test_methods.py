@@ -52,3 +52,17 @@ def test_eval_every_keeps_the_fields_and_always_evaluates_the_last_round(make_co
     metrics = run_federation(make_config(run={"rounds": 3}, eval={"every": 2, "max_examples": 20}))
     assert [m["accuracy"] is None for m in metrics] == [True, False, False]
     assert all("loss" in m for m in metrics)
+
+
+def test_sgd_cosine_epochs_sampling_and_policies(make_config):
+    config = make_config(
+        federation={"num_clients": 6, "sample_count": 3, "method": "flexlora"},
+        ranks={"policy": "heavy_tail", "r_min": 2, "r_max": 8},
+        train={"optimizer": "sgd", "lr_schedule": "cosine", "local_epochs": 1, "local_steps": 0, "lr": 0.05},
+        partition={"scheme": "iid"},
+        lora={"scaling": "rslora", "dropout": 0.1},
+    )
+    metrics = run_federation(config)
+    assert all(len(m["clients"]) == 3 for m in metrics)
+    assert metrics[0]["clients"] != metrics[1]["clients"]
+    assert math.isfinite(metrics[-1]["loss"])
