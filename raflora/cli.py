@@ -50,11 +50,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _run(config_path, *, out=None, method=None, rounds=None, resume=None, overwrite=False, stop_after=None,
-         quiet=False) -> int:
-    from raflora.config_io import load_config
+         quiet=False, settings=()) -> int:
+    from raflora.config_io import load_config, parse_assignment
 
-    overrides = {"run.out": str(resume or out) if (resume or out) else None,
-                 "federation.method": method, "run.rounds": rounds}
+    overrides = dict(parse_assignment(text) for text in settings)
+    overrides.update({k: v for k, v in {"run.out": str(resume or out) if (resume or out) else None,
+                                        "federation.method": method, "run.rounds": rounds}.items() if v is not None})
     config = load_config(config_path, overrides)  # ConfigError -> exit 2 in main()
     from tqdm import tqdm
 
@@ -67,7 +68,7 @@ def _run(config_path, *, out=None, method=None, rounds=None, resume=None, overwr
 
 def cmd_run(args: argparse.Namespace) -> int:
     return _run(args.config, out=args.out, method=args.method, rounds=args.rounds, resume=args.resume,
-                overwrite=args.overwrite, stop_after=args.stop_after, quiet=args.quiet)
+                overwrite=args.overwrite, stop_after=args.stop_after, quiet=args.quiet, settings=args.set)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -104,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output folder (overrides [run] out)")
     run.add_argument("--method", help=f"aggregation method (overrides [federation] method): {', '.join(AGGREGATORS)}")
     run.add_argument("--rounds", type=_positive, help="number of rounds (overrides [run] rounds)")
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override one config value, e.g. --set train.lr=0.01 --set ranks.ranks=[4,8] "
+                     "(VALUE is read as TOML; repeatable)")
     run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint (DIR is the output folder)")
     run.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder")
     run.add_argument("--stop-after", type=_positive, metavar="K", help="stop after round K (checkpoint kept, resumable)")

@@ -60,10 +60,24 @@ def test_overrides_stop_and_resume(config_file, tmp_path, capsys):
     assert [r["round"] for r in records] == [1, 2, 3] and {r["method"] for r in records} == {"flexlora"}
 
 
+def test_set_overrides_any_value(config_file, tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", str(config_file), "--out", str(out), "--quiet", "--set", "run.rounds=1",
+                 "--set", "ranks.ranks=[4]", "--set", "federation.method=flexlora",
+                 "--set", "federation.transport_dtype=bfloat16"]) == 0
+    config = (out / "config.toml").read_text()
+    assert "ranks = [4]" in config and 'method = "flexlora"' in config and 'transport_dtype = "bfloat16"' in config
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1] and records[0]["ranks"] == [4, 4, 4, 4]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--method", "fedavg"], "federation.method = 'fedavg' is not known"),
+        (["--set", "lr=0.1"], "expected SECTION.KEY=VALUE"),
+        (["--set", "train.lrr=0.1"], "lrr"),
+        (["--set", "train.lr=fast"], "train.lr"),
         (["--resume", "/nonexistent/run"], "holds no checkpoint"),
     ],
 )
