@@ -13,12 +13,7 @@ RANKS = [2, 4, 4, 8]
 SIZES = [1, 2, 3, 4]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def closed_form_rho(t: int) -> float:

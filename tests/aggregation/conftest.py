@@ -1,16 +1,10 @@
-"""Shared fixtures for the aggregation tests."""
+"""Every aggregation test runs on one intra-op thread (see ``one_thread`` in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # The matrices here are tiny; on a shared 2-core machine intra-op threads only add
-    # spin-wait contention (measured ~25x slower). Restore the setting for other suites.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(before)
