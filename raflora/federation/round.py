@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -54,31 +55,52 @@ def average_head(heads: dict[int, dict[str, Tensor]], weights: dict) -> dict[str
     return {k: sum((weights[c] / total) * heads[c][k] for c in heads) for k in keys}
 
 
+@dataclass
+class ClientTurn:
+    """What one sampled client sends back in a round, and the bytes it cost both ways."""
+
+    update: ClientUpdate
+    head: dict[str, Tensor]
+    loss: float
+    diverged: bool
+    bytes_down: int
+    bytes_up: int
+
+
+def run_client(
+    setup: RunSetup, state: FederationState, round_: int, client: int, on_step: Callable[[], None] | None = None
+) -> ClientTurn:
+    """A client's part of round ``round_``: its start factors go down the wire (really encoded in
+    ``transport_dtype``), it trains on its own examples, its factors come back up the wire."""
+    fed, rank = setup.config.federation, setup.ranks[client]
+    start, received = client_start(setup, state, client, rank), download_bytes(setup, state)
+    start, sent = transmit(start, fed.transport_dtype, setup.method.uploads)
+    local = train_local(
+        setup.model, setup.task, setup.client_examples(client), rank, start, state.head, setup.config.train,
+        seed=setup.client_seed(round_, client), lr_at=lambda f: setup.lr_at(round_, f),
+        train_a=fed.method != "ffa", on_step=on_step,
+    )
+    factors, nbytes = transmit(local.factors, fed.transport_dtype, setup.method.uploads)
+    return ClientTurn(ClientUpdate(client, factors, local.num_examples), local.head, local.loss, local.diverged,
+                      bytes_down=received or sent, bytes_up=nbytes)
+
+
 def run_round(
     setup: RunSetup, state: FederationState, round_: int, on_step: Callable[[], None] | None = None
 ) -> dict:
     """Run round ``round_`` (1-based), update ``state`` in place, return the round's metrics."""
     began = time.perf_counter()
-    config, model = setup.config, setup.model
+    config = setup.config
     fed, seed = config.federation, config.run.seed
     sampled = setup.sample_clients(round_)
     updates, heads, losses, diverged = [], {}, {}, []
     bytes_up = bytes_down = 0
     for client in sampled:
-        rank = setup.ranks[client]
-        start, received = client_start(setup, state, client, rank), download_bytes(setup, state)
-        start, sent = transmit(start, fed.transport_dtype, setup.method.uploads)
-        bytes_down += received or sent
-        local = train_local(
-            model, setup.task, setup.client_examples(client), rank, start, state.head, config.train,
-            seed=setup.client_seed(round_, client), lr_at=lambda f: setup.lr_at(round_, f),
-            train_a=fed.method != "ffa", on_step=on_step,
-        )
-        factors, nbytes = transmit(local.factors, fed.transport_dtype, setup.method.uploads)
-        bytes_up += nbytes
-        updates.append(ClientUpdate(client, factors, local.num_examples))
-        heads[client], losses[client] = local.head, local.loss
-        if local.diverged:
+        turn = run_client(setup, state, round_, client, on_step)
+        bytes_down, bytes_up = bytes_down + turn.bytes_down, bytes_up + turn.bytes_up
+        updates.append(turn.update)
+        heads[client], losses[client] = turn.head, turn.loss
+        if turn.diverged:
             diverged.append(client)
     record = {"round": round_, "method": fed.method, "clients": sampled,
               "ranks": [setup.ranks[c] for c in sampled], "diverged": diverged}
