@@ -108,5 +108,6 @@ def build_setup(config: Config) -> RunSetup:
     test = list(data.test)
     if config.eval.max_examples > 0:
         test = subsample(test, config.eval.max_examples, derived_seed("eval", seed))
+    task.prepare(list(data.train) + test)
     base0 = {m: model.base_weight(m).detach().clone() for m in model.modules}
     return RunSetup(config, task, data, shards, ranks, levels, scales, model, model.shapes(), test, base0)

@@ -43,6 +43,10 @@ class Task(ABC):
     def load_data(self) -> TaskData:
         """Train and test examples; deterministic for the task's seed."""
 
+    def prepare(self, examples: Sequence[Any]) -> None:
+        """Called once per run with the training and test examples before any round: a task whose
+        ``collate`` does per-example work (tokenising) can do it here once instead of every step."""
+
     @abstractmethod
     def collate(self, examples: Sequence[Any]) -> dict[str, torch.Tensor]:
         """A batch of tensors ready for ``loss`` / ``evaluate``."""
