@@ -166,9 +166,9 @@ class TextClassificationTask(Task):
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Each text's truncated token ids (special tokens included), tokenised once per task.
 
-        A whole article is tokenised before it is truncated (about 2 ms for a BBC article, as much
-        as 10% of a MiniLM training step per example), and clients draw the same articles round
-        after round, so the ids are kept by text."""
+        A whole article is tokenised before it is truncated: about 2 ms per BBC article, 25-30 ms
+        for a batch of 16, which was 3-10% of a MiniLM training step (docs/performance.md). Clients
+        draw the same articles round after round, so the ids are kept by text."""
         missing = list(dict.fromkeys(t for t in texts if t not in self._ids))
         if missing:
             enc = self.tokenizer(missing, truncation=True, max_length=self.max_length,
