@@ -1,10 +1,10 @@
-"""Run every server-side benchmark and print markdown tables.
+"""Run every benchmark (server and client side) and print markdown tables.
 
-    python -m benchmarks.run_all            # LLaMA-7B shapes (about 10-20 minutes on 2 cores)
-    python -m benchmarks.run_all --quick    # small shapes (a minute)
+    python -m benchmarks.run_all            # LLaMA-7B shapes and the real MiniLM runs
+    python -m benchmarks.run_all --quick    # small shapes and the tiny encoder (a few minutes)
 
-The client-training-overhead and 100-client memory benchmarks need the federation runtime
-(``raflora.federation``) and are not here yet; see docs/performance.md.
+Server side: server, scaling, wire, memory, diagnostics. Client side (the embedded runtime on the
+demo task): client_overhead, client_memory, transport. See docs/performance.md for the times.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import argparse
 import time
 from typing import Sequence
 
-from benchmarks import diagnostics, memory, scaling, server, wire
+from benchmarks import client_memory, client_overhead, diagnostics, memory, scaling, server, transport, wire
 from benchmarks.common import machine_line, set_threads
 
-BENCHMARKS = {"server": server, "scaling": scaling, "wire": wire, "memory": memory, "diagnostics": diagnostics}
+BENCHMARKS = {"server": server, "scaling": scaling, "wire": wire, "memory": memory, "diagnostics": diagnostics,
+              "client_overhead": client_overhead, "client_memory": client_memory, "transport": transport}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -26,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     set_threads(args.threads)
-    print(f"# raflora server benchmarks\n\nmachine: {machine_line()}\n")
+    print(f"# raflora benchmarks\n\nmachine: {machine_line()}\n")
     results = {}
     for name in args.only.split(","):
         module = BENCHMARKS[name]

@@ -106,4 +106,4 @@ def test_diagnostics_before_after():
 
 
 def test_run_all_knows_every_benchmark():
-    assert set(run_all.BENCHMARKS) == {"server", "scaling", "wire", "memory", "diagnostics"}
+    assert {"server", "scaling", "wire", "memory", "diagnostics"} <= set(run_all.BENCHMARKS)
