@@ -193,3 +193,20 @@ def test_low_precision_inputs_aggregate_in_float32():
     assert res.delta("q_proj").dtype == torch.float32
     # bf16 keeps ~3 significant digits; the aggregate must still be the same update.
     assert_close(res.delta("q_proj"), ref_delta("zero_pad", half, "q_proj"), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("where", [(0, 0), (3, 17), (-1, -1)])
+def test_any_non_finite_value_is_refused(dtype, value, where):
+    # The check is one min/max pass: it must catch NaN and both infinities anywhere, in every dtype.
+    good = random_updates(4, [4, 2], shapes={"w": (8, 40)})
+    f = good[0].factors["w"]
+    for name in ("A", "B"):
+        A, B = f.A.to(dtype).clone(), f.B.to(dtype).clone()
+        target = A if name == "A" else B
+        target[where[0] % target.shape[0], where[1] % target.shape[1]] = value
+        bad = ClientUpdate("bad", {"w": LoRAFactors(A, B, f.scale)}, 5)
+        res = aggregate("raflora", [bad, good[1]])
+        assert [(cid, m) for cid, m, _ in res.rejected] == [("bad", "w")], name
+        assert "NaN or Inf" in res.rejected[0][2]
