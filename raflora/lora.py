@@ -5,7 +5,8 @@ A client's update of one adapted matrix ``W`` (``m x n``) is ``LoRAFactors(A, B,
 
 Nothing here forms a dense ``m x n`` matrix except :meth:`LoRAFactors.delta`, which exists for
 checks. Singular values of a product ``B @ A`` come from :func:`product_svd`: QR of ``B`` and of
-``A^T`` and an SVD of the small ``k x k`` core, ``O((m + n) k^2 + k^3)``.
+``A^T`` and an SVD of the small ``k x k`` core, ``O((m + n) k^2 + k^3)``;
+:func:`product_top_svd` is the same without forming either ``Q``, for rank-``r`` truncations.
 
 This module imports torch only, so it can be lifted into any federated stack.
 """
@@ -99,6 +100,31 @@ def product_svd(B: Tensor, A: Tensor, top: int | None = None) -> tuple[Tensor, T
     if top is not None:
         Uc, Vch = Uc[:, :top], Vch[:top]
     return Qb @ Uc, S, Qa @ Vch.T
+
+
+def product_top_svd(B: Tensor, A: Tensor, top: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The leading part of the SVD of ``B @ A`` that a rank-``top`` truncation uses: ``(BAV, S, V)``.
+
+    ``S`` is whole (as in :func:`product_svd`); ``V`` holds the first ``t = min(top, s)`` right
+    singular vectors (``n x t``, orthonormal) and ``BAV = B @ A @ V = U_t diag(S_t)`` (``m x t``),
+    so ``BAV @ V.T`` is the best rank-``t`` approximation of ``B @ A`` (its projection on the
+    leading right singular subspace).
+
+    Same ``R`` factors and core as :func:`product_svd`, but neither ``Q`` is formed:
+    ``V = Qa Vc`` applies ``A^T``'s Householder reflectors to the ``t`` columns of ``Vc`` that are
+    kept (``ormqr``), and since ``A @ Qa = Ra^T``, ``B @ A @ V = B @ (Ra^T Vc)`` is one thin
+    product; of ``B``'s QR only ``Rb`` is used. About 60% of the work of :func:`product_svd`
+    for the ``4096 x 160`` stacks of a LLaMA-7B round.
+    """
+    Rb = torch.linalg.qr(B, mode="r")[1]
+    reflectors, tau = torch.geqrf(A.T)
+    n, k = reflectors.shape[0], tau.shape[0]  # k = min(n, R) reflectors
+    Ra = reflectors[:k].triu()
+    _, S, Vch = torch.linalg.svd(Rb @ Ra.T, full_matrices=False)
+    Vc = Vch[:top].T
+    # ormqr applies the full n x n Q: pad Vc (k rows) with zeros to n rows.
+    V = torch.ormqr(reflectors, tau, torch.cat([Vc, Vc.new_zeros((n - k, Vc.shape[1]))]))
+    return B @ (Ra.T @ Vc), S, V
 
 
 def product_singular_values(B: Tensor, A: Tensor) -> Tensor:

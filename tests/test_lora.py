@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from raflora import LoRAFactors, energy_by_partition, energy_ratio, fresh_factors, init_a, lora_scale, product_svd
-from raflora.lora import pad_factors, product_frobenius_norm, product_singular_values
+from raflora.lora import pad_factors, product_frobenius_norm, product_singular_values, product_top_svd
 
 F64 = torch.float64
 
@@ -73,6 +73,46 @@ def test_product_svd_top_keeps_leading_vectors():
     assert Ut.shape == (10, 2) and Vt.shape == (8, 2) and torch.equal(St, S)
     # Columns are determined up to sign; compare the rank-2 reconstruction instead.
     assert torch.allclose((Ut * St[:2]) @ Vt.T, (U[:, :2] * S[:2]) @ V[:, :2].T, atol=1e-12)
+
+
+def best_rank(dense, r):
+    U, S, Vh = torch.linalg.svd(dense, full_matrices=False)
+    return (U[:, :r] * S[:r]) @ Vh[:r]
+
+
+@pytest.mark.parametrize("dtype, tol", [(F64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("m, n, k", SVD_SHAPES + [(40, 30, 12)])
+@pytest.mark.parametrize("top", [1, 2, 5, 50])
+def test_product_top_svd_is_the_best_rank_top_approximation(m, n, k, top, dtype, tol):
+    B, A = rand(m, k, seed=m, dtype=dtype), rand(k, n, seed=n + 100, dtype=dtype)
+    dense = B.to(F64) @ A.to(F64)
+    BAV, S, V = product_top_svd(B, A, top)
+    s = min(m, n, k)
+    t = min(top, s)
+    assert BAV.shape == (m, t) and S.shape == (s,) and V.shape == (n, t)
+    assert BAV.dtype == V.dtype == S.dtype == dtype
+    assert torch.allclose(S.to(F64), torch.linalg.svdvals(dense)[:s], rtol=0, atol=tol * float(S[0]))
+    assert torch.allclose(V.to(F64).T @ V.to(F64), torch.eye(t, dtype=F64), atol=tol)
+    # BAV holds U_t S_t: B @ A @ V, and the product is the Eckart-Young truncation.
+    assert torch.linalg.norm(BAV.to(F64) - dense @ V.to(F64)) <= tol * torch.linalg.norm(dense)
+    ref = best_rank(dense, t)
+    assert torch.linalg.norm(BAV.to(F64) @ V.to(F64).T - ref) <= tol * torch.linalg.norm(ref)
+    # Same R factors and core as product_svd: the same singular values.
+    assert torch.allclose(S, product_svd(B, A)[1], rtol=0, atol=tol * float(S[0]))
+
+
+def test_product_top_svd_of_rank_deficient_and_zero_stacks():
+    # Identical A rows and zero B columns (a fresh client's B = 0) leave delta of rank 2 in a stack of 6.
+    a, b = rand(2, 9, seed=1), rand(11, 2, seed=2)
+    B = torch.cat([b, b, torch.zeros(11, 2, dtype=F64)], 1)
+    A = torch.cat([a, a, rand(2, 9, seed=3)])
+    BAV, S, V = product_top_svd(B, A, 4)
+    dense = B @ A
+    assert float(S[2:].abs().max()) <= 1e-12 * float(S[0])
+    assert torch.allclose(BAV[:, :2] @ V[:, :2].T, dense, atol=1e-12)
+    assert torch.allclose(V.T @ V, torch.eye(4, dtype=F64), atol=1e-12)
+    BAV, S, V = product_top_svd(torch.zeros(11, 3, dtype=F64), A[:3], 2)
+    assert torch.count_nonzero(S) == 0 and torch.count_nonzero(BAV) == 0
 
 
 @pytest.mark.parametrize("m, n, k", SVD_SHAPES)
