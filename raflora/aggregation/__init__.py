@@ -7,6 +7,7 @@ reason), weights them by ``p_i = num_examples_i / sum`` and dispatches to the me
 from __future__ import annotations
 
 import inspect
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -66,14 +67,18 @@ def aggregate(
     modules: Sequence[str] | None = None,
     shapes: Mapping[str, tuple[int, int]] | None = None,
     seed: int = 0,
+    workers: int | None = None,
     **options,
 ) -> AggregationResult:
     """Aggregate one round of client updates with ``method`` (a key of ``AGGREGATORS``).
 
     ``modules``/``shapes``: the modules every update must cover and their ``(m, n)`` (default:
     the most common among the updates). ``seed``: for fresh and padded ``A`` inits (and FFA's
-    frozen ``A``). Other keyword options are the method's own (``tau`` for florist,
-    ``rank_levels`` for raflora, ``sfed_alpha``/``num_clients`` for fedsa).
+    frozen ``A``). ``workers``: compute every module's spectrum (and the singular vectors clients
+    get) before returning, that many modules at a time (:meth:`AggregationResult.precompute`);
+    ``None`` (default): each module on first use, in the calling thread. Other keyword options
+    are the method's own (``tau`` for florist, ``rank_levels`` for raflora,
+    ``sfed_alpha``/``num_clients`` for fedsa).
     Malformed updates land in ``result.rejected``; raises ``NoValidUpdates`` when none is left.
     """
     if method not in AGGREGATORS:
@@ -83,8 +88,11 @@ def aggregate(
     if unknown:
         allowed = ", ".join(spec.options) or "none"
         raise TypeError(f"{method}: unknown option(s) {', '.join(unknown)}; its options: {allowed}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1):
+        raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
     checked = check_updates(updates, modules, shapes)
-    return spec.run(checked, seed=seed, **options)
+    result = spec.run(checked, seed=seed, **options)
+    return result if workers is None else result.precompute(workers)
 
 
 __all__ = ["AGGREGATORS", "AggregationResult", "Method", "NoValidUpdates", "aggregate"]

@@ -8,13 +8,22 @@ folded in), so ``delta`` is never formed unless asked for and singular values co
 
 from __future__ import annotations
 
+import math
 from typing import Hashable
 
 import torch
 from torch import Tensor
 
 from raflora.aggregation.validate import Checked, Rejection
-from raflora.lora import LoRAFactors, fresh_factors, pad_factors, product_singular_values, product_svd
+from raflora.aggregation.workers import for_each_module
+from raflora.lora import (
+    LoRAFactors,
+    fresh_factors,
+    pad_factors,
+    product_singular_values,
+    product_svd,
+    product_top_svd,
+)
 
 
 class AggregationResult:
@@ -73,6 +82,15 @@ class AggregationResult:
         if module not in self._sv:
             self._sv[module] = product_singular_values(*self.delta_factors(module))
         return self._sv[module]
+
+    def precompute(self, workers: int = 1) -> AggregationResult:
+        """Compute every module's spectrum now (for the SVD methods also the singular vectors that
+        :meth:`client_factors` hands out), ``workers`` modules at a time on one intra-op thread
+        each (:func:`raflora.aggregation.workers.for_each_module`); later calls read the cache.
+        Returns ``self``.
+        """
+        for_each_module(self.singular_values, self.modules, workers)
+        return self
 
     def client_ranks(self, module: str) -> dict[Hashable, int]:
         """Rank of each accepted client's update for ``module``."""
@@ -141,35 +159,45 @@ class SVDResult(AggregationResult):
     Directions beyond the (numerical) rank of ``delta`` are padded with ``B = 0`` and a seeded ``A``.
     """
 
-    def _top_svd(self, module: str, rank: int) -> tuple[Tensor, Tensor, Tensor]:
-        """``U, S, V`` with at least the first ``min(rank, s)`` singular vectors: the full SVD
-        when cached, else only as many vectors as this round's largest rank needs (a client
-        never uses more, and rotating back all ``sum r_i`` of them costs time and memory)."""
-        if module in self._svd:
-            return self._svd[module]
+    def _balanced(self, module: str, rank: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``(Bt, S, At)``: every singular value ``S`` of ``delta`` and the balanced factors of its
+        best rank-``t`` approximation, ``Bt = U_t sqrt(S_t)`` and ``At = sqrt(S_t) V_t^T`` (cached).
+
+        ``t`` covers as many directions as this round's largest rank (or ``rank`` when larger: a
+        client never uses more, and rotating back all ``sum r_i`` costs time and memory), less
+        those that are numerically zero (matrix_rank's tolerance: a zero singular value would give
+        a zero ``A`` row with a zero ``B`` column, a component that never trains again; those are
+        padded instead, ``B = 0`` and a seeded ``A``, e.g. after an all-zero round).
+        """
         got = self._top.get(module)
-        if got is None or got[0].shape[1] < min(rank, got[1].shape[0]):
-            need = max(rank, max(self._ranks[module].values()))
-            got = product_svd(*self.delta_factors(module), top=need)
-            self._top[module] = got
-        return got
+        # Enough directions cached, or fewer non-zero ones than were asked for (none to add).
+        if got is not None and (got[0] >= rank or got[1].shape[1] < got[0]):
+            return got[1:]
+        need = max(rank, max(self._ranks[module].values()))
+        if module in self._svd:
+            U, S, V = self._svd[module]
+            BAV, V = U[:, :need] * S[:need], V[:, :need]
+        else:
+            BAV, S, V = product_top_svd(*self.delta_factors(module), top=need)
+        m, n = self.shapes[module]
+        floor = float(S[0]) * max(m, n) * torch.finfo(S.dtype).eps if S.numel() else 0.0
+        t = min(BAV.shape[1], int((S > floor).sum()))
+        root = S[:t].sqrt()
+        # BAV = U_t S_t; V is column-major from ormqr, so At = root V^T comes out row-major.
+        balanced = (BAV[:, :t] / root, S, root[:, None] * V[:, :t].T)
+        self._top[module] = (need, *balanced)
+        return balanced
 
     def singular_values(self, module: str) -> Tensor:
         # Clients are handed the top singular vectors next: compute them with the values, once.
-        return self._top_svd(self._module(module), 1)[1]
+        return self._balanced(self._module(module), 1)[1]
 
     def _hand_back(self, module, rank, scale, client_id):
-        U, S, V = self._top_svd(module, rank)
-        # Only the numerically non-zero directions (matrix_rank's tolerance): a zero singular
-        # value would give a zero A row with a zero B column, a component that never trains
-        # again. Those are padded instead (B = 0, seeded A), e.g. after an all-zero round.
-        m, n = self.shapes[module]
-        floor = float(S[0]) * max(m, n) * torch.finfo(S.dtype).eps if S.numel() else 0.0
-        k = min(rank, int((S > floor).sum()))
-        root = (S[:k] / scale).sqrt()
-        B = U[:, :k] * root
-        A = root[:, None] * V[:, :k].T
-        A, B = pad_factors(module, A, B, rank, self.seed)
+        Bt, _, At = self._balanced(module, rank)
+        k = min(rank, Bt.shape[1])
+        # s B A = Bt At = U_k S_k V_k^T: each factor takes sqrt(S_k / s), so B and A have equal norms.
+        root = 1.0 / math.sqrt(scale)
+        A, B = pad_factors(module, At[:k] * root, Bt[:, :k] * root, rank, self.seed)
         return LoRAFactors(A.contiguous(), B.contiguous(), scale)
 
 
