@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from benchmarks.baseline import EXPLICIT_Q, aggregate_explicit_q
 from raflora import ClientUpdate, LoRAFactors, aggregate, lora_scale
 
 LLAMA_RANKS = (64, 32, 16, 16, 8, 8, 4, 4, 4, 4)
@@ -70,24 +71,31 @@ def uploaded_bytes(updates: Sequence[ClientUpdate]) -> int:
                for u in updates for f in u.factors.values())
 
 
-BEFORE = ":full-svd"  # suffix naming the pre-fix path of an SVD method (see server_round)
+BEFORE = ":full-svd"  # suffix naming the path before the top-k fix (see server_round)
 
 
 def server_round(method: str, updates: Sequence[ClientUpdate], keep: bool = True, **options):
     """What the server does each round: ``aggregate`` plus ``client_factors`` for every client
     and module. ``keep=False`` drops each client's factors once made (a server that encodes and
-    sends them one by one); returns the result and the kept factors.
+    sends them one by one); returns the result and the kept factors. ``options`` go to
+    ``aggregate`` (``workers=2`` factorizes two modules at a time).
 
-    ``"raflora:full-svd"`` (any method plus :data:`BEFORE`) runs the path before this
-    benchmark's library fix: the full thin SVD (all ``sum r_i`` singular vectors) of every
-    module is computed and cached first, and clients are handed their factors from it.
+    Suffixes select earlier paths of an SVD method, for side-by-side timings:
+    ``"raflora:explicit-q"`` (:data:`benchmarks.baseline.EXPLICIT_Q`) is the path before issue
+    4's fix (both ``Q`` formed, ``isfinite`` checks; :mod:`benchmarks.baseline`);
+    ``"raflora:full-svd"`` (:data:`BEFORE`) computes and caches the full thin SVD (all
+    ``sum r_i`` singular vectors) of every module first, as before the top-k fix, and clients
+    are handed their factors from it.
     """
-    full = method.endswith(BEFORE)
-    method = method.removesuffix(BEFORE)
-    result = aggregate(method, updates, **options)
-    if full:
-        for module in result.modules:
-            result.svd(module)
+    if method.endswith(EXPLICIT_Q):
+        options.pop("workers", None)  # the path before the fix had no workers
+        result = aggregate_explicit_q(method.removesuffix(EXPLICIT_Q), updates, **options)
+    else:
+        full = method.endswith(BEFORE)
+        result = aggregate(method.removesuffix(BEFORE), updates, **options)
+        if full:
+            for module in result.modules:
+                result.svd(module)
     out = {}
     for u in updates:
         mine = {}
@@ -99,6 +107,10 @@ def server_round(method: str, updates: Sequence[ClientUpdate], keep: bool = True
     return result, out
 
 
+def split_variant(label: str) -> tuple[str, dict]:
+    """``"raflora, workers=2"`` (a row label of the benchmarks) -> ``("raflora", {"workers": 2})``."""
+    method, *options = [part.strip() for part in label.split(",")]
+    return method, {key: int(value) for key, value in (option.split("=") for option in options)}
 
 
 def single_module(updates: Sequence[ClientUpdate], module: str) -> list[ClientUpdate]:

@@ -15,7 +15,10 @@ with ``MALLOC_MMAP_THRESHOLD_=131072`` so freed tensors leave the resident set a
 Two ways of running the round: ``streamed`` makes each client's factors and drops them (a
 server that encodes and sends as it goes); ``kept`` holds every client's factors at the end
 (they alone are 1x the uploads for the SVD methods). The dense way (FlexLoRA's reference: dense
-sum plus full SVD) is measured on one module against that module's uploads.
+sum plus full SVD) is measured on one module against that module's uploads. Rows name the
+method as the server benchmark does: ``raflora, workers=2`` factorizes modules two at a time,
+``raflora:explicit-q`` is the path before issue 4's fix, ``raflora:full-svd`` the one before
+the top-k fix.
 
     python -m benchmarks.memory            # 64 modules of 4096 x 4096
     python -m benchmarks.memory --quick    # 8 modules of 512 x 512
@@ -33,6 +36,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from benchmarks.baseline import EXPLICIT_Q
 from benchmarks.common import (
     BEFORE,
     LLAMA_DIM,
@@ -44,6 +48,7 @@ from benchmarks.common import (
     make_updates,
     server_round,
     set_threads,
+    split_variant,
     uploaded_bytes,
 )
 
@@ -72,7 +77,8 @@ def _round(method: str, updates, mode: str):
         from benchmarks.server import dense_svd_module
 
         return None, [dense_svd_module(updates, name, "flexlora") for name in updates[0].factors]
-    result, kept = server_round(method, updates, keep=(mode == "kept"))
+    method, options = split_variant(method)
+    result, kept = server_round(method, updates, keep=(mode == "kept"), **options)
     for name in result.modules:  # the diagnostics' singular values are part of a round
         result.singular_values(name)
     return result, kept
@@ -122,7 +128,7 @@ def measure(method: str, dim: int, modules: int, mode: str, threads: int = 2) ->
 def run(
     dim: int = LLAMA_DIM,
     num_modules: int = LLAMA_MODULES,
-    methods: Sequence[str] = METHODS + ("raflora" + BEFORE,),
+    methods: Sequence[str] = METHODS + ("raflora, workers=2", "raflora" + EXPLICIT_Q, "raflora" + BEFORE),
     modes: Sequence[str] = ("streamed", "kept"),
     dense: bool = True,
     threads: int = 2,

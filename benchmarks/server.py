@@ -9,6 +9,11 @@ taken in the same process.
 
     python -m benchmarks.server            # LLaMA-7B shapes
     python -m benchmarks.server --quick    # 8 modules of 1024 x 1024
+
+Rows: each method as ``aggregate`` runs by default (lazy, in the calling thread); for flexlora
+and raflora also with ``workers=N`` (``--workers``, modules factorized N at a time, one intra-op
+thread each); ``raflora:explicit-q`` is raflora's path before issue 4's fix
+(:mod:`benchmarks.baseline`) and ``raflora:full-svd`` the one before the top-k fix.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Sequence
 
 import torch
 
+from benchmarks.baseline import EXPLICIT_Q
 from benchmarks.common import (
     BEFORE,
     LLAMA_DIM,
@@ -91,10 +97,11 @@ def run(
     dim: int = LLAMA_DIM,
     num_modules: int = LLAMA_MODULES,
     ranks: Sequence[int] = LLAMA_RANKS,
-    methods: Sequence[str] = METHODS + ("raflora" + BEFORE,),
+    methods: Sequence[str] = METHODS + ("raflora" + EXPLICIT_Q, "raflora" + BEFORE),
     repeats: int = 3,
     per_module_samples: int = 8,
     dense_modules: int = 2,
+    workers: Sequence[int] = (2,),
 ) -> dict:
     """Measure every method's round and per-module time and the dense-SVD per-module time.
 
@@ -118,35 +125,42 @@ def run(
         dense_cpu.append(time.process_time() - start_cpu)
     dense_median = median(dense_times)
 
+    variants = [(method, {}) for method in methods]
+    for w in workers:  # only the SVD methods' rounds are exactly what workers= precomputes
+        variants += [(method, {"workers": w}) for method in methods if method in ("flexlora", "raflora")]
     rows = []
-    for method in methods:
+    for method, options in variants:
         per_module, per_module_cpu = [], []
         for module in sample:
             one = single_module(updates, module)
             cpu: list[float] = []
-            per_module.append(median(repeat(lambda: server_round(method, one, keep=False), repeats, cpu=cpu)))
+            per_module.append(median(repeat(lambda: server_round(method, one, keep=False, **options), repeats, cpu=cpu)))
             per_module_cpu.append(median(cpu))
-        # The per-module runs above warmed this method up; the whole round is timed cold-free.
-        round_cpu: list[float] = []
-        round_times = repeat(lambda: server_round(method, updates, keep=False), repeats, warmup=0, cpu=round_cpu)
-        row = {
-            "method": method,
-            "round_s": median(round_times),
-            "round_spread": spread(round_times),
-            "round_cpu_s": median(round_cpu),
+        rows.append({
+            "method": method + "".join(f", {k}={v}" for k, v in options.items()),
             "per_module_ms": 1e3 * median(per_module),
             "per_module_cpu_ms": 1e3 * median(per_module_cpu),
             "speedup_vs_dense": dense_median / median(per_module),
             "speedup_vs_dense_cpu": median(dense_cpu) / median(per_module_cpu),
-        }
-        if method in ("flexlora", "raflora"):  # agreement is checked on the current path
+        })
+    # Whole rounds, interleaved (repetition 1 of every variant, then 2, ...), so a burst of load
+    # from other processes spreads over the variants instead of landing on one; the per-module
+    # runs above were the warm-up.
+    round_times = [[] for _ in variants]
+    round_cpu = [[] for _ in variants]
+    for _ in range(repeats):
+        for i, (method, options) in enumerate(variants):
+            round_times[i] += repeat(lambda: server_round(method, updates, keep=False, **options), 1, warmup=0,
+                                     cpu=round_cpu[i])
+    for row, (method, options), times, cpu in zip(rows, variants, round_times, round_cpu):
+        row.update(round_s=median(times), round_spread=spread(times), round_cpu_s=median(cpu))
+        if method in ("flexlora", "raflora") and not options:  # agreement: on the current path
             module = dense_sample[0]
             if method == "raflora":
                 ref = dense_svd_module(updates, module, "raflora")
             else:
                 ref = dense_results[module]
             row.update(agreement(updates, module, method, *ref))
-        rows.append(row)
     return {
         "rows": rows,
         "dense": {
@@ -198,14 +212,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--modules", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dense-modules", type=int, default=2)
-    parser.add_argument("--methods", default=",".join(METHODS + ("raflora" + BEFORE,)),
-                        help=f"'raflora{BEFORE}' is raflora's path before the top-k fix")
+    parser.add_argument("--methods", default=",".join(METHODS + ("raflora" + EXPLICIT_Q, "raflora" + BEFORE)),
+                        help=f"'raflora{EXPLICIT_Q}' is raflora's path before issue 4's fix, "
+                             f"'raflora{BEFORE}' the one before the top-k fix")
+    parser.add_argument("--workers", default="2",
+                        help="comma-separated worker counts for extra flexlora/raflora rows ('' for none)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     set_threads(args.threads)
     dim = args.dim or (1024 if args.quick else LLAMA_DIM)
     modules = args.modules or (8 if args.quick else LLAMA_MODULES)
-    out = run(dim, modules, LLAMA_RANKS, args.methods.split(","), args.repeats, dense_modules=args.dense_modules)
+    workers = [int(w) for w in args.workers.split(",") if w]
+    out = run(dim, modules, LLAMA_RANKS, args.methods.split(","), args.repeats, dense_modules=args.dense_modules,
+              workers=workers)
     print(f"machine: {machine_line()}\n")
     print(table(out))
     return out

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks import common, diagnostics, memory, run_all, scaling, server, wire
+from benchmarks import common, diagnostics, memory, profile_round, run_all, scaling, server, wire
+from benchmarks.baseline import EXPLICIT_Q
 from raflora import aggregate
 
 
@@ -23,7 +24,8 @@ def _threads():
 
 def test_server_rows_and_dense_agreement():
     out = server.run(dim=48, num_modules=2, repeats=1, per_module_samples=1, dense_modules=1)
-    assert [r["method"] for r in out["rows"]] == list(common.METHODS) + ["raflora" + common.BEFORE]
+    assert [r["method"] for r in out["rows"]] == (list(common.METHODS) + ["raflora" + EXPLICIT_Q, "raflora" + common.BEFORE]
+                                                  + ["raflora, workers=2", "flexlora, workers=2"])
     for r in out["rows"]:
         assert r["round_s"] > 0 and r["per_module_ms"] > 0 and r["speedup_vs_dense"] > 0
     for r in out["rows"]:
@@ -60,6 +62,20 @@ def test_before_fix_path_hands_back_the_same_factors():
             assert torch.allclose(f.B @ f.A, g.B @ g.A, atol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["raflora", "flexlora"])
+def test_explicit_q_path_hands_back_the_same_factors(method):
+    # The path before issue 4's fix (both Q formed) against today's, with and without workers.
+    updates = common.make_updates([8, 4, 2], 3, 30, 20, seed=4, dtype=torch.float64)
+    _, before = common.server_round(method + EXPLICIT_Q, updates)
+    for options in ({}, {"workers": 2}):
+        _, now = common.server_round(method, updates, **options)
+        for cid, factors in now.items():
+            for module, f in factors.items():
+                g = before[cid][module]
+                assert torch.allclose(f.B @ f.A, g.B @ g.A, atol=1e-12)
+                assert torch.allclose(f.B.norm(), g.B.norm(), atol=1e-12)  # the same balanced split
+
+
 def test_dense_svd_module_hands_back_best_rank_r():
     updates = common.make_updates([6, 3], 1, 20, 16, seed=1, dtype=torch.float64)
     module = next(iter(updates[0].factors))
@@ -91,10 +107,12 @@ def test_wire_bytes_close_to_payload():
 
 
 def test_memory_child_process():
-    out = memory.run(dim=64, num_modules=2, methods=("raflora",), modes=("streamed",), dense=False, threads=1)
-    (row,) = out["rows"]
-    assert row["method"] == "raflora" and row["probe"] in ("VmHWM", "ru_maxrss")
-    assert row["uploaded_bytes"] == sum(common.LLAMA_RANKS) * (64 + 64) * 2 * 4
+    out = memory.run(dim=64, num_modules=2, methods=("raflora", "raflora, workers=2"), modes=("streamed",),
+                     dense=False, threads=1)
+    assert [row["method"] for row in out["rows"]] == ["raflora", "raflora, workers=2"]
+    for row in out["rows"]:
+        assert row["probe"] in ("VmHWM", "ru_maxrss")
+        assert row["uploaded_bytes"] == sum(common.LLAMA_RANKS) * (64 + 64) * 2 * 4
     assert "peak / uploaded" in memory.table(out)
 
 
@@ -107,3 +125,12 @@ def test_diagnostics_before_after():
 
 def test_run_all_knows_every_benchmark():
     assert {"server", "scaling", "wire", "memory", "diagnostics"} <= set(run_all.BENCHMARKS)
+
+
+def test_profile_round_groups_the_ops():
+    out = profile_round.run(["raflora" + EXPLICIT_Q, "raflora"], num_modules=2, dim=48)
+    before, after = out["paths"]["raflora" + EXPLICIT_Q], out["paths"]["raflora"]
+    assert before["linalg_qr (explicit-q: geqrf + orgqr forming Q; now: R of B only)"] > 0
+    assert "ormqr (reflectors applied to the r_max kept core vectors)" in after
+    assert "ormqr (reflectors applied to the r_max kept core vectors)" not in before
+    assert "| total (profiled self CPU) |" in profile_round.table(out)

@@ -1,0 +1,70 @@
+"""The SVD methods' server path before issue 4's fix, kept to time it next to the current one.
+
+``"raflora:explicit-q"`` (any SVD method plus :data:`EXPLICIT_Q`) in
+:func:`benchmarks.common.server_round` runs it. The updates go through today's checks and
+stacking, then, as before the fix:
+
+- every factor is also checked with ``torch.isfinite(t).all()`` (three elementwise passes and a
+  bool tensor; today one ``aminmax`` pass, ~0.3 ms a LLaMA-7B module, is run as well, so this
+  path is overstated by well under 1%);
+- each module's top singular vectors come from ``product_svd(B, A, top=r_max)``: both ``Q``
+  formed by ``torch.linalg.qr`` and the core's vectors rotated back by two products;
+- a client of rank ``r`` gets ``U_r sqrt(S_r / s)`` and ``sqrt(S_r / s) V_r^T``.
+
+The factors handed back are the same up to rounding
+(``tests/benchmarks/test_benchmarks_smoke.py`` checks it).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from raflora import AGGREGATORS, ClientUpdate, LoRAFactors
+from raflora.aggregation.result import SVDResult
+from raflora.aggregation.validate import check_updates
+from raflora.lora import pad_factors, product_svd
+
+EXPLICIT_Q = ":explicit-q"
+
+
+class ExplicitQResult(SVDResult):
+    """:class:`SVDResult` with the hand-back it had before the fix."""
+
+    def _top_svd(self, module: str, rank: int) -> tuple[Tensor, Tensor, Tensor]:
+        if module in self._svd:
+            return self._svd[module]
+        got = self._top.get(module)
+        if got is None or got[0].shape[1] < min(rank, got[1].shape[0]):
+            need = max(rank, max(self._ranks[module].values()))
+            got = product_svd(*self.delta_factors(module), top=need)
+            self._top[module] = got
+        return got
+
+    def singular_values(self, module: str) -> Tensor:
+        return self._top_svd(self._module(module), 1)[1]
+
+    def _hand_back(self, module, rank, scale, client_id):
+        U, S, V = self._top_svd(module, rank)
+        m, n = self.shapes[module]
+        floor = float(S[0]) * max(m, n) * torch.finfo(S.dtype).eps if S.numel() else 0.0
+        k = min(rank, int((S > floor).sum()))
+        root = (S[:k] / scale).sqrt()
+        A, B = pad_factors(module, root[:, None] * V[:, :k].T, U[:, :k] * root, rank, self.seed)
+        return LoRAFactors(A.contiguous(), B.contiguous(), scale)
+
+
+def aggregate_explicit_q(method: str, updates: Sequence[ClientUpdate], **options) -> ExplicitQResult:
+    """``aggregate(method, updates, **options)`` for ``flexlora`` or ``raflora``, the way it ran
+    before the fix (lazy: each module is factorized when first used)."""
+    checked = check_updates(updates)
+    for u in checked.updates:
+        for f in u.factors.values():
+            bool(torch.isfinite(f.A).all() and torch.isfinite(f.B).all())
+    result = AGGREGATORS[method].run(checked, **options)
+    if not isinstance(result, SVDResult):
+        raise ValueError(f"{method}: the explicit-Q baseline exists for the SVD methods (flexlora, raflora) only")
+    factors = {m: result.delta_factors(m) for m in result.modules}
+    return ExplicitQResult(result.method, checked, factors, result.seed)
