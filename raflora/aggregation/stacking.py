@@ -21,10 +21,10 @@ def stack_factors(factors: Sequence[LoRAFactors], column_weights: Sequence[Tenso
     weighting, raFLoRA's partition weights otherwise).
     """
     B_st = torch.cat([f.B for f in factors], dim=1)
-    A_st = torch.cat(
-        [(f.scale * c.to(dtype=f.A.dtype, device=f.A.device))[:, None] * f.A for f, c in zip(factors, column_weights)],
-        dim=0,
-    )
+    # One in-place scaling of the stacked rows: the same products as scaling each client's A
+    # first, without a temporary per client.
+    rows = torch.cat([f.scale * c.to(dtype=f.A.dtype, device=f.A.device) for f, c in zip(factors, column_weights)])
+    A_st = torch.cat([f.A for f in factors], dim=0).mul_(rows[:, None])
     return B_st, A_st
 
 

@@ -69,7 +69,7 @@ def _all_finite(t: torch.Tensor) -> bool:
     if t.numel() == 0:
         return True
     low, high = torch.aminmax(t)
-    return bool(torch.isfinite(low) & torch.isfinite(high))
+    return math.isfinite(low.item()) and math.isfinite(high.item())
 
 
 def _check_factors(cid, module: str, f, shape: tuple[int, int] | None) -> str | None:
