@@ -9,7 +9,8 @@ Each run is :func:`raflora.federation.run_federation` of the demo config (one ro
 steps, every client sampled, the evaluation on a fixed test subsample) in a fresh interpreter,
 which reports its peak resident set (``VmHWM`` from ``/proc/self/status``, the kernel's
 high-water mark over the process's life: model loading, data, training, aggregation,
-evaluation, checkpoint and adapter export). The child runs with ``MALLOC_MMAP_THRESHOLD_=131072``
+evaluation, checkpoint and adapter export), and its resident set when the server starts
+aggregating (every update held, no aggregation work yet). The child runs with ``MALLOC_MMAP_THRESHOLD_=131072``
 like the server memory benchmark, so freed large tensors leave the resident set at once.
 
     python -m benchmarks.client_memory              # all-MiniLM-L6-v2, 10 and 100 clients
@@ -53,16 +54,29 @@ def run_overrides(clients: int, steps: int, threads: int, quick: bool) -> dict:
 
 def child(clients: int, steps: int, threads: int, quick: bool) -> dict:
     """One run in this (fresh) process; sizes in bytes."""
+    import raflora.federation.round as round_module
     from raflora.federation import run_federation
     from raflora.federation.ranks import client_ranks
 
+    # The resident set when the server starts aggregating: every client has trained and its update
+    # is held, nothing of the aggregation exists yet.
+    seen = {}
+    aggregate = round_module.aggregate
+
+    def watched(*args, **kwargs):
+        seen["rss_at_aggregate"] = _status_kib("VmRSS") * 1024
+        return aggregate(*args, **kwargs)
+
+    round_module.aggregate = watched
     with tempfile.TemporaryDirectory() as tmp:
         config = demo_config(tmp, quick, run_overrides(clients, steps, threads, quick))
         metrics = run_federation(config)
         peak = _status_kib("VmHWM") * 1024
         rss_end = _status_kib("VmRSS") * 1024
-    return {"clients": clients, "peak_rss": peak, "rss_end": rss_end, "accepted": metrics[-1]["accepted"],
-            "ranks": client_ranks(config.ranks, clients, config.run.seed), "bytes_up": metrics[-1]["bytes_up"]}
+    round_module.aggregate = aggregate
+    return {"clients": clients, "peak_rss": peak, "rss_end": rss_end, "rss_at_aggregate": seen["rss_at_aggregate"],
+            "accepted": metrics[-1]["accepted"], "ranks": client_ranks(config.ranks, clients, config.run.seed),
+            "bytes_up": metrics[-1]["bytes_up"]}
 
 
 def measure(clients: int, steps: int, threads: int, quick: bool) -> dict:
@@ -105,6 +119,7 @@ def run(quick: bool = False, clients: Sequence[int] = (10, 100), steps: int = 2,
     for r in rows:
         more = r["clients"] - base["clients"]
         r["growth"] = r["peak_rss"] - base["peak_rss"]
+        r["held_growth"] = r["rss_at_aggregate"] - base["rss_at_aggregate"]
         r["growth_per_client"] = r["growth"] / more if more else None
         extra_adapters = r["adapter_bytes"] - base["adapter_bytes"]
         r["growth_vs_adapters"] = r["growth"] / extra_adapters if more else None
@@ -115,13 +130,15 @@ def run(quick: bool = False, clients: Sequence[int] = (10, 100), steps: int = 2,
 
 def table(out: dict) -> str:
     cfg = out["config"]
-    headers = ["clients", "peak RSS MiB", "growth over first row MiB", "growth per extra client KiB",
-               "adapter per client KiB (mean rank)", "growth / extra clients' adapters", "growth in model copies"]
+    headers = ["clients", "peak RSS MiB", "growth over first row MiB", "RSS when aggregation starts MiB (growth)",
+               "growth per extra client KiB", "adapter per client KiB (mean rank)",
+               "growth / extra clients' adapters", "growth in model copies"]
     rows = []
     for r in out["rows"]:
         mean_rank = sum(r["ranks"]) / len(r["ranks"])
         rows.append([
             r["clients"], f"{r['peak_rss'] / MIB:.1f}", f"{r['growth'] / MIB:.1f}",
+            f"{r['rss_at_aggregate'] / MIB:.1f} ({r['held_growth'] / MIB:+.1f})",
             "-" if r["growth_per_client"] is None else f"{r['growth_per_client'] / 1024:.0f}",
             f"{r['adapter_bytes_per_client'] / 1024:.0f} ({mean_rank:.2f})",
             "-" if r["growth_vs_adapters"] is None else f"{r['growth_vs_adapters']:.2f}x",

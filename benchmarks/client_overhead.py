@@ -158,7 +158,7 @@ def _components(setup, state, client: int, repeats: int) -> dict[str, float]:
     return out
 
 
-def run(quick: bool = False, repeats: int = 7, threads: int = 2, clients: Sequence[int] | None = None,
+def run(quick: bool = False, repeats: int = 5, threads: int = 2, clients: Sequence[int] | None = None,
         overrides: dict | None = None) -> dict:
     """Time one round's client training both ways, ``repeats`` times after one warm-up."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -284,7 +284,7 @@ def table(out: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the tiny encoder instead of MiniLM")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     print(f"machine: {machine_line()}\n")

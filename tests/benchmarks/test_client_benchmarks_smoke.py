@@ -53,6 +53,7 @@ def test_client_memory_rows():
     shapes = client_memory.model_facts(True)["shapes"]
     assert second["adapter_bytes"] == sum(client_setup.adapter_bytes(shapes, r) for r in second["ranks"])
     assert first["growth"] == 0 and second["growth"] == second["peak_rss"] - first["peak_rss"]
+    assert 0 < first["rss_at_aggregate"] <= first["peak_rss"] and first["held_growth"] == 0
     assert second["growth_per_client"] is not None and second["growth_vs_adapters"] is not None
     assert "growth in model copies" in client_memory.table(out)
 
