@@ -105,8 +105,10 @@ def run_round(
     record = {"round": round_, "method": fed.method, "clients": sampled,
               "ranks": [setup.ranks[c] for c in sampled], "diverged": diverged}
     try:
+        # workers: the modules are factorized side by side on run.threads threads (bit-identical
+        # to one thread at a time, see raflora.aggregation.workers)
         result = aggregate(fed.method, updates, modules=sorted(setup.shapes), shapes=setup.shapes, seed=seed,
-                           **method_options(setup, len(sampled)))
+                           workers=config.run.threads, **method_options(setup, len(sampled)))
     except NoValidUpdates as err:
         result, rejected = None, [{"client": None, "module": None, "reason": str(err)}]
     else:
