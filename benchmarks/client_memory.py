@@ -28,19 +28,11 @@ import tempfile
 from typing import Sequence
 
 from benchmarks.client_setup import ROOT, adapter_bytes, demo_config
-from benchmarks.common import machine_line, markdown_table
+from benchmarks.common import machine_line, markdown_table, status_kib
 
 MIB = 1024 * 1024
 # 100 clients need at least 100 x min_examples training articles: the toy run keeps 600.
 QUICK_DATA = {"task.train_size": 600}
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
 
 
 def run_overrides(clients: int, steps: int, threads: int, quick: bool) -> dict:
@@ -64,15 +56,15 @@ def child(clients: int, steps: int, threads: int, quick: bool) -> dict:
     aggregate = round_module.aggregate
 
     def watched(*args, **kwargs):
-        seen["rss_at_aggregate"] = _status_kib("VmRSS") * 1024
+        seen["rss_at_aggregate"] = status_kib("VmRSS") * 1024
         return aggregate(*args, **kwargs)
 
     round_module.aggregate = watched
     with tempfile.TemporaryDirectory() as tmp:
         config = demo_config(tmp, quick, run_overrides(clients, steps, threads, quick))
         metrics = run_federation(config)
-        peak = _status_kib("VmHWM") * 1024
-        rss_end = _status_kib("VmRSS") * 1024
+        peak = status_kib("VmHWM") * 1024
+        rss_end = status_kib("VmRSS") * 1024
     round_module.aggregate = aggregate
     return {"clients": clients, "peak_rss": peak, "rss_end": rss_end, "rss_at_aggregate": seen["rss_at_aggregate"],
             "accepted": metrics[-1]["accepted"], "ranks": client_ranks(config.ranks, clients, config.run.seed),

@@ -49,18 +49,11 @@ from benchmarks.common import (
     server_round,
     set_threads,
     split_variant,
+    status_kib,
     uploaded_bytes,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
 
 
 def _reset_peak() -> bool:
@@ -93,17 +86,17 @@ def child(method: str, dim: int, modules: int, mode: str, threads: int) -> dict:
     updates = make_updates(LLAMA_RANKS, modules, dim, dim)
     uploaded = uploaded_bytes(updates)
     gc.collect()
-    before = _status_kib("VmRSS") * 1024
+    before = status_kib("VmRSS") * 1024
     if _reset_peak():
         probe, baseline = "VmHWM", before
     else:
         probe, baseline = "ru_maxrss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     result, kept = _round(method, updates, mode)
     if probe == "VmHWM":
-        peak = _status_kib("VmHWM") * 1024
+        peak = status_kib("VmHWM") * 1024
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    after = _status_kib("VmRSS") * 1024
+    after = status_kib("VmRSS") * 1024
     del result, kept
     return {
         "method": method, "mode": mode, "modules": modules, "dim": dim, "probe": probe,
