@@ -22,10 +22,9 @@ from benchmarks.common import LLAMA_DIM, LLAMA_RANKS, machine_line, make_updates
 
 # aten op -> what it does in the round (anything else: "other").
 GROUPS = {
-    "aten::linalg_qr": "linalg_qr (explicit-q: geqrf + orgqr forming Q; now: R of B only)",
-    "aten::geqrf": "geqrf of A^T (R and reflectors, Q not formed)",
-    "aten::ormqr": "ormqr (reflectors applied to the r_max kept core vectors)",
-    "aten::mm": "products (mm)",
+    "aten::linalg_qr": "QR of the stacks (explicit-q: geqrf + orgqr forming Q; now: R only)",
+    "aten::geqrf": "QR of the stacks (explicit-q: geqrf + orgqr forming Q; now: R only)",
+    "aten::mm": "products (mm: the core, U_t S_t and V_t S_t)",
     "aten::_linalg_svd": "core SVD (R x R)",
     "aten::isfinite": "validation (isfinite / aminmax)",
     "aten::abs": "validation (isfinite / aminmax)",

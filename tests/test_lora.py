@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from raflora import LoRAFactors, energy_by_partition, energy_ratio, fresh_factors, init_a, lora_scale, product_svd
-from raflora.lora import pad_factors, product_frobenius_norm, product_singular_values, product_top_svd
+from raflora.lora import (
+    numerical_rank,
+    pad_factors,
+    product_frobenius_norm,
+    product_singular_values,
+    product_top_svd,
+)
 
 F64 = torch.float64
 
@@ -109,10 +115,20 @@ def test_product_top_svd_of_rank_deficient_and_zero_stacks():
     BAV, S, V = product_top_svd(B, A, 4)
     dense = B @ A
     assert float(S[2:].abs().max()) <= 1e-12 * float(S[0])
-    assert torch.allclose(BAV[:, :2] @ V[:, :2].T, dense, atol=1e-12)
-    assert torch.allclose(V.T @ V, torch.eye(4, dtype=F64), atol=1e-12)
+    # Only the 2 numerically non-zero directions come back: the others have no defined vectors.
+    assert BAV.shape == (11, 2) and V.shape == (9, 2) and numerical_rank(S, 11, 9) == 2
+    assert torch.allclose(BAV @ V.T, dense, atol=1e-12)
+    assert torch.allclose(V.T @ V, torch.eye(2, dtype=F64), atol=1e-12)
     BAV, S, V = product_top_svd(torch.zeros(11, 3, dtype=F64), A[:3], 2)
-    assert torch.count_nonzero(S) == 0 and torch.count_nonzero(BAV) == 0
+    assert torch.count_nonzero(S) == 0 and BAV.shape == (11, 0) and V.shape == (9, 0)
+
+
+def test_numerical_rank_uses_matrix_rank_tolerance():
+    M = rand(12, 5, seed=4) @ rand(5, 8, seed=5)  # rank 5
+    S = torch.linalg.svdvals(M)
+    assert numerical_rank(S, 12, 8) == int(torch.linalg.matrix_rank(M)) == 5
+    assert numerical_rank(torch.zeros(3, dtype=F64), 4, 4) == 0
+    assert numerical_rank(torch.zeros(0, dtype=F64), 4, 4) == 0
 
 
 @pytest.mark.parametrize("m, n, k", SVD_SHAPES)

@@ -19,6 +19,7 @@ from raflora.aggregation.workers import for_each_module
 from raflora.lora import (
     LoRAFactors,
     fresh_factors,
+    numerical_rank,
     pad_factors,
     product_singular_values,
     product_svd,
@@ -174,17 +175,17 @@ class SVDResult(AggregationResult):
         if got is not None and (got[0] >= rank or got[1].shape[1] < got[0]):
             return got[1:]
         need = max(rank, max(self._ranks[module].values()))
+        m, n = self.shapes[module]
         if module in self._svd:
             U, S, V = self._svd[module]
-            BAV, V = U[:, :need] * S[:need], V[:, :need]
+            t = min(need, numerical_rank(S, m, n))
+            BAV, V = U[:, :t] * S[:t], V[:, :t]
         else:
             BAV, S, V = product_top_svd(*self.delta_factors(module), top=need)
-        m, n = self.shapes[module]
-        floor = float(S[0]) * max(m, n) * torch.finfo(S.dtype).eps if S.numel() else 0.0
-        t = min(BAV.shape[1], int((S > floor).sum()))
+            t = BAV.shape[1]
         root = S[:t].sqrt()
-        # BAV = U_t S_t; V is column-major from ormqr, so At = root V^T comes out row-major.
-        balanced = (BAV[:, :t] / root, S, root[:, None] * V[:, :t].T)
+        # V.T is row-major (product_top_svd), so At = root V^T comes out row-major.
+        balanced = (BAV / root, S, root[:, None] * V.T)
         self._top[module] = (need, *balanced)
         return balanced
 
