@@ -67,22 +67,39 @@ class ClientTurn:
     bytes_up: int
 
 
+def client_download(setup: RunSetup, state: FederationState, client: int) -> tuple[dict[str, LoRAFactors], int]:
+    """What the server sends ``client`` this round: its start factors (before the wire) and the
+    bytes it receives (flora/florist: the global stack; otherwise the start factors' own wire size)."""
+    start = client_start(setup, state, client, setup.ranks[client])
+    fed = setup.config.federation
+    return start, download_bytes(setup, state) or wire_size(start, fed.transport_dtype, setup.method.uploads)
+
+
+def train_client(
+    setup: RunSetup, round_: int, client: int, start: dict[str, LoRAFactors], head: dict[str, Tensor],
+    on_step: Callable[[], None] | None = None,
+):
+    """``client`` trains its own rank's adapter from ``start`` (as received) on its own examples."""
+    fed = setup.config.federation
+    return train_local(
+        setup.model, setup.task, setup.client_examples(client), setup.ranks[client], start, head, setup.config.train,
+        seed=setup.client_seed(round_, client), lr_at=lambda f: setup.lr_at(round_, f),
+        train_a=fed.method != "ffa", on_step=on_step,
+    )
+
+
 def run_client(
     setup: RunSetup, state: FederationState, round_: int, client: int, on_step: Callable[[], None] | None = None
 ) -> ClientTurn:
     """A client's part of round ``round_``: its start factors go down the wire (really encoded in
     ``transport_dtype``), it trains on its own examples, its factors come back up the wire."""
-    fed, rank = setup.config.federation, setup.ranks[client]
-    start, received = client_start(setup, state, client, rank), download_bytes(setup, state)
-    start, sent = transmit(start, fed.transport_dtype, setup.method.uploads)
-    local = train_local(
-        setup.model, setup.task, setup.client_examples(client), rank, start, state.head, setup.config.train,
-        seed=setup.client_seed(round_, client), lr_at=lambda f: setup.lr_at(round_, f),
-        train_a=fed.method != "ffa", on_step=on_step,
-    )
+    fed = setup.config.federation
+    start, bytes_down = client_download(setup, state, client)
+    start, _ = transmit(start, fed.transport_dtype, setup.method.uploads)
+    local = train_client(setup, round_, client, start, state.head, on_step)
     factors, nbytes = transmit(local.factors, fed.transport_dtype, setup.method.uploads)
     return ClientTurn(ClientUpdate(client, factors, local.num_examples), local.head, local.loss, local.diverged,
-                      bytes_down=received or sent, bytes_up=nbytes)
+                      bytes_down=bytes_down, bytes_up=nbytes)
 
 
 def run_round(
@@ -90,29 +107,47 @@ def run_round(
 ) -> dict:
     """Run round ``round_`` (1-based), update ``state`` in place, return the round's metrics."""
     began = time.perf_counter()
+    sampled = setup.sample_clients(round_)
+    turns = {client: run_client(setup, state, round_, client, on_step) for client in sampled}
+    return close_round(setup, state, round_, sampled, turns, [], began)
+
+
+def close_round(
+    setup: RunSetup, state: FederationState, round_: int, sampled: list[int], turns: dict[int, ClientTurn],
+    refused: list[dict], began: float, bytes_down: int | None = None,
+) -> dict:
+    """The server's part of round ``round_`` once the clients' ``turns`` are in: aggregate, merge,
+    diagnose, evaluate; update ``state`` in place and return the round's metrics. ``refused`` lists
+    clients whose reply never made a turn (``{"client", "module", "reason"}``, reported first);
+    ``bytes_down`` defaults to the turns' own."""
     config = setup.config
     fed, seed = config.federation, config.run.seed
-    sampled = setup.sample_clients(round_)
     updates, heads, losses, diverged = [], {}, {}, []
-    bytes_up = bytes_down = 0
+    bytes_up = 0
     for client in sampled:
-        turn = run_client(setup, state, round_, client, on_step)
-        bytes_down, bytes_up = bytes_down + turn.bytes_down, bytes_up + turn.bytes_up
+        if client not in turns:
+            continue
+        turn = turns[client]
+        bytes_up += turn.bytes_up
         updates.append(turn.update)
         heads[client], losses[client] = turn.head, turn.loss
         if turn.diverged:
             diverged.append(client)
+    if bytes_down is None:
+        bytes_down = sum(turn.bytes_down for turn in turns.values())
     record = {"round": round_, "method": fed.method, "clients": sampled,
               "ranks": [setup.ranks[c] for c in sampled], "diverged": diverged}
+    rejected = list(refused)
     try:
         # workers: the modules are factorized side by side on run.threads threads (bit-identical
         # to one thread at a time, see raflora.aggregation.workers)
         result = aggregate(fed.method, updates, modules=sorted(setup.shapes), shapes=setup.shapes, seed=seed,
                            workers=config.run.threads, **method_options(setup, len(sampled)))
     except NoValidUpdates as err:
-        result, rejected = None, [{"client": None, "module": None, "reason": str(err)}]
+        result = None
+        rejected.append({"client": None, "module": None, "reason": str(err)})
     else:
-        rejected = [{"client": c, "module": m, "reason": why} for c, m, why in result.rejected]
+        rejected += [{"client": c, "module": m, "reason": why} for c, m, why in result.rejected]
     accepted = {} if result is None else {
         c: w for c, w in result.weights.items() if all(torch.isfinite(t).all() for t in heads[c].values())
     }

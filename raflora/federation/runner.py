@@ -86,9 +86,22 @@ def run_federation(
     ``resume=True`` continues). ``log`` receives one summary line per round; ``progress`` shows a
     tqdm bar over the round's local steps.
     """
-    out = Path(config.out)
-    prepare_folder(config, out, resume, overwrite)
+    prepare_folder(config, Path(config.out), resume, overwrite)
     say = log or (lambda line: None)
+    setup, state = open_run(config, resume, say)
+    for round_ in range(state.round + 1, last_round(config, stop_after) + 1):
+        record_round(setup, state, _one_round(setup, state, round_, progress), say)
+    return finish_run(setup, state, stop_after, say)
+
+
+def last_round(config: Config, stop_after: int | None) -> int:
+    return config.run.rounds if stop_after is None else min(stop_after, config.run.rounds)
+
+
+def open_run(config: Config, resume: bool, say: Callable[[str], None]) -> tuple[RunSetup, FederationState]:
+    """Build the run and its state (fresh, or from the last checkpoint) in a folder that
+    :func:`prepare_folder` has checked; write ``config.toml`` and the metrics so far."""
+    out = Path(config.out)
     f = config.federation
     say(f"raflora run: task {config.task.name}, method {f.method}, {f.num_clients} clients, "
         f"{config.run.rounds} rounds -> {out}")
@@ -96,20 +109,29 @@ def run_federation(
     state = _initial_state(setup, out, resume)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(config_to_toml(config))
-    with (out / "metrics.jsonl").open("w") as f:
-        f.writelines(json.dumps(m) + "\n" for m in state.metrics)
+    with (out / "metrics.jsonl").open("w") as fh:
+        fh.writelines(json.dumps(m) + "\n" for m in state.metrics)
     if resume:
         say(f"resuming {out} after round {state.round}")
-    for round_ in range(state.round + 1, config.run.rounds + 1):
-        record = _one_round(setup, state, round_, progress)
-        state.metrics.append(clean_json(record))
-        with (out / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(state.metrics[-1]) + "\n")
-        save_checkpoint(state, out / "checkpoints", config.run.keep_checkpoints)
-        say(format_round(record, config.run.rounds, setup.task.metric))
-        if stop_after is not None and round_ >= stop_after:
-            say(f"stopped after round {round_}; continue with --resume {out}")
-            return state.metrics
+    return setup, state
+
+
+def record_round(setup: RunSetup, state: FederationState, record: dict, say: Callable[[str], None]) -> None:
+    """Keep a finished round: its metrics line, its checkpoint, its summary line."""
+    config, out = setup.config, Path(setup.config.out)
+    state.metrics.append(clean_json(record))
+    with (out / "metrics.jsonl").open("a") as fh:
+        fh.write(json.dumps(state.metrics[-1]) + "\n")
+    save_checkpoint(state, out / "checkpoints", config.run.keep_checkpoints)
+    say(format_round(record, config.run.rounds, setup.task.metric))
+
+
+def finish_run(setup: RunSetup, state: FederationState, stop_after: int | None, say: Callable[[str], None]) -> list[dict]:
+    """After the last round: the global adapter (or, when stopped early, the line that says how to go on)."""
+    config, out = setup.config, Path(setup.config.out)
+    if state.round < config.run.rounds:
+        say(f"stopped after round {state.round}; continue with --resume {out}")
+        return state.metrics
     write_adapter(setup.model, setup.base0, state, config.ranks.r_max, setup.scales[config.ranks.r_max], out / "adapter")
     metric = setup.task.metric
     last = next((m for m in reversed(state.metrics) if m.get(metric) is not None), None)
