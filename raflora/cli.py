@@ -50,25 +50,27 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _run(config_path, *, out=None, method=None, rounds=None, resume=None, overwrite=False, stop_after=None,
-         quiet=False, settings=()) -> int:
+         quiet=False, settings=(), runtime=None) -> int:
     from raflora.config_io import load_config, parse_assignment
 
     overrides = dict(parse_assignment(text) for text in settings)
     overrides.update({k: v for k, v in {"run.out": str(resume or out) if (resume or out) else None,
-                                        "federation.method": method, "run.rounds": rounds}.items() if v is not None})
+                                        "federation.method": method, "run.rounds": rounds,
+                                        "run.runtime": runtime}.items() if v is not None})
     config = load_config(config_path, overrides)  # ConfigError -> exit 2 in main()
+    from raflora.runtimes import check_runtime, run
+
+    check_runtime(config)  # a missing extra is reported like a config problem
     from tqdm import tqdm
 
-    from raflora.federation import run_federation
-
-    run_federation(config, resume=bool(resume), overwrite=overwrite, stop_after=stop_after,
-                   log=tqdm.write, progress=not quiet)
+    run(config, resume=bool(resume), overwrite=overwrite, stop_after=stop_after, log=tqdm.write, progress=not quiet)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     return _run(args.config, out=args.out, method=args.method, rounds=args.rounds, resume=args.resume,
-                overwrite=args.overwrite, stop_after=args.stop_after, quiet=args.quiet, settings=args.set)
+                overwrite=args.overwrite, stop_after=args.stop_after, quiet=args.quiet, settings=args.set,
+                runtime=args.runtime)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a federation from a TOML config",
-                         description="Run a federation in this process. Writes config.toml, metrics.jsonl, "
+                         description="Run a federation (in this process, or under Flower with --runtime flower). Writes config.toml, metrics.jsonl, "
                          "checkpoints/ and adapter/ to the output folder ([run] out, default runs/<name>).")
     run.add_argument("config", help="TOML config file (see docs/usage.md)")
     run.add_argument("--out", help="output folder (overrides [run] out)")
@@ -112,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder")
     run.add_argument("--stop-after", type=_positive, metavar="K", help="stop after round K (checkpoint kept, resumable)")
     run.add_argument("--quiet", action="store_true", help="no progress bar (the per-round lines are still printed)")
+    run.add_argument("--runtime", metavar="NAME", help="embedded (this process, the default) or flower (Flower's "
+                     "simulation engine, same numbers; pip install .[flower]); overrides [run] runtime")
     run.set_defaults(func=cmd_run)
 
     export = sub.add_parser("export", help="write a run's global model as a PEFT adapter folder or merged weights",

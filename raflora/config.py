@@ -20,6 +20,7 @@ RANK_POLICIES = ("explicit", "cycle", "groups", "heavy_tail", "uniform", "homoge
 PARTITIONS = ("iid", "dirichlet", "by_key")
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "linear")
+RUNTIMES = ("embedded", "flower")
 
 
 @dataclass
@@ -30,6 +31,7 @@ class RunConfig:
     out: str = ""                  # "" -> runs/<name>
     threads: int = 2               # torch threads, fixed so that numbers repeat exactly
     keep_checkpoints: int = 2      # most recent round checkpoints kept on disk
+    runtime: str = "embedded"      # embedded (this process) | flower (Flower simulation; pip install .[flower])
 
 
 @dataclass

@@ -14,6 +14,7 @@ from raflora.config import (
     OPTIMIZERS,
     PARTITIONS,
     RANK_POLICIES,
+    RUNTIMES,
     SECTIONS,
     Config,
     ConfigError,
@@ -126,6 +127,7 @@ def validate(c: Config) -> None:
     _positive("run.rounds", c.run.rounds)
     _positive("run.threads", c.run.threads)
     _positive("run.keep_checkpoints", c.run.keep_checkpoints)
+    _one_of("run.runtime", c.run.runtime, RUNTIMES)
     f = c.federation
     _positive("federation.num_clients", f.num_clients)
     _one_of("federation.method", f.method, list(AGGREGATORS))

@@ -109,4 +109,4 @@ def test_console_entry_point_exit_code(tmp_path):
     bad.write_text("[run]\nroundz = 1\n")
     done = subprocess.run([sys.executable, "-m", "raflora.cli", "run", str(bad)], capture_output=True, text=True)
     assert done.returncode == 2
-    assert done.stderr.strip() == "error: unknown key run.roundz; [run] takes: keep_checkpoints, name, out, rounds, seed, threads"
+    assert done.stderr.strip() == "error: unknown key run.roundz; [run] takes: keep_checkpoints, name, out, rounds, runtime, seed, threads"

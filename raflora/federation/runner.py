@@ -19,7 +19,8 @@ from raflora.federation.round import run_round, steps_in_round
 from raflora.federation.setup import RunSetup, build_setup
 from raflora.federation.state import FederationState, clean_json, latest_checkpoint, load_checkpoint, save_checkpoint
 
-RESUMABLE = ("run.rounds", "run.out", "run.keep_checkpoints", "eval.every")
+# run.runtime: both runtimes give the same numbers, so either may continue the other's run
+RESUMABLE = ("run.rounds", "run.out", "run.keep_checkpoints", "run.runtime", "eval.every")
 
 
 def _differences(a: dict, b: dict) -> list[str]:
