@@ -1,4 +1,4 @@
-"""Command line: ``raflora run | export | demo | simulate`` (thin: parse, call, print).
+"""Command line: ``raflora run | export | demo | simulate | compare | report`` (thin: parse, call, print).
 
 Config problems (unknown key, wrong type, rank above r_max, unknown method or task, missing file)
 print one line ``error: ...`` and exit with code 2 before any work starts.
@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from raflora.aggregation import AGGREGATORS
+from raflora.compare import DEFAULT_METHODS
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "bbc_minilm.toml"
 
@@ -93,6 +94,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_summary(report: dict, folder: Path) -> None:
+    from raflora.report.tables import summary_table
+
+    print("\n".join(summary_table(report)))
+    print(f"wrote {folder / 'report.md'}, report.json and {len(report['plots'])} plots to {folder}")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from raflora.compare import compare, parse_methods
+    from raflora.config_io import parse_assignment
+
+    methods = parse_methods(args.methods)
+    overrides = dict(parse_assignment(text) for text in args.set)
+    overrides["run.rounds"] = args.rounds
+    folder, report = compare(args.config, methods, args.out, overrides=overrides, overwrite=args.overwrite,
+                             log=tqdm.write, progress=not args.quiet)
+    _print_summary(report, folder)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from raflora.report import default_folder, write_report
+
+    folder = Path(args.out) if args.out else default_folder(args.runs)
+    _print_summary(write_report(args.runs, folder), folder)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raflora",
@@ -148,6 +179,29 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--rounds", type=int, default=30)
     sim.add_argument("--seed", type=int, default=0)
     sim.set_defaults(func=cmd_simulate)
+
+    cmp = sub.add_parser("compare", help="run one config once per method, then report them side by side",
+                         description="Runs CONFIG once per method (same seed: the same clients, ranks, data and "
+                         "sampling) into OUT/<method>/, each a normal run folder, then writes the report of "
+                         "the runs into OUT/report/. Every method's config is checked before the first run.")
+    cmp.add_argument("config", help="TOML config file (see docs/usage.md)")
+    cmp.add_argument("--methods", default=",".join(DEFAULT_METHODS), metavar="M1,M2,...",
+                     help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)}): {', '.join(AGGREGATORS)}")
+    cmp.add_argument("--out", help="comparison folder (default runs/<run.name>-compare)")
+    cmp.add_argument("--rounds", type=_positive, help="number of rounds (overrides [run] rounds)")
+    cmp.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override one config value in every run (as for run; repeatable)")
+    cmp.add_argument("--overwrite", action="store_true", help="replace runs already in OUT/<method>/")
+    cmp.add_argument("--quiet", action="store_true", help="no progress bar (the per-round lines are still printed)")
+    cmp.set_defaults(func=cmd_compare)
+
+    rep = sub.add_parser("report", help="tables and plots of finished runs: report.md, report.json, PNGs",
+                         description="Reads each run folder's config.toml and metrics.jsonl and writes report.md "
+                         "(summary and per-round tables), report.json (the same numbers) and plots (metric, "
+                         "rho_rmin, energy per rank partition, cumulative bytes). The runs must be of one task.")
+    rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (each holds config.toml and metrics.jsonl)")
+    rep.add_argument("--out", help="report folder (default: report/ in the folder that holds the runs)")
+    rep.set_defaults(func=cmd_report)
     return parser
 
 

@@ -1,0 +1,48 @@
+"""Reports over finished runs: report.md (tables), report.json (the same numbers) and PNG plots.
+
+``write_report(["runs/cmp/raflora", "runs/cmp/flexlora"], "runs/cmp/report")`` reads each run's
+``config.toml`` and ``metrics.jsonl`` (:mod:`.load`), computes the numbers (:mod:`.summary`) and
+writes the tables (:mod:`.tables`) and plots (:mod:`.plots`). Runs of different tasks are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+from raflora.report.load import ReportError, Run, expand, load_run, load_runs
+from raflora.report.summary import build_report
+
+
+def default_folder(run_folders: Sequence[str | Path]) -> Path:
+    """``report/`` in the folder that holds the runs (runs/cmp/a, runs/cmp/b -> runs/cmp/report);
+    for runs in different places, ``report/`` in their deepest common folder."""
+    parents = [f.resolve().parent for f in expand(run_folders)]
+    common = Path(os.path.commonpath(parents)) if parents else Path.cwd()
+    try:
+        common = common.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return common / "report"
+
+
+def write_report(run_folders: Sequence[str | Path], out: str | Path) -> dict:
+    """Write report.md, report.json and the plots for ``run_folders`` into ``out``; returns the
+    report's numbers (report.json's content). ReportError (one line) for input it cannot use."""
+    from raflora.report.plots import write_plots
+    from raflora.report.tables import report_markdown
+
+    runs = load_runs(run_folders)
+    report = build_report(runs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = write_plots(report, out)
+    report["plots"] = plots
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "report.md").write_text(report_markdown(report, plots))
+    return report
+
+
+__all__ = ["ReportError", "Run", "build_report", "default_folder", "load_run", "load_runs", "write_report"]

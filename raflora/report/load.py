@@ -1,0 +1,149 @@
+"""Reading run folders for a report: each run's resolved ``config.toml`` and ``metrics.jsonl``.
+
+The config is read as plain TOML, not validated again: a run made on another machine (with a data
+file that is not here) still reports. Every problem names the folder or file and the line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from raflora.config import ConfigError, RanksConfig
+
+
+class ReportError(ConfigError):
+    """Input a report cannot use (missing folder, unreadable metrics, runs of different tasks);
+    reported as one line with exit code 2, like a config problem."""
+
+
+@dataclass
+class Run:
+    """One run folder as the report sees it."""
+
+    path: Path
+    label: str                       # the name in tables, legends and report.json
+    config: dict[str, dict[str, Any]]  # the resolved config.toml, section -> key -> value
+    records: list[dict]              # metrics.jsonl, one dict per round, in file order
+    metric: str                      # the task's metric field: "accuracy" or "exact_match"
+    r_min: int                       # smallest client rank: rho_rmin is measured at this rank
+    client_ranks: list[int] = field(default_factory=list)
+
+    @property
+    def task(self) -> str:
+        return self.config.get("task", {}).get("name", "?")
+
+    @property
+    def method(self) -> str:
+        methods = {r.get("method") for r in self.records if r.get("method")}
+        if len(methods) == 1:
+            return methods.pop()
+        return self.config.get("federation", {}).get("method", "?")
+
+
+def _read_config(folder: Path) -> dict[str, dict[str, Any]]:
+    path = folder / "config.toml"
+    if not path.is_file():
+        raise ReportError(f"{str(folder)!r} holds no config.toml (not a run folder)")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ReportError(f"{path}: not valid TOML: {err}") from None
+
+
+def _read_metrics(folder: Path) -> list[dict]:
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
+        raise ReportError(f"{str(folder)!r} holds no metrics.jsonl (a run that never finished a round?)")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ReportError(f"{path}:{number}: not a JSON object: {err}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("round"), int):
+            raise ReportError(f"{path}:{number}: a metrics line needs an integer 'round'")
+        records.append(record)
+    if not records:
+        raise ReportError(f"{path} is empty: the run finished no round")
+    return records
+
+
+def _metric_of(task: str) -> str:
+    from raflora.tasks import TASKS
+
+    if task not in TASKS:
+        raise ReportError(f"unknown task {task!r} in config.toml; known tasks: {', '.join(sorted(TASKS))}")
+    return TASKS[task].metric
+
+
+def _client_ranks(config: dict[str, dict[str, Any]]) -> list[int]:
+    from raflora.federation.ranks import client_ranks
+
+    known = {f.name for f in dataclasses.fields(RanksConfig)}
+    ranks = RanksConfig(**{k: v for k, v in config.get("ranks", {}).items() if k in known})
+    federation, run = config.get("federation", {}), config.get("run", {})
+    return client_ranks(ranks, int(federation.get("num_clients", 10)), int(run.get("seed", 0)))
+
+
+def load_run(folder: str | Path, label: str | None = None) -> Run:
+    """The run in ``folder``; ReportError naming the problem when it is not a readable run."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ReportError(f"run folder {str(folder)!r} does not exist")
+    config = _read_config(folder)
+    records = _read_metrics(folder)
+    task = config.get("task", {}).get("name", "?")
+    ranks = _client_ranks(config)
+    return Run(path=folder, label=label or folder.name, config=config, records=records,
+               metric=_metric_of(task), r_min=min(ranks), client_ranks=ranks)
+
+
+def _labels(folders: Sequence[Path]) -> list[str]:
+    # The folder name when it tells the runs apart (runs/cmp/raflora -> "raflora"), else the path.
+    names = [f.name or str(f) for f in folders]
+    if len(set(names)) == len(names):
+        return names
+    return [str(f) for f in folders]
+
+
+def expand(folders: Sequence[str | Path]) -> list[Path]:
+    """The run folders: a folder without config.toml whose subfolders hold metrics.jsonl (a ``raflora compare``
+    folder) stands for those runs, in name order."""
+    paths = []
+    for folder in map(Path, folders):
+        inside = sorted(p for p in folder.iterdir() if (p / "metrics.jsonl").is_file()) if folder.is_dir() else []
+        paths += inside if inside and not (folder / "config.toml").exists() else [folder]
+    return paths
+
+
+def load_runs(folders: Sequence[str | Path]) -> list[Run]:
+    """Every run in ``folders`` (see :func:`expand`); they must be runs of one task (one metric) to
+    share a report."""
+    if not folders:
+        raise ReportError("no run folder given")
+    paths = expand(folders)
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise ReportError("a run folder is given twice")
+    runs = [load_run(p, label) for p, label in zip(paths, _labels(paths))]
+    first = runs[0]
+    for run in runs[1:]:
+        if (run.task, run.metric) != (first.task, first.metric):
+            raise ReportError(
+                f"runs of different tasks cannot share a report: {first.path} is {first.task} ({first.metric}), "
+                f"{run.path} is {run.task} ({run.metric}); report them separately")
+    return runs
+
+
+def finite(value: Any) -> float | None:
+    """A number for tables and plots, or None (null, NaN, Inf, missing)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None

@@ -1,0 +1,110 @@
+"""The numbers of a report, computed from the loaded runs (what report.json holds).
+
+Per run: the task metric at the last evaluated round and at its best round, ``rho_rmin`` (energy
+share of the global update's top ``r_min`` directions; 1 = collapsed) first and last, totals of
+bytes, seconds and rejected updates, the energy per rank partition of the last round, and one row
+per round. ``differences`` lists the config values that are not the same in every run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from raflora.report.load import Run, finite
+
+# Config keys that differ between any two runs without saying anything about the experiment.
+IGNORED_DIFFERENCES = ("run.out",)
+
+
+def _last(values: list[tuple[int, float | None]]) -> dict | None:
+    present = [(r, v) for r, v in values if v is not None]
+    return {"round": present[-1][0], "value": present[-1][1]} if present else None
+
+
+def _first(values: list[tuple[int, float | None]]) -> dict | None:
+    present = [(r, v) for r, v in values if v is not None]
+    return {"round": present[0][0], "value": present[0][1]} if present else None
+
+
+def _best(values: list[tuple[int, float | None]]) -> dict | None:
+    # accuracy and exact_match: higher is better; the earliest round wins a tie
+    present = [(r, v) for r, v in values if v is not None]
+    if not present:
+        return None
+    round_, value = max(present, key=lambda rv: (rv[1], -rv[0]))
+    return {"round": round_, "value": value}
+
+
+def round_row(record: dict, metric: str) -> dict[str, Any]:
+    """One round of a run, with the fields a report shows (None where absent or not finite)."""
+    return {
+        "round": record["round"],
+        metric: finite(record.get(metric)),
+        "loss": finite(record.get("loss")),
+        "train_loss": finite(record.get("train_loss")),
+        "rho_rmin": finite(record.get("rho_rmin")),
+        "bytes_up": int(record.get("bytes_up") or 0),
+        "bytes_down": int(record.get("bytes_down") or 0),
+        "seconds": finite(record.get("seconds")) or 0.0,
+        "rejected": len(record.get("rejected") or []),
+    }
+
+
+def last_energy(run: Run) -> dict | None:
+    """Energy share per rank partition in the last round that has it."""
+    for record in reversed(run.records):
+        parts = record.get("energy_by_partition")
+        if parts:
+            return {"round": record["round"], "shares": {k: finite(v) for k, v in parts.items()}}
+    return None
+
+
+def summarize_run(run: Run) -> dict[str, Any]:
+    rows = [round_row(r, run.metric) for r in run.records]
+    metric = [(row["round"], row[run.metric]) for row in rows]
+    rho = [(row["round"], row["rho_rmin"]) for row in rows]
+    return {
+        "label": run.label,
+        "path": str(run.path),
+        "method": run.method,
+        "rounds": len(rows),
+        "rounds_planned": run.config.get("run", {}).get("rounds"),
+        "r_min": run.r_min,
+        "client_ranks": run.client_ranks,
+        "final_metric": _last(metric),
+        "best_metric": _best(metric),
+        "final_loss": _last([(row["round"], row["loss"]) for row in rows]),
+        "rho_rmin_first": _first(rho),
+        "rho_rmin_last": _last(rho),
+        "bytes_up": sum(row["bytes_up"] for row in rows),
+        "bytes_down": sum(row["bytes_down"] for row in rows),
+        "seconds": round(sum(row["seconds"] for row in rows), 3),
+        "rejected": sum(row["rejected"] for row in rows),
+        "energy_by_partition": last_energy(run),
+        "per_round": rows,
+    }
+
+
+def _flat(config: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, table in config.items() if isinstance(table, dict)
+            for key, value in table.items()}
+
+
+def differences(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
+    """``{"federation.method": {label: value, ...}}`` for every config value not shared by all runs."""
+    flats = [_flat(run.config) for run in runs]
+    keys = sorted(set().union(*flats) - set(IGNORED_DIFFERENCES))
+    return {key: {run.label: flat.get(key) for run, flat in zip(runs, flats)}
+            for key in keys if len({repr(flat.get(key)) for flat in flats}) > 1}
+
+
+def build_report(runs: Sequence[Run]) -> dict[str, Any]:
+    """Everything report.json holds (the tables and plots are drawn from the same numbers)."""
+    first = runs[0]
+    return {
+        "task": first.task,
+        "metric": first.metric,
+        "r_min": sorted({run.r_min for run in runs}),
+        "differences": differences(runs),
+        "runs": [summarize_run(run) for run in runs],
+    }

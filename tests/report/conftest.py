@@ -1,0 +1,50 @@
+"""One small comparison (synthetic task, 3 methods, 3 rounds, seconds) shared by the report tests."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import pytest
+
+from raflora.cli import main
+
+CONFIG = """
+[run]
+name = "cmp"
+rounds = 3
+threads = 1
+[federation]
+num_clients = 4
+[ranks]
+ranks = [2, 4]
+r_max = 4
+[train]
+local_steps = 2
+[task]
+name = "synthetic"
+train_size = 120
+test_size = 40
+[eval]
+every = 2
+"""
+
+METHODS = ("raflora", "flexlora", "zero_pad")
+
+
+@pytest.fixture(scope="session")
+def config_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("config") / "cmp.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+@pytest.fixture(scope="session")
+def comparison(config_file, tmp_path_factory):
+    """``raflora compare`` into a fresh folder; (folder, what it printed)."""
+    folder = tmp_path_factory.mktemp("compare") / "cmp"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["compare", str(config_file), "--methods", ",".join(METHODS), "--out", str(folder), "--quiet"])
+    assert code == 0
+    return folder, printed.getvalue()

@@ -1,0 +1,161 @@
+"""raflora report: report.json equals the numbers in each metrics.jsonl (recomputed here), the
+plots are PNG files, report.md holds the rows, and unusable input gives one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+
+import pytest
+
+from raflora.cli import main
+
+from .conftest import METHODS
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _records(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def _expected(records):
+    """The summary of one run, computed straight from its metrics lines."""
+    evaluated = [(r["round"], r["accuracy"]) for r in records if r["accuracy"] is not None]
+    rho = [(r["round"], r["rho_rmin"]) for r in records if r.get("rho_rmin") is not None]
+    best = max(v for _, v in evaluated)
+    return {
+        "rounds": len(records),
+        "final_metric": {"round": evaluated[-1][0], "value": evaluated[-1][1]},
+        "best_metric": {"round": min(k for k, v in evaluated if v == best), "value": best},
+        "rho_rmin_first": {"round": rho[0][0], "value": rho[0][1]},
+        "rho_rmin_last": {"round": rho[-1][0], "value": rho[-1][1]},
+        "bytes_up": sum(r["bytes_up"] for r in records),
+        "bytes_down": sum(r["bytes_down"] for r in records),
+        "seconds": pytest.approx(sum(r["seconds"] for r in records), abs=1e-6),
+        "rejected": sum(len(r["rejected"]) for r in records),
+        "energy_by_partition": {"round": records[-1]["round"], "shares": records[-1]["energy_by_partition"]},
+    }
+
+
+def test_report_json_equals_the_metrics_files(comparison):
+    folder, _ = comparison
+    report = json.loads((folder / "report" / "report.json").read_text())
+    assert report["task"] == "synthetic" and report["metric"] == "accuracy" and report["r_min"] == [2]
+    assert [run["label"] for run in report["runs"]] == list(METHODS)
+    assert report["differences"] == {"federation.method": {m: m for m in METHODS}}
+    for run in report["runs"]:
+        records = _records(folder / run["label"])
+        assert run["method"] == run["label"] and run["r_min"] == 2
+        for key, value in _expected(records).items():
+            assert run[key] == value, key
+        assert [row["round"] for row in run["per_round"]] == [r["round"] for r in records]
+        assert [row["accuracy"] for row in run["per_round"]] == [r["accuracy"] for r in records]
+        assert [row["rho_rmin"] for row in run["per_round"]] == [r["rho_rmin"] for r in records]
+        assert [row["train_loss"] for row in run["per_round"]] == [r["train_loss"] for r in records]
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR", path
+    return struct.unpack(">II", data[16:24])
+
+
+def test_plots_are_png_files(comparison):
+    folder, _ = comparison
+    report = json.loads((folder / "report" / "report.json").read_text())
+    assert report["plots"] == ["metric.png", "rho_rmin.png", "energy.png", "bytes.png"]
+    for name in report["plots"]:
+        width, height = _png_size(folder / "report" / name)
+        assert width > 100 and height > 100
+
+
+def test_report_md_holds_the_rows(comparison):
+    folder, _ = comparison
+    text = (folder / "report" / "report.md").read_text()
+    for method in METHODS:
+        records = _records(folder / method)
+        final = records[-1]
+        first_rho = records[0]["rho_rmin"]
+        row = next(line for line in text.splitlines() if line.startswith(f"| {method} | {method} |"))
+        assert f"| {final['accuracy']:.4f} (r3) |" in row
+        assert f"| {first_rho:.3f} -> {final['rho_rmin']:.3f} |" in row
+        assert "![rho_rmin.png](rho_rmin.png)" in text
+    # eval.every = 2: round 1 has no accuracy, shown as "-" in the per-round table
+    accuracy = text.split("### accuracy")[1].split("###")[0]
+    assert "| 1 | - | - | - |" in accuracy
+    assert "| federation.method | `raflora` | `flexlora` | `zero_pad` |" in text
+
+
+def test_report_of_chosen_runs_and_default_folder(comparison, tmp_path, capsys):
+    folder = tmp_path / "cmp"
+    for method in METHODS:
+        shutil.copytree(comparison[0] / method, folder / method, ignore=shutil.ignore_patterns("checkpoints", "adapter"))
+    assert main(["report", str(folder / "zero_pad"), str(folder / "raflora")]) == 0
+    assert f"to {folder / 'report'}" in capsys.readouterr().out
+    report = json.loads((folder / "report" / "report.json").read_text())
+    assert [run["label"] for run in report["runs"]] == ["zero_pad", "raflora"]
+    # a comparison folder stands for the runs in it, in name order
+    assert main(["report", str(folder), "--out", str(tmp_path / "all")]) == 0
+    report = json.loads((tmp_path / "all" / "report.json").read_text())
+    assert [run["label"] for run in report["runs"]] == sorted(METHODS)
+
+
+def test_gaps_in_a_run_are_skipped(comparison, tmp_path):
+    # a round whose updates were all refused has no rho_rmin and no energy; NaN is written as null
+    run = tmp_path / "gaps"
+    shutil.copytree(comparison[0] / "raflora", run, ignore=shutil.ignore_patterns("checkpoints", "adapter"))
+    records = _records(run)
+    for key in ("rho_rmin", "energy_by_partition", "rho_rmin_by_module", "energy_by_partition_by_module"):
+        records[0].pop(key)
+        records[2].pop(key)
+    records[2]["rejected"] = [{"client": None, "module": None, "reason": "no valid updates"}]
+    records[2]["train_loss"] = None
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 0
+    (summary,) = json.loads((tmp_path / "out" / "report.json").read_text())["runs"]
+    assert summary["rho_rmin_first"] == summary["rho_rmin_last"] == {"round": 2, "value": records[1]["rho_rmin"]}
+    assert summary["energy_by_partition"]["round"] == 2 and summary["rejected"] == 1
+    assert all((tmp_path / "out" / name).stat().st_size > 0 for name in ("energy.png", "rho_rmin.png"))
+
+
+def _bad_runs(root, comparison):
+    good = comparison[0] / "raflora"
+    no_metrics = root / "no_metrics"
+    no_metrics.mkdir()
+    shutil.copy(good / "config.toml", no_metrics)
+    no_config = root / "no_config"
+    no_config.mkdir()
+    shutil.copy(good / "metrics.jsonl", no_config)
+    broken = root / "broken"
+    broken.mkdir()
+    shutil.copy(good / "config.toml", broken)
+    (broken / "metrics.jsonl").write_text(good.joinpath("metrics.jsonl").read_text() + "{not json\n")
+    other_task = root / "other_task"
+    other_task.mkdir()
+    shutil.copy(good / "metrics.jsonl", other_task)
+    config = good.joinpath("config.toml").read_text().replace('name = "synthetic"', 'name = "reasoning"')
+    (other_task / "config.toml").write_text(config)
+    return good
+
+
+@pytest.mark.parametrize(
+    "runs, message",
+    [
+        (["missing"], "run folder '{root}/missing' does not exist"),
+        (["no_metrics"], "'{root}/no_metrics' holds no metrics.jsonl"),
+        (["no_config"], "'{root}/no_config' holds no config.toml"),
+        (["broken"], "{root}/broken/metrics.jsonl:4: not a JSON object"),
+        (["GOOD", "other_task"], "runs of different tasks cannot share a report"),
+        (["GOOD", "GOOD"], "given twice"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(comparison, tmp_path, capsys, runs, message):
+    good = _bad_runs(tmp_path, comparison)
+    folders = [str(good) if name == "GOOD" else str(tmp_path / name) for name in runs]
+    assert main(["report", *folders, "--out", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert message.format(root=tmp_path) in captured.err
+    assert not (tmp_path / "out").exists()
