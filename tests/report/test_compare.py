@@ -67,3 +67,12 @@ def test_used_folder_needs_overwrite(config_file, tmp_path, capsys):
     assert main(["compare", str(config_file), "--out", str(out), "--methods", "raflora,flexlora", "--quiet"]) == 2
     assert "already holds a run; pass --overwrite" in capsys.readouterr().err
     assert not (out / "raflora").exists()
+
+
+def test_help_texts(capsys):
+    for command in ("compare", "report"):
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0
+    printed = capsys.readouterr().out
+    assert "--methods M1,M2,..." in printed and "RUN_DIR [RUN_DIR ...]" in printed
