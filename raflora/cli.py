@@ -199,8 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Reads each run folder's config.toml and metrics.jsonl and writes report.md "
                          "(summary and per-round tables), report.json (the same numbers) and plots (metric, "
                          "rho_rmin, energy per rank partition, cumulative bytes). The runs must be of one task.")
-    rep.add_argument("runs", nargs="+", metavar="RUN_DIR",
-                     help="run folders (each holds config.toml and metrics.jsonl); a compare folder stands for its runs")
+    rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (each holds config.toml and "
+                     "metrics.jsonl); a compare folder stands for its runs")
     rep.add_argument("--out", help="report folder (default: report/ in the folder that holds the runs)")
     rep.set_defaults(func=cmd_report)
     return parser

@@ -79,9 +79,10 @@ def compare(
 ) -> tuple[Path, dict]:
     """Run ``config_path`` once per method into ``OUT/<method>/`` and write ``OUT/report/``.
 
-    Returns the report folder and the report's numbers (report.json's content). ConfigError, before any run starts, for an unknown
-    method, a config that does not hold for one of the methods (e.g. fedit with mixed ranks) or a
-    folder that already holds a run (unless ``overwrite``).
+    Returns the report folder and the report's numbers (report.json's content). ConfigError, before
+    any run starts, for an unknown method, a config that does not hold for one of the methods (e.g.
+    fedit with mixed ranks), a runtime that is not installed or a folder that already holds a run
+    (unless ``overwrite``).
     """
     from raflora.report import write_report
     from raflora.runtimes import check_runtime, run

@@ -90,8 +90,9 @@ def test_report_md_holds_the_rows(comparison):
 
 def test_report_of_chosen_runs_and_default_folder(comparison, tmp_path, capsys):
     folder = tmp_path / "cmp"
+    skip = shutil.ignore_patterns("checkpoints", "adapter")
     for method in METHODS:
-        shutil.copytree(comparison[0] / method, folder / method, ignore=shutil.ignore_patterns("checkpoints", "adapter"))
+        shutil.copytree(comparison[0] / method, folder / method, ignore=skip)
     assert main(["report", str(folder / "zero_pad"), str(folder / "raflora")]) == 0
     assert f"to {folder / 'report'}" in capsys.readouterr().out
     report = json.loads((folder / "report" / "report.json").read_text())
