@@ -1,0 +1,67 @@
+"""The Flower runtime (``pip install .[flower]``): raflora's round protocol as a Flower ServerApp
+(:mod:`.server_app`, with :class:`.strategy.RafloraStrategy`) and ClientApp (:mod:`.client_app`),
+what travels as Flower records (:mod:`.records`), and :func:`run_flower`, which runs a config in
+Flower's simulation engine in this process (one virtual SuperNode per client, Ray actors).
+
+Deployment with ``flwr run`` / SuperLink / SuperNodes: see docs/flower.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+from raflora.config import Config
+from raflora.config_io import config_to_toml
+from raflora.federation.runner import prepare_folder
+
+# Flower and Ray phone home and check for updates by default; a run here does neither.
+QUIET_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
+}
+
+
+def run_flower(
+    config: Config,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    stop_after: int | None = None,
+    log: Callable[[str], None] | None = None,
+    cpus: int | None = None,
+) -> list[dict]:
+    """Run ``config`` under Flower's simulation engine; returns every round's metrics.
+
+    The run folder is the embedded runtime's (``config.toml``, ``metrics.jsonl``, ``checkpoints/``,
+    ``adapter/``), checked before Ray starts. Each virtual client gets one CPU; ``cpus`` (default:
+    every core, at most one per client) caps how many train at once.
+    """
+    prepare_folder(config, Path(config.out), resume, overwrite)
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    from flwr.simulation import run_simulation
+
+    from raflora.runtimes.flower.client_app import build_client_app
+    from raflora.runtimes.flower.server_app import build_server_app
+
+    for name in ("flwr", "ray"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    n = config.federation.num_clients
+    cpus = cpus or max(1, min(n, os.cpu_count() or 1))
+    run_simulation(
+        server_app=build_server_app(config, resume=resume, stop_after=stop_after, log=log),
+        client_app=build_client_app(config_to_toml(config)),
+        num_supernodes=n,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                        "init_args": {"num_cpus": cpus, "num_gpus": 0, "logging_level": "ERROR"}},
+    )
+    lines = (Path(config.out) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
