@@ -9,7 +9,8 @@ FMNIST := /usr/share/datasets/fashion-mnist
 
 setup: $(STAMP) data
 
-# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build. requirements-pinned.txt
+# includes the flower extra (flwr[simulation]==1.41.0, ray==2.55.1), so the Flower runtime is tested too.
 $(STAMP): pyproject.toml requirements-pinned.txt requirements-assets.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
