@@ -160,3 +160,18 @@ def test_bad_input_exits_2_with_one_line(comparison, tmp_path, capsys, runs, mes
     assert captured.out == "" and captured.err.count("\n") == 1
     assert message.format(root=tmp_path) in captured.err
     assert not (tmp_path / "out").exists()
+
+
+def test_runs_of_one_task_with_other_ranks(comparison, tmp_path):
+    # another rank set is another r_min: each run reports its own, and the ranks show as a difference
+    folder = comparison[0]
+    other = tmp_path / "ranks8"
+    shutil.copytree(folder / "flexlora", other, ignore=shutil.ignore_patterns("checkpoints", "adapter"))
+    config = (other / "config.toml").read_text()
+    assert 'policy = "cycle"' in config
+    (other / "config.toml").write_text(config.replace('policy = "cycle"', 'policy = "homogeneous"'))
+    assert main(["report", str(folder / "raflora"), str(other), "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["r_min"] == [2, 8] and [run["r_min"] for run in report["runs"]] == [2, 8]
+    assert report["differences"]["ranks.policy"] == {"raflora": "cycle", "ranks8": "homogeneous"}
+    assert "| ranks.policy | `cycle` | `homogeneous` |" in (tmp_path / "out" / "report.md").read_text()
