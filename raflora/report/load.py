@@ -101,7 +101,12 @@ def load_run(folder: str | Path, label: str | None = None) -> Run:
     config = _read_config(folder)
     records = _read_metrics(folder)
     task = config.get("task", {}).get("name", "?")
-    ranks = _client_ranks(config)
+    try:
+        ranks = _client_ranks(config)
+    except (ValueError, TypeError, IndexError, ZeroDivisionError) as err:
+        raise ReportError(f"{folder / 'config.toml'}: cannot tell the client ranks from [ranks]: {err}") from None
+    if not ranks:
+        raise ReportError(f"{folder / 'config.toml'}: [ranks] gives no client a rank")
     return Run(path=folder, label=label or folder.name, config=config, records=records,
                metric=_metric_of(task), r_min=min(ranks), client_ranks=ranks)
 

@@ -133,6 +133,11 @@ def _bad_runs(root, comparison):
     broken.mkdir()
     shutil.copy(good / "config.toml", broken)
     (broken / "metrics.jsonl").write_text(good.joinpath("metrics.jsonl").read_text() + "{not json\n")
+    bad_ranks = root / "bad_ranks"
+    bad_ranks.mkdir()
+    shutil.copy(good / "metrics.jsonl", bad_ranks)
+    config = good.joinpath("config.toml").read_text().replace('policy = "cycle"', 'policy = "fancy"')
+    (bad_ranks / "config.toml").write_text(config)
     other_task = root / "other_task"
     other_task.mkdir()
     shutil.copy(good / "metrics.jsonl", other_task)
@@ -149,6 +154,7 @@ def _bad_runs(root, comparison):
         (["no_config"], "'{root}/no_config' holds no config.toml"),
         (["broken"], "{root}/broken/metrics.jsonl:4: not a JSON object"),
         (["GOOD", "other_task"], "runs of different tasks cannot share a report"),
+        (["bad_ranks"], "{root}/bad_ranks/config.toml: cannot tell the client ranks from [ranks]"),
         (["GOOD", "GOOD"], "given twice"),
     ],
 )
