@@ -113,10 +113,10 @@ def flower_in_process(monkeypatch):
     from raflora.runtimes.flower.client_app import build_client_app
     from raflora.runtimes.flower.server_app import serve
 
-    def run(config, tamper=None):
-        prepare_folder(config, Path(config.out), False, False)
+    def run(config, tamper=None, resume=False):
+        prepare_folder(config, Path(config.out), resume, False)
         grid = LocalGrid(build_client_app(config_to_toml(config)), config.federation.num_clients, tamper)
-        return serve(grid, config)
+        return serve(grid, config, resume=resume)
 
     return run
 
@@ -130,6 +130,17 @@ def test_strategy_and_client_app_give_the_embedded_numbers(tmp_path, flower_in_p
     embedded = run_federation(config_from_dict(small_config(tmp_path / "embedded", **sections)))
     assert without_time(flower) == without_time(embedded)
     _same_outputs(tmp_path / "flower", tmp_path / "embedded")
+
+
+def test_flower_resumes_an_embedded_run(tmp_path, flower_in_process):
+    sections = {"run": {"rounds": 3}, "federation": {"method": "flora"}}
+    run_federation(config_from_dict(small_config(tmp_path / "cut", **sections)), stop_after=1)
+    again = small_config(tmp_path / "cut", run={"rounds": 3, "runtime": "flower"}, federation={"method": "flora"})
+    resumed = flower_in_process(config_from_dict(again), resume=True)
+    whole = run_federation(config_from_dict(small_config(tmp_path / "whole", **sections)))
+    assert [m["round"] for m in resumed] == [1, 2, 3]
+    assert without_time(resumed) == without_time(whole)
+    _same_outputs(tmp_path / "cut", tmp_path / "whole")
 
 
 def test_nan_client_is_refused_and_the_round_goes_on(tmp_path, flower_in_process):
