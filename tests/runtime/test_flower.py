@@ -81,13 +81,14 @@ def _same_outputs(a: Path, b: Path) -> None:
 class LocalGrid:
     """A Grid whose nodes are this process's ClientApp; ``tamper(client, reply)`` may break a reply."""
 
-    def __init__(self, client_app, num_clients: int, tamper=None) -> None:
+    def __init__(self, client_app, num_clients: int, tamper=None, run_config=None) -> None:
         from flwr.app import Context, RecordDict
 
         self.app, self.tamper = client_app, tamper
         self.clients = {7000 + 13 * i: i for i in range(num_clients)}  # node ids are not client indices
         self.contexts = {n: Context(run_id=1, node_id=n, node_config={"partition-id": i, "num-partitions": num_clients},
-                                    state=RecordDict(), run_config={}) for n, i in self.clients.items()}
+                                    state=RecordDict(), run_config=dict(run_config or {}))
+                         for n, i in self.clients.items()}
 
     def get_node_ids(self):
         return list(self.clients)
@@ -170,6 +171,22 @@ def test_broken_and_failed_replies_are_refused_and_the_round_goes_on(tmp_path, f
         assert "unreadable reply" in m["rejected"][0]["reason"] and "out of memory" in m["rejected"][1]["reason"]
         assert m["accuracy"] is not None and m["rho_rmin"] is not None
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_flwr_run_entry_points_read_the_run_config(tmp_path, flower_in_process):
+    from flwr.app import Context, RecordDict
+
+    from raflora.runtimes.flower import client_app, server_app
+
+    path = tmp_path / "run.toml"
+    path.write_text(config_to_toml(config_from_dict(small_config(tmp_path / "ignored"))))
+    run_config = {"config": str(path), "out": str(tmp_path / "flwr"), "resume": False, "overwrite": False}
+    grid = LocalGrid(client_app.app, 4, run_config={"config": str(path), "out": ""})
+    server_app.app(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config))
+    run_federation(config_from_dict(small_config(tmp_path / "embedded")))
+    _same_outputs(tmp_path / "flwr", tmp_path / "embedded")
+    assert load_config(tmp_path / "flwr" / "config.toml").run.runtime == "flower"
+    assert not (tmp_path / "ignored").exists()
 
 
 # -- Flower's simulation engine (Ray) ------------------------------------------------------------

@@ -67,7 +67,7 @@ def build_client_app(config_toml: str | None = None) -> ClientApp:
     def config_text(context: Context) -> str:
         if config_toml is not None:
             return config_toml
-        if "config-toml" in context.run_config:
+        if str(context.run_config.get("config-toml", "")):
             return str(context.run_config["config-toml"])
         with open(str(context.run_config["config"]), encoding="utf-8") as fh:
             return fh.read()

@@ -67,19 +67,25 @@ def build_server_app(config: Config, *, resume: bool = False, stop_after: int | 
 
 
 def _config_from_run_config(run_config: dict) -> Config:
-    if "config-toml" in run_config:
+    if str(run_config.get("config-toml", "")):
         return config_from_dict(tomllib.loads(str(run_config["config-toml"])))
+    if not str(run_config.get("config", "")):
+        raise SystemExit("error: set the run config key `config` to the path of a raflora TOML config")
     return config_from_dict(tomllib.loads(Path(str(run_config["config"])).read_text(encoding="utf-8")))
 
 
 # The entry point for `flwr run` / a SuperLink: run config keys `config` (a TOML path readable by
-# the ServerApp's process) or `config-toml` (its text), and the booleans `resume` and `overwrite`.
+# the ServerApp's process) or `config-toml` (its text), `out` (overrides run.out when not empty)
+# and the booleans `resume` and `overwrite` (examples/flower_app/pyproject.toml lists them).
 app = ServerApp()
 
 
 @app.main()
 def _main(grid: Grid, context: Context) -> None:
     config = _config_from_run_config(dict(context.run_config))
+    if str(context.run_config.get("out", "")):
+        config.run.out = str(context.run_config["out"])
+    config.run.runtime = "flower"  # what config.toml of the run folder records
     resume, overwrite = bool(context.run_config.get("resume", False)), bool(context.run_config.get("overwrite", False))
     try:
         prepare_folder(config, Path(config.out), resume, overwrite)
