@@ -29,6 +29,7 @@ _MERGED: dict[int, bool] = {}      # id(setup) -> its model holds a merged base
 def client_setup(config_toml: str) -> RunSetup:
     if config_toml not in _SETUPS:
         _SETUPS.clear()  # one run per process at a time: a new config replaces the old one
+        _MERGED.clear()
         _SETUPS[config_toml] = build_setup(config_from_dict(tomllib.loads(config_toml)))
     return _SETUPS[config_toml]
 
