@@ -16,7 +16,7 @@ from raflora.client.train import num_local_steps, train_local
 from raflora.federation.diagnostics import round_diagnostics
 from raflora.federation.setup import RunSetup
 from raflora.federation.state import FederationState
-from raflora.federation.transport import transmit, wire_size
+from raflora.federation.transport import Packet, pack, receive, transmit, wire_size
 from raflora.lora import ClientUpdate, LoRAFactors
 
 
@@ -67,12 +67,16 @@ class ClientTurn:
     bytes_up: int
 
 
-def client_download(setup: RunSetup, state: FederationState, client: int) -> tuple[dict[str, LoRAFactors], int]:
-    """What the server sends ``client`` this round: its start factors (before the wire) and the
-    bytes it receives (flora/florist: the global stack; otherwise the start factors' own wire size)."""
+def client_download(
+    setup: RunSetup, state: FederationState, client: int
+) -> tuple[dict[str, LoRAFactors], Packet, int]:
+    """What the server sends ``client`` this round: its start factors (before the wire), the packet
+    they travel in (encoded once, in ``transport_dtype``) and the bytes the client receives
+    (flora/florist: the global stack; otherwise the packet's wire bytes)."""
     start = client_start(setup, state, client, setup.ranks[client])
     fed = setup.config.federation
-    return start, download_bytes(setup, state) or wire_size(start, fed.transport_dtype, setup.method.uploads)
+    packet = pack(start, fed.transport_dtype, setup.method.uploads)
+    return start, packet, download_bytes(setup, state) or len(packet.wire)
 
 
 def train_client(
@@ -94,8 +98,8 @@ def run_client(
     """A client's part of round ``round_``: its start factors go down the wire (really encoded in
     ``transport_dtype``), it trains on its own examples, its factors come back up the wire."""
     fed = setup.config.federation
-    start, bytes_down = client_download(setup, state, client)
-    start, _ = transmit(start, fed.transport_dtype, setup.method.uploads)
+    start, packet, bytes_down = client_download(setup, state, client)
+    start = receive(packet, start, fed.transport_dtype)
     local = train_client(setup, round_, client, start, state.head, on_step)
     factors, nbytes = transmit(local.factors, fed.transport_dtype, setup.method.uploads)
     return ClientTurn(ClientUpdate(client, factors, local.num_examples), local.head, local.loss, local.diverged,

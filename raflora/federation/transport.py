@@ -5,8 +5,8 @@ decoded back, so a bfloat16 transport also rounds the values the receiver uses. 
 does not send (FFA's frozen ``A``, FedSA's private ``B``) are kept from the sender's copy: the
 receiver already holds them (regenerated from the seed, or kept locally).
 
-:func:`pack` and :func:`unpack` are the two halves of :func:`transmit`, for runtimes where sender
-and receiver are different processes (the Flower runtime ships the packet's ``wire`` bytes and,
+:func:`pack` and :func:`receive` (or :func:`unpack`) are the two halves of :func:`transmit`, for
+runtimes where sender and receiver are different processes (the Flower runtime ships the packet's ``wire`` bytes and,
 untouched and uncounted, the ``held`` parts).
 """
 
@@ -45,18 +45,18 @@ def unpack(packet: Packet, factor_dtype: torch.dtype = torch.float32) -> dict[st
     return received
 
 
+def receive(packet: Packet, sent: Mapping[str, LoRAFactors], dtype: str) -> dict[str, LoRAFactors]:
+    """The factors ``sent`` as the receiver of ``packet`` sees them: the float32 round trip is exact,
+    so ``sent`` itself; otherwise :func:`unpack` (cast back to the sender's dtype)."""
+    if dtype == "float32":
+        return dict(sent)
+    return unpack(packet, next(iter(sent.values())).A.dtype)
+
+
 def transmit(factors: Mapping[str, LoRAFactors], dtype: str, parts: str) -> tuple[dict[str, LoRAFactors], int]:
     """``(factors as received, bytes on the wire)``."""
-    data = encode_factors(factors, dtype=dtype, parts=parts)
-    if dtype == "float32":
-        return dict(factors), len(data)
-    received = {}
-    for module, (A, B, scale, _rank) in decode_factors(data).items():
-        sent = factors[module]
-        received[module] = LoRAFactors(
-            sent.A if A is None else A.to(sent.A.dtype), sent.B if B is None else B.to(sent.B.dtype), sent.scale
-        )
-    return received, len(data)
+    packet = pack(factors, dtype, parts)
+    return receive(packet, factors, dtype), len(packet.wire)
 
 
 def wire_size(factors: Mapping[str, LoRAFactors], dtype: str, parts: str) -> int:

@@ -25,7 +25,6 @@ from raflora.federation.round import client_download, close_round
 from raflora.federation.runner import record_round
 from raflora.federation.setup import RunSetup
 from raflora.federation.state import FederationState
-from raflora.federation.transport import pack
 from raflora.runtimes.flower.records import ReplyError, read_train_reply, train_request
 
 logger = logging.getLogger(__name__)
@@ -49,12 +48,10 @@ class RafloraStrategy(Strategy):
                         grid: Grid) -> Iterable[Message]:
         setup, state = self.setup, self.state
         round_ = state.round + 1  # server_round restarts at 1 when a run is resumed
-        fed = setup.config.federation
         sampled = setup.sample_clients(round_)
         downs, messages = {}, []
         for client in sampled:
-            start, downs[client] = client_download(setup, state, client)
-            packet = pack(start, fed.transport_dtype, setup.method.uploads)
+            start, packet, downs[client] = client_download(setup, state, client)
             dtype = next(iter(start.values())).A.dtype
             content = train_request(round_, client, setup.ranks[client], packet, dtype, state.head, state.base)
             messages.append(Message(content, dst_node_id=self.nodes[client], message_type=MessageType.TRAIN,
