@@ -180,20 +180,12 @@ class TextClassificationTask(Task):
         """Padded ``input_ids`` and ``attention_mask`` (the tokenizer's padding side) and ``labels``;
         the same tensors as the tokenizer's own ``padding=True, truncation=True`` call."""
         ids = self.token_ids([ex["text"] for ex in examples])
-        pad = self.tokenizer.pad_token_id
-        if pad is None:
+        if self.tokenizer.pad_token_id is None:
             raise ValueError(f"the tokenizer of encoder {self.model!r} has no padding token")
-        width = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(ids), width), dtype=torch.long)
-        left = self.tokenizer.padding_side == "left"
-        for i, x in enumerate(ids):
-            span = slice(width - len(x), width) if left else slice(0, len(x))
-            input_ids[i, span] = torch.tensor(x, dtype=torch.long)
-            attention[i, span] = 1
+        batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_attention_mask=True, return_tensors="pt")
         return {
-            "input_ids": input_ids,
-            "attention_mask": attention,
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch["attention_mask"],
             "labels": torch.tensor([int(ex["label"]) for ex in examples], dtype=torch.long),
         }
 
