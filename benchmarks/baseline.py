@@ -25,7 +25,7 @@ from torch import Tensor
 from raflora import AGGREGATORS, ClientUpdate, LoRAFactors
 from raflora.aggregation.result import SVDResult
 from raflora.aggregation.validate import check_updates
-from raflora.lora import pad_factors, product_svd
+from raflora.lora import numerical_rank, pad_factors, product_svd
 
 EXPLICIT_Q = ":explicit-q"
 
@@ -49,8 +49,7 @@ class ExplicitQResult(SVDResult):
     def _hand_back(self, module, rank, scale, client_id):
         U, S, V = self._top_svd(module, rank)
         m, n = self.shapes[module]
-        floor = float(S[0]) * max(m, n) * torch.finfo(S.dtype).eps if S.numel() else 0.0
-        k = min(rank, int((S > floor).sum()))
+        k = min(rank, numerical_rank(S, m, n))
         root = (S[:k] / scale).sqrt()
         A, B = pad_factors(module, root[:, None] * V[:, :k].T, U[:, :k] * root, rank, self.seed)
         return LoRAFactors(A.contiguous(), B.contiguous(), scale)
