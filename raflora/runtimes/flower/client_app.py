@@ -20,7 +20,7 @@ from raflora.config_io import config_from_dict
 from raflora.federation.round import train_client
 from raflora.federation.setup import RunSetup, build_setup
 from raflora.federation.transport import pack
-from raflora.runtimes.flower.records import read_train_request, train_reply
+from raflora.runtimes.flower.records import read_train_request, run_config_toml, train_reply
 
 _SETUPS: dict[str, RunSetup] = {}  # config TOML -> the run built from it, one per process
 _MERGED: dict[int, bool] = {}      # id(setup) -> its model holds a merged base
@@ -66,12 +66,7 @@ def build_client_app(config_toml: str | None = None) -> ClientApp:
     app = ClientApp()
 
     def config_text(context: Context) -> str:
-        if config_toml is not None:
-            return config_toml
-        if str(context.run_config.get("config-toml", "")):
-            return str(context.run_config["config-toml"])
-        with open(str(context.run_config["config"]), encoding="utf-8") as fh:
-            return fh.read()
+        return config_toml if config_toml is not None else run_config_toml(context.run_config)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:

@@ -8,22 +8,36 @@ them), ``head`` and, for methods that merge into the base (flora, florist), ``ba
 Client -> server (``train_reply``): ``up`` (wire bytes, loss, diverged, examples), ``held``,
 ``head``. :func:`read_train_reply` turns a reply into the :class:`ClientTurn` the embedded runtime
 builds in-process, or raises :class:`ReplyError` with the reason it is refused.
+:func:`run_config_toml` reads the raflora config named in a ``flwr run``'s run config (both apps).
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import Tensor
 
+from raflora.config import ConfigError
 from raflora.federation.round import ClientTurn
 from raflora.federation.transport import Packet, unpack
 from raflora.lora import ClientUpdate, LoRAFactors
 
 DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float64, torch.bfloat16, torch.float16)}
+
+
+def run_config_toml(run_config: Mapping[str, Any]) -> str:
+    """The raflora config that a ``flwr run`` names in its run config: the TOML text in
+    ``config-toml``, else the file at the path in ``config`` (read by this process)."""
+    if str(run_config.get("config-toml", "")):
+        return str(run_config["config-toml"])
+    path = str(run_config.get("config", ""))
+    if not path:
+        raise ConfigError("set the run config key `config` to the path of a raflora TOML config")
+    return Path(path).read_text(encoding="utf-8")
 
 
 class ReplyError(ValueError):

@@ -14,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from raflora.config import Config, ConfigError
 from raflora.config_io import config_from_dict
 from raflora.federation.runner import finish_run, last_round, open_run, prepare_folder
+from raflora.runtimes.flower.records import run_config_toml
 from raflora.runtimes.flower.strategy import RafloraStrategy
 
 
@@ -67,11 +68,11 @@ def build_server_app(config: Config, *, resume: bool = False, stop_after: int | 
 
 
 def _config_from_run_config(run_config: dict) -> Config:
-    if str(run_config.get("config-toml", "")):
-        return config_from_dict(tomllib.loads(str(run_config["config-toml"])))
-    if not str(run_config.get("config", "")):
-        raise SystemExit("error: set the run config key `config` to the path of a raflora TOML config")
-    return config_from_dict(tomllib.loads(Path(str(run_config["config"])).read_text(encoding="utf-8")))
+    try:
+        text = run_config_toml(run_config)
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
+    return config_from_dict(tomllib.loads(text))
 
 
 # The entry point for `flwr run` / a SuperLink: run config keys `config` (a TOML path readable by
