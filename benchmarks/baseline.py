@@ -25,7 +25,7 @@ from torch import Tensor
 from raflora import AGGREGATORS, ClientUpdate, LoRAFactors
 from raflora.aggregation.result import SVDResult
 from raflora.aggregation.validate import check_updates
-from raflora.lora import numerical_rank, pad_factors, product_svd
+from raflora.lora import LowRank, numerical_rank, pad_factors, product_svd
 
 EXPLICIT_Q = ":explicit-q"
 
@@ -46,12 +46,12 @@ class ExplicitQResult(SVDResult):
     def singular_values(self, module: str) -> Tensor:
         return self._top_svd(self._module(module), 1)[1]
 
-    def _hand_back(self, module, rank, scale, client_id):
+    def _hand_back(self, module, rank, scale):
         U, S, V = self._top_svd(module, rank)
         m, n = self.shapes[module]
         k = min(rank, numerical_rank(S, m, n))
         root = (S[:k] / scale).sqrt()
-        A, B = pad_factors(module, root[:, None] * V[:, :k].T, U[:, :k] * root, rank, self.seed)
+        B, A = pad_factors(module, LowRank(U[:, :k] * root, root[:, None] * V[:, :k].T), rank, self.seed)
         return LoRAFactors(A.contiguous(), B.contiguous(), scale)
 
 
@@ -62,7 +62,8 @@ def aggregate_explicit_q(method: str, updates: Sequence[ClientUpdate], **options
     for u in checked.updates:
         for f in u.factors.values():
             bool(torch.isfinite(f.A).all() and torch.isfinite(f.B).all())
-    result = AGGREGATORS[method].run(checked, **options)
+    spec = AGGREGATORS[method](**options)
+    result = spec.result_type(spec, checked, spec.combine(checked, 0), 0)
     if not isinstance(result, SVDResult):
         raise ValueError(f"{method}: the explicit-Q baseline exists for the SVD methods (flexlora, raflora) only")
     factors = {m: result.delta_factors(m) for m in result.modules}

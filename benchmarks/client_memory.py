@@ -47,8 +47,8 @@ def run_overrides(clients: int, steps: int, threads: int, quick: bool) -> dict:
 def child(clients: int, steps: int, threads: int, quick: bool) -> dict:
     """One run in this (fresh) process; sizes in bytes."""
     import raflora.federation.round as round_module
-    from raflora.federation import run_federation
-    from raflora.federation.ranks import client_ranks
+    from raflora.runtimes.embedded import run_federation
+    from raflora.ranks import client_ranks
 
     # The resident set when the server starts aggregating: every client has trained and its update
     # is held, nothing of the aggregation exists yet.

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from benchmarks.client_setup import demo_config
 from benchmarks.common import machine_line, markdown_table, median, spread
-from raflora.federation.round import client_start, run_client
+from raflora.federation.round import run_client, server_fill
 from raflora.federation.setup import build_setup
 from raflora.federation.state import FederationState
 from raflora.federation.transport import transmit
@@ -123,7 +123,7 @@ def _components(setup, state, client: int, repeats: int) -> dict[str, float]:
     """Median seconds of the runtime's own per-client pieces, each timed alone."""
     model, rank, fed = setup.model, setup.ranks[client], setup.config.federation
     examples = setup.client_examples(client)
-    start = client_start(setup, state, client, rank)
+    start = state.starts[rank]
     steps = setup.config.train.local_steps
     idx = batch_indices(len(examples), setup.config.train.batch_size, steps, 0)
 
@@ -137,8 +137,8 @@ def _components(setup, state, client: int, repeats: int) -> dict[str, float]:
         model.get_head(rank)
 
     def wire():
-        down, _ = transmit(start, fed.transport_dtype, setup.method.uploads)
-        transmit(model.get_factors(rank), fed.transport_dtype, setup.method.uploads)
+        down, _ = transmit(start, fed.transport_dtype, setup.method.uploads, server_fill(setup))
+        transmit(model.get_factors(rank), fed.transport_dtype, setup.method.uploads, server_fill(setup))
 
     def collate():
         for b in idx:
@@ -180,7 +180,7 @@ def run(quick: bool = False, repeats: int = 5, threads: int = 2, clients: Sequen
         batches[c] = [task.collate([examples[i] for i in b]) for b in idx]
 
     def runtime_client(c):
-        return run_client(setup, state, round_, c)
+        return run_client(setup, state, round_, c, {})
 
     def bare_client(c):
         return bare_train(bare[setup.ranks[c]], batches[c], train.lr, train.weight_decay, train.grad_clip,
@@ -189,7 +189,7 @@ def run(quick: bool = False, repeats: int = 5, threads: int = 2, clients: Sequen
     # Same work: one client trained both ways from the same start gives the same losses and factors.
     check = clients[0]
     rank = setup.ranks[check]
-    load_bare(bare[rank], client_start(setup, state, check, rank), state.head)
+    load_bare(bare[rank], state.starts[rank], state.head)
     bare_losses = bare_client(check)
     turn = runtime_client(check)
     mine = bare_factors(bare[rank])

@@ -101,7 +101,7 @@ def server_round(method: str, updates: Sequence[ClientUpdate], keep: bool = True
         mine = {}
         for module in result.modules:
             f = u.factors[module]
-            mine[module] = result.client_factors(module, f.rank, f.scale, client_id=u.client_id)
+            mine[module] = result.client_factors(module, f.rank, f.scale)
         if keep:
             out[u.client_id] = mine
     return result, out

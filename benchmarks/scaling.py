@@ -43,7 +43,7 @@ def measure(method: str, ranks: Sequence[int], dim: int, repeats: int) -> dict:
         middle = time.perf_counter()
         for u in updates:
             f = u.factors[module]
-            result.client_factors(module, f.rank, f.scale, client_id=u.client_id)
+            result.client_factors(module, f.rank, f.scale)
         agg_times.append(middle - start)
         hand_times.append(time.perf_counter() - middle)
 

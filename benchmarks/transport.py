@@ -30,7 +30,7 @@ QUICK = {"run.rounds": 2, "eval.every": 1}
 
 def run_one(dtype: str, out: Path, quick: bool, threads: int | None = None, overrides: dict | None = None) -> dict:
     """One run of the demo config with ``transport_dtype = dtype``; its metrics.jsonl lines."""
-    from raflora.federation import run_federation
+    from raflora.runtimes.embedded import run_federation
 
     values = {**(QUICK if quick else {}), **(overrides or {}), "federation.transport_dtype": dtype}
     if threads is not None:

@@ -7,6 +7,7 @@ print one line ``error: ...`` and exit with code 2 before any work starts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -35,6 +36,22 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def method_summaries() -> list[str]:
+    """``name (option=default, ...)`` for every method, from the method classes."""
+    out = []
+    for name, cls in AGGREGATORS.items():
+        options = ", ".join(f"{f.name}={f.default!r}" if f.default_factory is dataclasses.MISSING
+                            else f"{f.name}={f.default_factory()!r}" for f in cls.option_fields())
+        out.append(f"{name} ({options})" if options else name)
+    return out
+
+
+def simulates(cls) -> bool:
+    """Whether ``raflora simulate`` can play the method: clients resend their whole rank-r slice,
+    so it needs mixed ranks, a trained A and nothing kept on the client."""
+    return cls.mixed_ranks and cls.trains_a and not cls.private
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -136,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "checkpoints/ and adapter/ to the output folder ([run] out, default runs/<name>).")
     run.add_argument("config", help="TOML config file (see docs/usage.md)")
     run.add_argument("--out", help="output folder (overrides [run] out)")
-    run.add_argument("--method", help=f"aggregation method (overrides [federation] method): {', '.join(AGGREGATORS)}")
+    run.add_argument("--method", help="aggregation method, with its options at their defaults (overrides "
+                     "[federation.method]; set its options with --set federation.method.KEY=VALUE): "
+                     + "; ".join(method_summaries()))
     run.add_argument("--rounds", type=_positive, help="number of rounds (overrides [run] rounds)")
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override one config value, e.g. --set train.lr=0.01 --set ranks.ranks=[4,8] "
@@ -174,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with small noise; prints rho_rmin per round for each method.",
     )
     sim.add_argument("--methods", nargs="+", default=["flexlora", "zero_pad", "raflora"],
-                     choices=[m for m in AGGREGATORS if m not in ("fedit", "ffa", "fedsa")])
+                     choices=[name for name, cls in AGGREGATORS.items() if simulates(cls)])
     sim.add_argument("--ranks", type=_ranks, default=_ranks("2,4,4,8,8,16,16,16"), help="comma-separated client ranks")
     sim.add_argument("--rounds", type=int, default=30)
     sim.add_argument("--seed", type=int, default=0)

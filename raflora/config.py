@@ -3,13 +3,20 @@
 ``load_config(path, overrides)`` reads the file, applies command-line overrides and returns a
 :class:`Config` or raises :class:`ConfigError` with one readable line naming the problem. Inner
 code receives the ``Config`` and never reads files or environment variables.
-Defaults are documented in ``docs/usage.md`` (section "Config reference").
+
+Each field holds its type, default and help (``setting``) here, and nowhere else: the config reader,
+``docs/usage.md``'s config reference (``scripts/config_reference.py``) and the CLI help read them.
+The method's own options live in its class (:mod:`raflora.aggregation`), under
+``[federation.method]``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from raflora.aggregation import Method
+from raflora.aggregation.raflora import RaFLoRA
 
 
 class ConfigError(ValueError):
@@ -23,77 +30,88 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 RUNTIMES = ("embedded", "flower")
 
 
+def setting(default: Any = None, help: str = "", *, factory: Any = None) -> Any:
+    """A config field with its help text."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class RunConfig:
-    name: str = "raflora"
-    seed: int = 0
-    rounds: int = 3
-    out: str = ""                  # "" -> runs/<name>
-    threads: int = 2               # torch threads, fixed so that numbers repeat exactly
-    keep_checkpoints: int = 2      # most recent round checkpoints kept on disk
-    runtime: str = "embedded"      # embedded (this process) | flower (Flower simulation; pip install .[flower])
+    name: str = setting("raflora", "used for the default output folder runs/<name>")
+    seed: int = setting(0, "fixes everything: partition, ranks, sampling, batches, dropout, inits")
+    rounds: int = setting(3, "number of rounds")
+    out: str = setting("", '"" -> runs/<name>; --out / --resume override')
+    threads: int = setting(2, "torch threads; fixed because results depend on it in the last digits")
+    keep_checkpoints: int = setting(2, "most recent round checkpoints kept")
+    runtime: str = setting("embedded", "embedded (this process) | flower (Flower simulation, same numbers; "
+                           "docs/flower.md)")
 
 
 @dataclass
 class FederationConfig:
-    num_clients: int = 10
-    sample_fraction: float = 1.0   # share of clients sampled per round
-    sample_count: int = 0          # > 0: exactly this many clients per round (overrides fraction)
-    method: str = "raflora"
-    tau: float = 0.9               # florist: energy threshold
-    rank_levels: list[int] = field(default_factory=list)  # raflora: [] -> every rank in [ranks]
-    sfed_alpha: float = 0.0        # fedsa: > 0 applies SFed-LoRA's scale alpha*sqrt(N/r)
-    transport_dtype: str = "float32"  # float32 | bfloat16 | float16
+    num_clients: int = setting(10, "clients in the federation")
+    sample_fraction: float = setting(1.0, "share of clients per round (rounded, at least 1)")
+    sample_count: int = setting(0, "> 0: exactly this many clients per round instead")
+    transport_dtype: str = setting("float32", "float32 | bfloat16 | float16: factors are really encoded and decoded")
+    method: Method = setting(help="[federation.method]: name = the aggregation method, plus its own options "
+                             "(see below)", factory=RaFLoRA)
 
 
 @dataclass
 class RanksConfig:
-    policy: str = "cycle"
-    ranks: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
-    shares: list[float] = field(default_factory=list)   # groups: share of clients per rank
-    rank: int = 8                  # homogeneous
-    r_min: int = 2                 # uniform / heavy_tail lower bound
-    r_max: int = 16                # the largest rank any client may have; export rank
+    policy: str = setting("cycle", "explicit | cycle | groups | heavy_tail | uniform | homogeneous")
+    ranks: list[int] = setting(help="explicit: one per client; cycle: repeated; groups: one per group",
+                               factory=lambda: [2, 4, 8, 16])
+    shares: list[float] = setting(help="groups: share of clients per rank, e.g. [0.1, 0.4, 0.5] for [64, 16, 4]",
+                                  factory=list)
+    rank: int = setting(8, "homogeneous: every client's rank")
+    r_min: int = setting(2, "uniform: integers in [r_min, r_max]; heavy_tail: powers of two from r_min to "
+                         "r_max with probability ~ 1/r")
+    r_max: int = setting(16, "largest rank any client may have; the export rank")
 
 
 @dataclass
 class LoraConfig:
-    alpha: float = 16.0
-    scaling: str = "lora"          # lora: alpha/r | rslora: alpha/sqrt(r) | sfed: alpha*sqrt(N/r)
-    dropout: float = 0.0
+    alpha: float = setting(16.0, "LoRA alpha")
+    scaling: str = setting("lora", "lora: s = alpha/r | rslora: alpha/sqrt(r) | sfed: alpha*sqrt(N/r), "
+                           "N = clients per round")
+    dropout: float = setting(0.0, "LoRA dropout")
 
 
 @dataclass
 class TrainConfig:
-    local_steps: int = 10          # optimiser steps per client per round (used when local_epochs = 0)
-    local_epochs: int = 0          # > 0: passes over the client's data instead of local_steps
-    optimizer: str = "adamw"
-    lr: float = 5e-3
-    lr_schedule: str = "constant"  # over all rounds: constant | cosine | linear (decay to 0)
-    weight_decay: float = 0.0
-    momentum: float = 0.9          # sgd only
-    batch_size: int = 16
-    grad_clip: float = 1.0         # max gradient norm; 0 disables
+    local_steps: int = setting(10, "optimiser steps per client per round (used when local_epochs = 0)")
+    local_epochs: int = setting(0, "> 0: passes over the client's data instead of local_steps")
+    optimizer: str = setting("adamw", "adamw | sgd")
+    lr: float = setting(5e-3, "learning rate")
+    lr_schedule: str = setting("constant", "constant | cosine | linear, over all rounds (decays to 0)")
+    weight_decay: float = setting(0.0, "optimiser weight decay")
+    momentum: float = setting(0.9, "sgd only")
+    batch_size: int = setting(16, "examples per step")
+    grad_clip: float = setting(1.0, "max gradient norm, 0 = off")
 
 
 @dataclass
 class PartitionConfig:
-    scheme: str = "dirichlet"
-    alpha: float = 0.5             # dirichlet concentration (smaller = more label skew)
-    min_examples: int = 4          # dirichlet: every client gets at least this many examples
+    scheme: str = setting("dirichlet", "iid | dirichlet (label skew) | by_key (the task's natural key)")
+    alpha: float = setting(0.5, "dirichlet concentration: smaller = fewer classes per client")
+    min_examples: int = setting(4, "dirichlet: every client gets at least this many examples")
 
 
 @dataclass
 class TaskConfig:
-    name: str = "synthetic"
-    options: dict[str, Any] = field(default_factory=dict)  # every other key of [task]
+    name: str = setting("synthetic", "text | vision | reasoning | user_text | synthetic")
+    options: dict[str, Any] = setting(help="every other key of [task]: the task's options "
+                                      "(see docs/tasks.md)", factory=dict)
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 64
-    every: int = 1                 # evaluate every N rounds; the last round is always evaluated
-    max_examples: int = 0          # > 0: a fixed seeded subsample of the test split
+    batch_size: int = setting(64, "examples per evaluation batch")
+    every: int = setting(1, "evaluate every N rounds; the last round is always evaluated")
+    max_examples: int = setting(0, "> 0: a fixed seeded subsample of the test split")
 
 
 @dataclass

@@ -1,4 +1,12 @@
-"""Reading, checking and writing :class:`raflora.config.Config` (TOML in, TOML out)."""
+"""Reading, checking and writing :class:`raflora.config.Config` (TOML in, TOML out).
+
+``[federation.method]`` holds ``name`` and that method's own options (the fields of its class in
+:mod:`raflora.aggregation`); ``method = "NAME"`` in ``[federation]`` is short for a table with the
+name alone (every option at its default). Run folders written before the method table existed
+(``method``, ``tau``, ``rank_levels``, ``sfed_alpha`` flat in ``[federation]``) are read with
+``legacy=True`` (``report``, ``--resume``, ``export``); a config file with those flat keys is
+refused with a line saying what to write instead.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,9 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping
 
+import tomli_w
+
+from raflora.aggregation import AGGREGATORS, Method
 from raflora.config import (
     LR_SCHEDULES,
     OPTIMIZERS,
@@ -21,6 +32,8 @@ from raflora.config import (
 )
 
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+# Flat [federation] keys of configs written before [federation.method]: the method that had each.
+LEGACY_KEYS = {"tau": "florist", "rank_levels": "raflora", "sfed_alpha": "fedsa"}
 
 
 def _check_value(where: str, value: Any, hint: Any) -> Any:
@@ -43,43 +56,112 @@ def _check_value(where: str, value: Any, hint: Any) -> Any:
     return value
 
 
-def _section(name: str, cls: type, table: Mapping[str, Any]) -> Any:
+def method_from_table(table: Any, where: str = "federation.method") -> Method:
+    """The method a ``[federation.method]`` table (or a bare name) describes, options checked."""
+    spelled = where if isinstance(table, str) else f"{where}.name"
+    if isinstance(table, str):
+        table = {"name": table}
     if not isinstance(table, Mapping):
-        raise ConfigError(f"[{name}] must be a table")
+        raise ConfigError(f"{where} must be a method name or a table with name = ..., got {table!r}")
+    table = dict(table)
+    name = table.pop("name", None)
+    if name is None:
+        raise ConfigError(f"{where} needs name = one of {', '.join(AGGREGATORS)}")
+    if name not in AGGREGATORS:
+        raise ConfigError(f"{spelled} = {name!r} is not known; choose one of {', '.join(AGGREGATORS)}")
+    cls = AGGREGATORS[name]
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in table.items():
+        if key not in cls.option_names():
+            having = sorted(n for n, c in AGGREGATORS.items() if key in c.option_names())
+            elsewhere = f" ({', '.join(having)} {'has' if len(having) == 1 else 'have'} it)" if having else ""
+            raise ConfigError(f"unknown key {where}.{key} for method {name}{elsewhere}; {name}'s options: "
+                              f"{', '.join(cls.option_names()) or 'none'}")
+        values[key] = _check_value(f"{where}.{key}", value, hints[key])
+    try:
+        return cls(**values)
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _legacy_federation(table: Mapping[str, Any]) -> dict[str, Any]:
+    """A pre-method-table ``[federation]`` (flat ``method``/``tau``/...) as today's: the keys the
+    method has go into its table, the others (defaults another method would use) are dropped."""
+    table = dict(table)
+    if isinstance(table.get("method", {}), Mapping) and not any(k in table for k in LEGACY_KEYS):
+        return table
+    name = table.pop("method", "raflora")
+    method = {"name": name} if isinstance(name, str) else dict(name)
+    for key in LEGACY_KEYS:
+        if key in table:
+            value = table.pop(key)
+            if key in AGGREGATORS.get(method.get("name"), Method).option_names():
+                method[key] = value
+    table["method"] = method
+    return table
+
+
+def _section(name: str, cls: type, table: Any) -> Any:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"[{name}] must be a table, got {table!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
+    table = dict(table)
     if name == "task":
-        table = dict(table)
         options = {k: table.pop(k) for k in list(table) if k not in known}
-        table.setdefault("options", {})
-        table["options"] = {**table["options"], **options}
+        table["options"] = {**table.get("options", {}), **options}
+    if name == "federation":
+        for key, owner in LEGACY_KEYS.items():
+            if key in table:
+                raise ConfigError(f"federation.{key} is now an option of the method: write it under "
+                                  f"[federation.method] (name = \"{owner}\", {key} = ...)")
     values = {}
     for key, value in table.items():
         if key not in known:
             raise ConfigError(f"unknown key {name}.{key}; [{name}] takes: {', '.join(sorted(known))}")
-        values[key] = _check_value(f"{name}.{key}", value, hints[key])
+        if name == "federation" and key == "method":
+            values[key] = method_from_table(value)
+        else:
+            values[key] = _check_value(f"{name}.{key}", value, hints[key])
     return cls(**values)
 
 
-def config_from_dict(data: Mapping[str, Any]) -> Config:
-    """A checked :class:`Config` from a nested mapping (a parsed TOML document)."""
+def config_from_dict(data: Mapping[str, Any], legacy: bool = False) -> Config:
+    """A checked :class:`Config` from a nested mapping (a parsed TOML document); ``legacy`` reads
+    the flat ``[federation]`` method keys of older run folders."""
     for name in data:
         if name not in SECTIONS:
             raise ConfigError(f"unknown section [{name}]; sections: {', '.join(SECTIONS)}")
+    data = dict(data)
+    if legacy and isinstance(data.get("federation"), Mapping):
+        data["federation"] = _legacy_federation(data["federation"])
     config = Config(**{name: _section(name, cls, data.get(name, {})) for name, cls in SECTIONS.items()})
     validate(config)
     return config
 
 
 def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"run.rounds": 5}`` style overrides on a parsed document (None values are skipped)."""
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
-    for dotted, value in overrides.items():
-        if value is None:
-            continue
-        section, key = dotted.split(".", 1)
-        data.setdefault(section, {})[key] = value
+    """``{"run.rounds": 5, "federation.method.tau": 0.8}`` style overrides on a parsed document
+    (None values are skipped). A key is applied before the keys below it, so a method name
+    (``federation.method``, which resets that method's options) comes before its options."""
+    data = _copy_tables(data)
+    for dotted in sorted((k for k, v in overrides.items() if v is not None), key=lambda k: k.count(".")):
+        *path, key = dotted.split(".")
+        table = data
+        for part in path:
+            child = table.setdefault(part, {})
+            if isinstance(child, str) and dotted.startswith("federation.method."):
+                child = table[part] = {"name": child}  # method = "x" shorthand, now with options
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {dotted}: {'.'.join(path)} is {child!r}, not a table")
+            table = child
+        table[key] = overrides[dotted]
     return data
+
+
+def _copy_tables(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _copy_tables(v) if isinstance(v, Mapping) else v for k, v in data.items()}
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -87,16 +169,17 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     ``true``) and taken as a bare string when it is not valid TOML (``method=flexlora``)."""
     key, sep, value = text.partition("=")
     key = key.strip()
-    if not sep or key.count(".") != 1 or not all(key.split(".")):
-        raise ConfigError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. train.lr=0.01")
+    if not sep or key.count(".") < 1 or not all(key.split(".")):
+        raise ConfigError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. train.lr=0.01 or federation.method.tau=0.8")
     try:
         return key, tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         return key, value.strip()
 
 
-def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Read a TOML config file, apply overrides, check everything; ConfigError on any problem."""
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None, legacy: bool = False) -> Config:
+    """Read a TOML config file, apply overrides, check everything; ConfigError on any problem.
+    ``legacy``: also read the flat method keys of run folders written by older versions."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
@@ -104,6 +187,8 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    if legacy and isinstance(data.get("federation"), Mapping):
+        data["federation"] = _legacy_federation(data["federation"])
     return config_from_dict(apply_overrides(data, overrides or {}))
 
 
@@ -119,8 +204,8 @@ def _positive(where: str, value, zero_ok: bool = False) -> None:
 
 def validate(c: Config) -> None:
     """Cross-field checks; the first problem found raises ConfigError."""
-    from raflora.aggregation import AGGREGATORS
     from raflora.lora import SCALINGS
+    from raflora.ranks import client_ranks
     from raflora.tasks import TASKS, build_task
     from raflora.wire import TRANSPORT_DTYPES
 
@@ -130,25 +215,17 @@ def validate(c: Config) -> None:
     _one_of("run.runtime", c.run.runtime, RUNTIMES)
     f = c.federation
     _positive("federation.num_clients", f.num_clients)
-    _one_of("federation.method", f.method, list(AGGREGATORS))
     _one_of("federation.transport_dtype", f.transport_dtype, list(TRANSPORT_DTYPES))
     if not 0.0 < f.sample_fraction <= 1.0:
         raise ConfigError(f"federation.sample_fraction must be in (0, 1], got {f.sample_fraction}")
     if not 0 <= f.sample_count <= f.num_clients:
         raise ConfigError(f"federation.sample_count must be between 0 and num_clients ({f.num_clients}), got {f.sample_count}")
-    if not 0.0 < f.tau <= 1.0:
-        raise ConfigError(f"federation.tau must be in (0, 1], got {f.tau}")
-    _positive("federation.sfed_alpha", f.sfed_alpha, zero_ok=True)
     _validate_ranks(c)
-    from raflora.federation.ranks import client_ranks
-
     ranks = sorted(set(client_ranks(c.ranks, f.num_clients, c.run.seed)))
-    if f.method == "fedit" and len(ranks) > 1:
-        raise ConfigError(f"federation.method 'fedit' needs one rank for every client, [ranks] gives {ranks}")
-    if f.rank_levels and not set(ranks) <= set(f.rank_levels):
-        raise ConfigError(f"federation.rank_levels {f.rank_levels} must include every client rank {ranks}")
-    if any(level < 1 for level in f.rank_levels):
-        raise ConfigError(f"federation.rank_levels must be positive, got {f.rank_levels}")
+    try:
+        f.method.check_ranks(ranks)
+    except ValueError as err:
+        raise ConfigError(f"federation.method {err}") from None
     _one_of("lora.scaling", c.lora.scaling, SCALINGS)
     _positive("lora.alpha", c.lora.alpha)
     if not 0.0 <= c.lora.dropout < 1.0:
@@ -206,35 +283,19 @@ def _validate_ranks(c: Config) -> None:
             raise ConfigError(f"ranks.shares must be non-negative and sum to 1, got {r.shares}")
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"cannot write {value!r} to TOML")
-
-
 def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
     out = {}
     for name in SECTIONS:
-        section = dataclasses.asdict(getattr(config, name))
+        section = getattr(config, name)
+        values = {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
         if name == "task":
-            section = {"name": section["name"], **section["options"]}
-        out[name] = section
+            values = {"name": values["name"], **values["options"]}
+        if name == "federation":
+            values["method"] = {"name": section.method.name, **section.method.options()}
+        out[name] = values
     return out
 
 
 def config_to_toml(config: Config) -> str:
     """The resolved config (every default filled in) as TOML that :func:`load_config` reads back."""
-    lines = []
-    for name, section in config_to_dict(config).items():
-        lines.append(f"[{name}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in section.items()]
-        lines.append("")
-    return "\n".join(lines)
+    return tomli_w.dumps(config_to_dict(config))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Hashable, Mapping, Sequence
+from typing import Hashable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -53,6 +53,21 @@ class LoRAFactors:
     def num_values(self) -> int:
         """Number of values on the wire for this pair: ``rank * (m + n)``."""
         return int(self.A.numel() + self.B.numel())
+
+
+class LowRank(NamedTuple):
+    """A low-rank matrix by its named factors: ``B @ A``, ``B`` is ``(m, k)``, ``A`` is ``(k, n)``.
+
+    The global update of a module travels as this pair (any scale already folded in), so the two
+    factors are never told apart by position or shape.
+    """
+
+    B: Tensor
+    A: Tensor
+
+    def dense(self) -> Tensor:
+        """``B @ A`` as an ``(m, n)`` matrix (for checks and small models only)."""
+        return self.B @ self.A
 
 
 @dataclass(frozen=True)
@@ -220,17 +235,16 @@ def fresh_factors(
     return LoRAFactors(A=init_a(module, rank, n, seed, dtype), B=torch.zeros((m, rank), dtype=dtype), scale=scale)
 
 
-def pad_factors(
-    module: str, A: Tensor, B: Tensor, rank: int, seed: int = 0
-) -> tuple[Tensor, Tensor]:
-    """Truncate or extend ``(A, B)`` to ``rank`` components without changing ``B @ A``.
+def pad_factors(module: str, factors: LowRank, rank: int, seed: int = 0) -> LowRank:
+    """Truncate or extend ``factors`` to ``rank`` components without changing ``B @ A``.
 
     Missing components get ``B = 0`` and a seeded ``A`` row, so they start at zero but still
     receive gradients (a zero ``A`` row with a zero ``B`` column would never train).
     """
+    B, A = factors
     have = A.shape[0]
     if rank <= have:
-        return A[:rank], B[:, :rank]
+        return LowRank(B[:, :rank], A[:rank])
     extra_a = init_a(module, rank, A.shape[1], seed, A.dtype).to(A.device)[have:]
     extra_b = torch.zeros((B.shape[0], rank - have), dtype=B.dtype, device=B.device)
-    return torch.cat([A, extra_a], dim=0), torch.cat([B, extra_b], dim=1)
+    return LowRank(torch.cat([B, extra_b], dim=1), torch.cat([A, extra_a], dim=0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tomllib
 import subprocess
 import sys
 
@@ -54,7 +55,7 @@ def test_overrides_stop_and_resume(config_file, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", str(config_file), "--out", str(out), "--method", "flexlora", "--rounds", "3",
                  "--stop-after", "1", "--quiet"]) == 0
-    assert "continue with --resume" in capsys.readouterr().out
+    assert f"continue with: raflora run --resume {out}" in capsys.readouterr().out
     assert main(["run", str(config_file), "--method", "flexlora", "--rounds", "3", "--resume", str(out), "--quiet"]) == 0
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1, 2, 3] and {r["method"] for r in records} == {"flexlora"}
@@ -65,8 +66,9 @@ def test_set_overrides_any_value(config_file, tmp_path):
     assert main(["run", str(config_file), "--out", str(out), "--quiet", "--set", "run.rounds=1",
                  "--set", "ranks.ranks=[4]", "--set", "federation.method=flexlora",
                  "--set", "federation.transport_dtype=bfloat16"]) == 0
-    config = (out / "config.toml").read_text()
-    assert "ranks = [4]" in config and 'method = "flexlora"' in config and 'transport_dtype = "bfloat16"' in config
+    config = tomllib.loads((out / "config.toml").read_text())
+    assert config["ranks"]["ranks"] == [4] and config["federation"]["method"] == {"name": "flexlora"}
+    assert config["federation"]["transport_dtype"] == "bfloat16"
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1] and records[0]["ranks"] == [4, 4, 4, 4]
 

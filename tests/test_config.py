@@ -27,13 +27,13 @@ def write(tmp_path, text: str):
 def test_defaults_and_task_options(tmp_path):
     c = load_config(write(tmp_path, BASE))
     assert isinstance(c, Config)
-    assert c.federation.method == "raflora" and c.ranks.r_max == 16 and c.out == "runs/x"
+    assert c.federation.method.name == "raflora" and c.ranks.r_max == 16 and c.out == "runs/x"
     assert c.task.options == {"train_size": 100}
 
 
 def test_overrides_replace_file_values(tmp_path):
     c = load_config(write(tmp_path, BASE), {"run.rounds": 7, "federation.method": "flora", "run.out": None})
-    assert c.run.rounds == 7 and c.federation.method == "flora" and c.out == "runs/x"
+    assert c.run.rounds == 7 and c.federation.method.name == "flora" and c.out == "runs/x"
 
 
 def test_resolved_toml_reads_back(tmp_path):

@@ -7,6 +7,7 @@ import torch
 
 from raflora import LoRAFactors, energy_by_partition, energy_ratio, fresh_factors, init_a, lora_scale, product_svd
 from raflora.lora import (
+    LowRank,
     numerical_rank,
     pad_factors,
     product_frobenius_norm,
@@ -190,7 +191,7 @@ def test_fresh_factors_start_at_zero():
 
 def test_pad_factors_extends_without_changing_the_product():
     A, B = rand(3, 7), rand(5, 3, seed=1)
-    A5, B5 = pad_factors("w", A, B, 5, seed=2)
+    B5, A5 = pad_factors("w", LowRank(B, A), 5, seed=2)
     assert A5.shape == (5, 7) and B5.shape == (5, 5)
     assert torch.equal(A5[:3], A) and torch.equal(B5[:, :3], B)
     assert torch.count_nonzero(B5[:, 3:]) == 0
@@ -200,5 +201,5 @@ def test_pad_factors_extends_without_changing_the_product():
 
 def test_pad_factors_truncates_to_leading_components():
     A, B = rand(4, 7), rand(5, 4, seed=1)
-    A2, B2 = pad_factors("w", A, B, 2)
+    B2, A2 = pad_factors("w", LowRank(B, A), 2)
     assert torch.equal(A2, A[:2]) and torch.equal(B2, B[:, :2])

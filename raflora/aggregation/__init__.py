@@ -1,67 +1,53 @@
-"""Aggregation methods for heterogeneous-rank federated LoRA, one module per method.
+"""Aggregation methods for heterogeneous-rank federated LoRA, one class per method in its own module.
 
 ``aggregate(method, updates, **options)`` validates the updates (refusing malformed ones with a
-reason), weights them by ``p_i = num_examples_i / sum`` and dispatches to the method.
+reason), weights them by ``p_i = num_examples_i / sum`` and combines them with the method.
+A method is a :class:`~raflora.aggregation.method.Method` subclass; :data:`AGGREGATORS` maps each
+name to its class, and ``AGGREGATORS[name](**options)`` is the method with those options.
 """
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import numbers
-from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
-from raflora.aggregation.fedit import aggregate_fedit
-from raflora.aggregation.fedsa import aggregate_fedsa
-from raflora.aggregation.ffa import aggregate_ffa
-from raflora.aggregation.flexlora import aggregate_flexlora
-from raflora.aggregation.flora import aggregate_flora
-from raflora.aggregation.florist import aggregate_florist
-from raflora.aggregation.hetlora import aggregate_hetlora
-from raflora.aggregation.raflora import aggregate_raflora
-from raflora.aggregation.replication import aggregate_replication
+from raflora.aggregation.fedit import FedIT
+from raflora.aggregation.fedsa import FedSALoRA
+from raflora.aggregation.ffa import FFALoRA
+from raflora.aggregation.flexlora import FlexLoRA
+from raflora.aggregation.flora import FLoRA
+from raflora.aggregation.florist import FLoRIST
+from raflora.aggregation.hetlora import HetLoRA
+from raflora.aggregation.method import Method
+from raflora.aggregation.raflora import RaFLoRA
+from raflora.aggregation.replication import Replication
 from raflora.aggregation.result import AggregationResult
-from raflora.aggregation.validate import NoValidUpdates, check_updates
-from raflora.aggregation.zero_pad import aggregate_zero_pad
+from raflora.aggregation.validate import NoValidUpdates
+from raflora.aggregation.zero_pad import ZeroPad
 from raflora.lora import ClientUpdate
 
-
-@dataclass(frozen=True)
-class Method:
-    """A registered aggregation method: its function and which factors a client uploads."""
-
-    name: str
-    run: Callable[..., AggregationResult]
-    uploads: str  # "AB", "A" or "B"
-
-    @property
-    def options(self) -> tuple[str, ...]:
-        return tuple(p for p in inspect.signature(self.run).parameters if p not in ("checked", "seed"))
-
-    def upload_values(self, m: int, n: int, rank: int) -> int:
-        """Values a client of ``rank`` uploads for one ``m x n`` module."""
-        return rank * ((m if "B" in self.uploads else 0) + (n if "A" in self.uploads else 0))
-
-
-AGGREGATORS: dict[str, Method] = {
-    method.name: method
-    for method in (
-        Method("fedit", aggregate_fedit, "AB"),
-        Method("zero_pad", aggregate_zero_pad, "AB"),
-        Method("hetlora", aggregate_hetlora, "AB"),
-        Method("replication", aggregate_replication, "AB"),
-        Method("ffa", aggregate_ffa, "B"),
-        Method("fedsa", aggregate_fedsa, "A"),
-        Method("flora", aggregate_flora, "AB"),
-        Method("flexlora", aggregate_flexlora, "AB"),
-        Method("florist", aggregate_florist, "AB"),
-        Method("raflora", aggregate_raflora, "AB"),
-    )
+AGGREGATORS: dict[str, type[Method]] = {
+    cls.name: cls
+    for cls in (FedIT, ZeroPad, HetLoRA, Replication, FFALoRA, FedSALoRA, FLoRA, FlexLoRA, FLoRIST, RaFLoRA)
 }
 
 
+def method_named(name: str, **options) -> Method:
+    """``AGGREGATORS[name](**options)``, with one readable error for an unknown name or option
+    (``ValueError``, or ``TypeError`` naming the options the method has)."""
+    if name not in AGGREGATORS:
+        raise ValueError(f"unknown aggregation method {name!r}; choose one of {', '.join(AGGREGATORS)}")
+    cls = AGGREGATORS[name]
+    unknown = sorted(set(options) - set(cls.option_names()))
+    if unknown:
+        allowed = ", ".join(cls.option_names()) or "none"
+        raise TypeError(f"{name}: unknown option(s) {', '.join(unknown)}; its options: {allowed}")
+    return cls(**options)
+
+
 def aggregate(
-    method: str,
+    method: str | Method,
     updates: Sequence[ClientUpdate],
     *,
     modules: Sequence[str] | None = None,
@@ -70,29 +56,35 @@ def aggregate(
     workers: int | None = None,
     **options,
 ) -> AggregationResult:
-    """Aggregate one round of client updates with ``method`` (a key of ``AGGREGATORS``).
+    """Aggregate one round of client updates with ``method``: a name in ``AGGREGATORS`` (with its
+    options as keywords) or a :class:`Method` object.
 
     ``modules``/``shapes``: the modules every update must cover and their ``(m, n)`` (default:
     the most common among the updates). ``seed``: for fresh and padded ``A`` inits (and FFA's
     frozen ``A``). ``workers``: compute every module's spectrum (and the singular vectors clients
     get) before returning, that many modules at a time (:meth:`AggregationResult.precompute`);
-    ``None`` (default): each module on first use, in the calling thread. Other keyword options
-    are the method's own (``tau`` for florist, ``rank_levels`` for raflora,
-    ``sfed_alpha``/``num_clients`` for fedsa).
+    ``None`` (default): each module on first use, in the calling thread.
     Malformed updates land in ``result.rejected``; raises ``NoValidUpdates`` when none is left.
     """
-    if method not in AGGREGATORS:
-        raise ValueError(f"unknown aggregation method {method!r}; choose one of {', '.join(AGGREGATORS)}")
-    spec = AGGREGATORS[method]
-    unknown = sorted(set(options) - set(spec.options))
-    if unknown:
-        allowed = ", ".join(spec.options) or "none"
-        raise TypeError(f"{method}: unknown option(s) {', '.join(unknown)}; its options: {allowed}")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1):
         raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
-    checked = check_updates(updates, modules, shapes)
-    result = spec.run(checked, seed=seed, **options)
-    return result if workers is None else result.precompute(workers)
+    if isinstance(method, Method):
+        if options:
+            raise TypeError(f"{method.name}: pass options when building the method, not to aggregate()")
+    else:
+        method = method_named(method, **options)
+    return method.aggregate(updates, modules=modules, shapes=shapes, seed=seed, workers=workers)
 
 
-__all__ = ["AGGREGATORS", "AggregationResult", "Method", "NoValidUpdates", "aggregate"]
+def _methods_doc() -> str:
+    lines = []
+    for name, cls in AGGREGATORS.items():
+        opts = ", ".join(f"{f.name}={f.default!r}" if f.default is not dataclasses.MISSING else f"{f.name}=[]"
+                         for f in cls.option_fields())
+        lines.append(f"    - ``{name}``{f' ({opts})' if opts else ''}: {cls.__doc__.splitlines()[0]}")
+    return "\n".join(lines)
+
+
+aggregate.__doc__ += "\n    Methods (name, options and defaults):\n\n" + _methods_doc() + "\n"
+
+__all__ = ["AGGREGATORS", "AggregationResult", "Method", "NoValidUpdates", "aggregate", "method_named"]

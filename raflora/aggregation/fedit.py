@@ -9,22 +9,35 @@ from __future__ import annotations
 
 from collections import Counter
 
+from dataclasses import dataclass
+from typing import ClassVar
+
+from raflora.aggregation.method import Method, Refusals
 from raflora.aggregation.padding import average_factors
 from raflora.aggregation.result import TruncationResult
 from raflora.aggregation.validate import Checked
+from raflora.lora import LowRank
 
 
-def aggregate_fedit(checked: Checked, seed: int = 0) -> TruncationResult:
-    refuse = {}
-    for module in checked.modules:
-        ranks = checked.ranks(module)
-        common = Counter(ranks).most_common(1)[0][0]
-        for i, (u, r) in enumerate(zip(checked.updates, ranks)):
-            if r != common and i not in refuse:
-                refuse[i] = (module, f"client {u.client_id!r}: module {module!r}: fedit needs homogeneous ranks, "
-                             f"got rank {r} where the round's clients use {common} (use zero_pad or raflora)")
-    if refuse:
-        checked.reject(refuse)
-    weights = checked.weights
-    factors = {m: average_factors([u.factors[m] for u in checked.updates], weights) for m in checked.modules}
-    return TruncationResult("fedit", checked, factors, seed)
+@dataclass
+class FedIT(Method):
+    """FedIT: FedAvg of ``A`` and of ``B`` separately; one rank for every client."""
+
+    name: ClassVar[str] = "fedit"
+    mixed_ranks: ClassVar[bool] = False
+    result_type: ClassVar[type] = TruncationResult
+
+    def refuse(self, checked: Checked, seed: int) -> Refusals:
+        refused: Refusals = {}
+        for module in checked.modules:
+            ranks = checked.ranks(module)
+            common = Counter(ranks).most_common(1)[0][0]
+            for i, (u, r) in enumerate(zip(checked.updates, ranks)):
+                if r != common and i not in refused:
+                    refused[i] = (module, f"client {u.client_id!r}: module {module!r}: fedit needs homogeneous "
+                                  f"ranks, got rank {r} where the round's clients use {common} (use zero_pad or raflora)")
+        return refused
+
+    def combine(self, checked: Checked, seed: int) -> dict[str, LowRank]:
+        weights = checked.weights
+        return {m: average_factors([u.factors[m] for u in checked.updates], weights) for m in checked.modules}

@@ -1,49 +1,66 @@
 """FedSA-LoRA (Guo et al., ICLR 2025): only ``A`` is aggregated; each client keeps its ``B``.
 
-``A_avg = sum_i p_i A_i`` (zero-padded to the largest rank). The reported ``delta`` is the
-weighted mean of the clients' personalised updates with the new ``A``:
-``sum_i p_i s_i B_i A_avg[:r_i]``. Sends and receives ``r n`` values per module.
+``A_avg = sum_i p_i A_i`` (zero-padded to the largest rank) is the only global part; the server
+never holds a client's ``B`` (clients upload ``A`` only and keep ``B`` for themselves), so there is
+no global update ``delta``: each client's model is its own ``s_i B_i A_avg[:r_i]``, and the
+runtimes evaluate those personalised models on the clients. Sends and receives ``r n`` values
+per module.
 
-Option ``sfed_alpha`` applies SFed-LoRA's scale (arXiv 2603.08058) ``gamma_i = alpha sqrt(N / r_i)``
-in place of each client's own scale, ``N = num_clients`` (default: the number of accepted updates).
+Option ``sfed_alpha`` gives clients SFed-LoRA's scale (arXiv 2603.08058)
+``gamma_r = alpha sqrt(N / r)`` in place of the config's ``lora.scaling``, ``N = num_clients``
+(default: the clients sampled per round).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
 import torch
 
+from raflora.aggregation.method import Method, option
 from raflora.aggregation.result import SharedAResult
-from raflora.aggregation.stacking import constant_weights, stack_factors
 from raflora.aggregation.validate import Checked
-from raflora.lora import ClientUpdate, LoRAFactors, lora_scale
+from raflora.lora import LowRank, lora_scale
 
 
-def _with_sfed_scale(checked: Checked, alpha: float, num_clients: int) -> None:
-    checked.updates = [
-        ClientUpdate(
-            u.client_id,
-            {m: LoRAFactors(f.A, f.B, lora_scale("sfed", alpha, f.rank, num_clients)) for m, f in u.factors.items()},
-            u.num_examples,
-        )
-        for u in checked.updates
-    ]
+@dataclass
+class FedSALoRA(Method):
+    """FedSA-LoRA: ``A`` averaged and shared, each client's ``B`` kept on the client."""
 
+    name: ClassVar[str] = "fedsa"
+    uploads: ClassVar[str] = "A"
+    private: ClassVar[str] = "B"
+    result_type: ClassVar[type] = SharedAResult
 
-def aggregate_fedsa(
-    checked: Checked, seed: int = 0, sfed_alpha: float | None = None, num_clients: int | None = None
-) -> SharedAResult:
-    if sfed_alpha is not None:
-        _with_sfed_scale(checked, float(sfed_alpha), int(num_clients or len(checked.updates)))
-    weights = checked.weights
-    factors, shared_a, own_b = {}, {}, {}
-    for m in checked.modules:
-        fs = [u.factors[m] for u in checked.updates]
-        r_max = max(f.rank for f in fs)
-        A = torch.zeros((r_max, fs[0].A.shape[1]), dtype=checked.dtype, device=checked.device)
-        for f, w in zip(fs, weights):
-            A[: f.rank] += w * f.A
-        shared_a[m] = A
-        own_b[m] = {u.client_id: f.B for u, f in zip(checked.updates, fs)}
-        with_shared = [LoRAFactors(A[: f.rank], f.B, f.scale) for f in fs]
-        factors[m] = stack_factors(with_shared, constant_weights(with_shared, weights))
-    return SharedAResult("fedsa", checked, factors, shared_a, own_b, seed)
+    sfed_alpha: float = option(0.0, help="> 0 applies SFed-LoRA's scale alpha * sqrt(N / r) in place of each "
+                               "client's own scale (0: off)")
+    num_clients: int = option(0, help="SFed-LoRA's N (0: the clients sampled per round)")
+
+    def check(self) -> None:
+        if self.sfed_alpha < 0:
+            raise ValueError(f"fedsa: sfed_alpha must be >= 0, got {self.sfed_alpha}")
+        if self.num_clients < 0:
+            raise ValueError(f"fedsa: num_clients must be >= 0, got {self.num_clients}")
+
+    def bind(self, client_ranks, num_sampled):
+        return self if self.num_clients else replace(self, num_clients=num_sampled)
+
+    def scale_for(self, rank: int, scale: float) -> float:
+        if self.sfed_alpha <= 0:
+            return scale
+        if not self.num_clients:
+            raise ValueError("fedsa: sfed_alpha needs num_clients (bind() fills it with the clients sampled per round)")
+        return lora_scale("sfed", self.sfed_alpha, rank, self.num_clients)
+
+    def combine(self, checked: Checked, seed: int) -> dict[str, LowRank]:
+        weights = checked.weights
+        factors = {}
+        for m in checked.modules:
+            fs = [u.factors[m] for u in checked.updates]
+            A = torch.zeros((max(f.rank for f in fs), fs[0].A.shape[1]), dtype=checked.dtype, device=checked.device)
+            for f, w in zip(fs, weights):
+                A[: f.rank] += w * f.A
+            # Only A is global; B is zero here because the server has none of the clients' B.
+            factors[m] = LowRank(torch.zeros((fs[0].B.shape[0], A.shape[0]), dtype=A.dtype, device=A.device), A)
+        return factors

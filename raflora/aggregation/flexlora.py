@@ -8,10 +8,22 @@ Sends and receives ``r_i (m + n)`` values per module.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
+from raflora.aggregation.method import Method
 from raflora.aggregation.result import SVDResult
 from raflora.aggregation.stacking import fedavg_stacks
 from raflora.aggregation.validate import Checked
+from raflora.lora import LowRank
 
 
-def aggregate_flexlora(checked: Checked, seed: int = 0) -> SVDResult:
-    return SVDResult("flexlora", checked, fedavg_stacks(checked), seed)
+@dataclass
+class FlexLoRA(Method):
+    """FlexLoRA: the weighted product sum; rank-``r`` clients start from its best rank-``r`` approximation."""
+
+    name: ClassVar[str] = "flexlora"
+    result_type: ClassVar[type] = SVDResult
+
+    def combine(self, checked: Checked, seed: int) -> dict[str, LowRank]:
+        return fedavg_stacks(checked)

@@ -8,10 +8,23 @@ Every client receives the whole stack: ``R (m + n)`` values per module.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
+from raflora.aggregation.method import Method
 from raflora.aggregation.result import MergeResult
 from raflora.aggregation.stacking import fedavg_stacks
 from raflora.aggregation.validate import Checked
+from raflora.lora import LowRank
 
 
-def aggregate_flora(checked: Checked, seed: int = 0) -> MergeResult:
-    return MergeResult("flora", checked, fedavg_stacks(checked), seed)
+@dataclass
+class FLoRA(Method):
+    """FLoRA: exact stacking; clients merge the update into the base and start a fresh adapter."""
+
+    name: ClassVar[str] = "flora"
+    merges_into_base: ClassVar[bool] = True
+    result_type: ClassVar[type] = MergeResult
+
+    def combine(self, checked: Checked, seed: int) -> dict[str, LowRank]:
+        return fedavg_stacks(checked)

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import torch
 
+from dataclasses import dataclass
+from typing import ClassVar
+
+from raflora.aggregation.method import Method, option
 from raflora.aggregation.result import MergeResult
 from raflora.aggregation.stacking import fedavg_stacks
 from raflora.aggregation.validate import Checked
-from raflora.lora import product_svd
+from raflora.lora import LowRank, product_svd
 
 
 def energy_rank(S: torch.Tensor, tau: float) -> int:
@@ -29,12 +33,25 @@ def energy_rank(S: torch.Tensor, tau: float) -> int:
     return int(torch.searchsorted(cumulative, target).item()) + 1
 
 
-def aggregate_florist(checked: Checked, seed: int = 0, tau: float = 0.9) -> MergeResult:
-    if not 0.0 < tau <= 1.0:
-        raise ValueError(f"florist: tau must be in (0, 1], got {tau}")
-    factors = {}
-    for m, stack in fedavg_stacks(checked).items():
-        U, S, V = product_svd(*stack)
-        p = min(energy_rank(S, tau), S.shape[0])
-        factors[m] = (U[:, :p] * S[:p], V[:, :p].T.contiguous())
-    return MergeResult("florist", checked, factors, seed)
+@dataclass
+class FLoRIST(Method):
+    """FLoRIST: FLoRA's stack truncated, per module, to the smallest rank holding ``tau`` of the energy."""
+
+    name: ClassVar[str] = "florist"
+    merges_into_base: ClassVar[bool] = True
+    result_type: ClassVar[type] = MergeResult
+
+    tau: float = option(0.9, help="energy threshold in (0, 1]: keep the smallest rank whose share of the "
+                        "squared singular values reaches tau (1 keeps every direction: flora)")
+
+    def check(self) -> None:
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"florist: tau must be in (0, 1], got {self.tau}")
+
+    def combine(self, checked: Checked, seed: int) -> dict[str, LowRank]:
+        factors = {}
+        for m, stack in fedavg_stacks(checked).items():
+            U, S, V = product_svd(*stack)
+            p = min(energy_rank(S, self.tau), S.shape[0])
+            factors[m] = LowRank(U[:, :p] * S[:p], V[:, :p].T.contiguous())
+        return factors

@@ -15,14 +15,17 @@ the form used by the known re-implementations (see docs/methods.md).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from raflora.aggregation.method import Method
 from raflora.aggregation.padding import average_factors
 from raflora.aggregation.result import TruncationResult
 from raflora.aggregation.validate import Checked
-from raflora.lora import LoRAFactors, product_frobenius_norm
+from raflora.lora import LoRAFactors, LowRank, product_frobenius_norm
 
 
 def norm_weights(factors: list[LoRAFactors], fallback: list[float]) -> list[float]:
@@ -33,13 +36,20 @@ def norm_weights(factors: list[LoRAFactors], fallback: list[float]) -> list[floa
     return [x / total for x in norms]
 
 
-def aggregate_hetlora(checked: Checked, seed: int = 0) -> TruncationResult:
-    fallback = checked.weights
-    factors = {}
-    for m in checked.modules:
-        module_factors = [u.factors[m] for u in checked.updates]
-        factors[m] = average_factors(module_factors, norm_weights(module_factors, fallback))
-    return TruncationResult("hetlora", checked, factors, seed)
+@dataclass
+class HetLoRA(Method):
+    """HetLoRA: zero padding with clients weighted by the norm of their update."""
+
+    name: ClassVar[str] = "hetlora"
+    result_type: ClassVar[type] = TruncationResult
+
+    def combine(self, checked: Checked, seed: int) -> dict[str, LowRank]:
+        fallback = checked.weights
+        factors = {}
+        for m in checked.modules:
+            module_factors = [u.factors[m] for u in checked.updates]
+            factors[m] = average_factors(module_factors, norm_weights(module_factors, fallback))
+        return factors
 
 
 def tail_penalty(A: Tensor, B: Tensor, gamma: float) -> Tensor:

@@ -9,20 +9,19 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import Tensor
 
-from raflora.lora import LoRAFactors
+from raflora.lora import LoRAFactors, LowRank
 
 
 def average_factors(
     factors: Sequence[LoRAFactors], weights: Sequence[float], renormalise: bool = False
-) -> tuple[Tensor, Tensor]:
+) -> LowRank:
     """Weighted average of ``(s_i B_i, A_i)`` padded to the largest rank.
 
     ``renormalise=False`` (zero padding): component ``j`` is ``sum_i w_i x_i[j]`` with ``x_i[j] = 0``
     when ``r_i <= j``. ``renormalise=True`` (replication padding): component ``j`` is averaged only
     over the clients that have it, ``sum_{i: r_i > j} w_i x_i[j] / sum_{i: r_i > j} w_i``.
-    Returns ``(B_avg, A_avg)``, ``B_avg`` with the scales folded in.
+    Returns ``LowRank(B_avg, A_avg)``, ``B_avg`` with the scales folded in.
     """
     first = factors[0]
     r_max = max(f.rank for f in factors)
@@ -39,4 +38,4 @@ def average_factors(
         inv = (1.0 / coverage).to(dtype=A.dtype, device=A.device)
         B = B * inv
         A = A * inv[:, None]
-    return B, A
+    return LowRank(B, A)

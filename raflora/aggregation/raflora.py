@@ -11,18 +11,24 @@ partition, so no partition is diluted by clients that cannot contribute to it:
 A client of rank ``r`` starts from the best rank-``r`` approximation of ``delta`` (as FlexLoRA).
 Homogeneous ranks give ``K = 1`` and ``c_ij = p_i``: exactly FlexLoRA. A partition no client
 reaches contributes nothing. An update whose rank is not a level is refused.
+
+Option ``weighting = "uniform"`` uses ``p_i = 1 / N`` in place of the data share (secondary
+sources of the paper disagree on which it uses; ``"data"`` is the default).
 Sends and receives ``r_i (m + n)`` values per module.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import ClassVar, Sequence
 
 import torch
 
+from raflora.aggregation.method import Method, Refusals, option
 from raflora.aggregation.result import SVDResult
 from raflora.aggregation.stacking import stack_factors
 from raflora.aggregation.validate import Checked
+from raflora.lora import LowRank
 
 
 def partition_weights(ranks: Sequence[int], weights: Sequence[float], levels: Sequence[int]) -> list[torch.Tensor]:
@@ -47,24 +53,57 @@ def partition_weights(ranks: Sequence[int], weights: Sequence[float], levels: Se
     return out
 
 
-def aggregate_raflora(checked: Checked, seed: int = 0, rank_levels: Sequence[int] | None = None) -> SVDResult:
-    if rank_levels is not None:
-        levels = sorted({int(level) for level in rank_levels})
-        if not levels or levels[0] < 1:
-            raise ValueError(f"raflora: rank_levels must be positive integers, got {list(rank_levels)}")
-        refuse = {}
+WEIGHTINGS = ("data", "uniform")
+
+
+@dataclass
+class RaFLoRA(Method):
+    """raFLoRA: each rank partition averaged over the clients that reach it."""
+
+    name: ClassVar[str] = "raflora"
+    result_type: ClassVar[type] = SVDResult
+
+    rank_levels: list[int] = option(factory=list, help="the federation's rank set, which splits the components "
+                                    "into partitions ([]: the clients' ranks; each client rank must be a level)")
+    weighting: str = option("data", help="client weight inside a partition: data (its share of the examples, "
+                            "p_i) or uniform (every contributing client alike)")
+
+    def check(self) -> None:
+        if any(int(level) < 1 for level in self.rank_levels):
+            raise ValueError(f"raflora: rank_levels must be positive integers, got {list(self.rank_levels)}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"raflora: weighting {self.weighting!r} is not known; choose one of {', '.join(WEIGHTINGS)}")
+
+    def check_ranks(self, client_ranks):
+        ranks = sorted(set(client_ranks))
+        if self.rank_levels and not set(ranks) <= set(self.rank_levels):
+            raise ValueError(f"raflora: rank_levels {list(self.rank_levels)} must include every client rank {ranks}")
+
+    def rank_partitions(self, client_ranks):
+        return sorted(set(self.rank_levels) | set(client_ranks))
+
+    def bind(self, client_ranks, num_sampled):
+        return replace(self, rank_levels=sorted(set(self.rank_levels) | set(client_ranks)))
+
+    def refuse(self, checked: Checked, seed: int) -> Refusals:
+        if not self.rank_levels:
+            return {}
+        levels = sorted({int(level) for level in self.rank_levels})
+        refused: Refusals = {}
         for m in checked.modules:
             for i, (u, r) in enumerate(zip(checked.updates, checked.ranks(m))):
-                if r not in levels and i not in refuse:
-                    refuse[i] = (m, f"client {u.client_id!r}: module {m!r}: rank {r} is not one of the "
-                                 f"federation's rank_levels {levels}")
-        if refuse:
-            checked.reject(refuse)
-    weights = checked.weights
-    factors = {}
-    for m in checked.modules:
-        ranks = checked.ranks(m)
-        levels_m = levels if rank_levels is not None else sorted(set(ranks))
-        fs = [u.factors[m] for u in checked.updates]
-        factors[m] = stack_factors(fs, partition_weights(ranks, weights, levels_m))
-    return SVDResult("raflora", checked, factors, seed)
+                if r not in levels and i not in refused:
+                    refused[i] = (m, f"client {u.client_id!r}: module {m!r}: rank {r} is not one of the "
+                                  f"federation's rank_levels {levels}")
+        return refused
+
+    def combine(self, checked: Checked, seed: int) -> dict[str, LowRank]:
+        n = len(checked.updates)
+        weights = checked.weights if self.weighting == "data" else [1.0 / n] * n
+        factors = {}
+        for m in checked.modules:
+            ranks = checked.ranks(m)
+            levels = self.rank_levels or sorted(set(ranks))
+            fs = [u.factors[m] for u in checked.updates]
+            factors[m] = stack_factors(fs, partition_weights(ranks, weights, levels))
+        return factors

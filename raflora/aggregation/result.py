@@ -1,15 +1,16 @@
 """What ``aggregate`` returns: the round's global update per module, in factored form.
 
-Every result keeps, per module, a pair ``(B, A)`` with ``delta = B @ A`` (client scales already
-folded in), so ``delta`` is never formed unless asked for and singular values come from
-:func:`raflora.lora.product_svd`. Subclasses differ in what a client starts from next round
-(:meth:`AggregationResult.client_factors`).
+Every result keeps, per module, a named pair ``LowRank(B, A)`` with ``delta = B @ A`` (client
+scales already folded in), so ``delta`` is never formed unless asked for and singular values come
+from :func:`raflora.lora.product_svd`. Subclasses differ in what a client starts from next round
+(:meth:`AggregationResult.client_factors`); each method names its own
+(:attr:`raflora.aggregation.method.Method.result_type`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Hashable
+from typing import TYPE_CHECKING, Hashable
 
 import torch
 from torch import Tensor
@@ -18,6 +19,7 @@ from raflora.aggregation.validate import Checked, Rejection
 from raflora.aggregation.workers import for_each_module
 from raflora.lora import (
     LoRAFactors,
+    LowRank,
     fresh_factors,
     numerical_rank,
     pad_factors,
@@ -26,18 +28,19 @@ from raflora.lora import (
     product_top_svd,
 )
 
+if TYPE_CHECKING:
+    from raflora.aggregation.method import Method
+
 
 class AggregationResult:
     """The global update of one round.
 
-    Attributes: ``method``, ``modules``, ``rejected`` (``(client_id, module or None, reason)``
-    for refused updates), ``weights`` (``client_id -> p_i``), ``merge_into_base`` (``True`` when
-    clients fold ``delta`` into the frozen weight and start a fresh adapter: flora, florist).
+    Attributes: ``method`` (the :class:`~raflora.aggregation.method.Method` that made it, with its
+    options), ``modules``, ``rejected`` (``(client_id, module or None, reason)`` for refused
+    updates), ``weights`` (``client_id -> p_i``).
     """
 
-    merge_into_base = False
-
-    def __init__(self, method: str, checked: Checked, factors: dict[str, tuple[Tensor, Tensor]], seed: int = 0):
+    def __init__(self, method: Method, checked: Checked, factors: dict[str, LowRank], seed: int = 0):
         self.method = method
         self.modules: tuple[str, ...] = checked.modules
         self.rejected: list[Rejection] = list(checked.rejected)
@@ -51,20 +54,24 @@ class AggregationResult:
         self._sv: dict[str, Tensor] = {}
         self._top: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
 
+    def __repr__(self) -> str:
+        kept = ", ".join(f"{c!r}: {p:.3f}" for c, p in self.weights.items())
+        return (f"<{type(self).__name__} of {self.method!r}: {len(self.modules)} modules, "
+                f"weights {{{kept}}}, {len(self.rejected)} rejected>")
+
     # -- the global update -------------------------------------------------------------------
     def _module(self, module: str) -> str:
         if module not in self._factors:
             raise KeyError(f"module {module!r} is not in this result; modules: {', '.join(self.modules)}")
         return module
 
-    def delta_factors(self, module: str) -> tuple[Tensor, Tensor]:
-        """``(B, A)`` with ``delta = B @ A``; ``B`` is ``(m, k)``, ``A`` is ``(k, n)``."""
+    def delta_factors(self, module: str) -> LowRank:
+        """``LowRank(B, A)`` with ``delta = B @ A``; ``B`` is ``(m, k)``, ``A`` is ``(k, n)``."""
         return self._factors[self._module(module)]
 
     def delta(self, module: str) -> Tensor:
         """Dense ``(m, n)`` global update of this round (for checks and diagnostics only)."""
-        B, A = self.delta_factors(module)
-        return B @ A
+        return self.delta_factors(module).dense()
 
     def svd(self, module: str) -> tuple[Tensor, Tensor, Tensor]:
         """Thin SVD ``U, S, V`` of ``delta`` computed from the factors (cached)."""
@@ -112,16 +119,14 @@ class AggregationResult:
             f"client_factors: module {module!r}: pass scale= for rank {rank} ({found} in this round)"
         )
 
-    def client_factors(
-        self, module: str, rank: int, scale: float | None = None, client_id: Hashable | None = None
-    ) -> LoRAFactors:
+    def client_factors(self, module: str, rank: int, scale: float | None = None) -> LoRAFactors:
         """The factors a client of ``rank`` starts from next round, with its ``scale`` divided out
         (``scale`` defaults to the one this round's clients of that rank used)."""
         if rank < 1:
             raise ValueError(f"client_factors: rank must be >= 1, got {rank}")
-        return self._hand_back(self._module(module), int(rank), self.resolve_scale(module, rank, scale), client_id)
+        return self._hand_back(self._module(module), int(rank), self.resolve_scale(module, rank, scale))
 
-    def _hand_back(self, module: str, rank: int, scale: float, client_id: Hashable | None) -> LoRAFactors:
+    def _hand_back(self, module: str, rank: int, scale: float) -> LoRAFactors:
         raise NotImplementedError
 
     def download_values(self, module: str, rank: int) -> int:
@@ -137,9 +142,9 @@ class TruncationResult(AggregationResult):
     gets its first ``r`` components: ``A[:r]`` and ``B[:, :r] / scale``.
     """
 
-    def _hand_back(self, module, rank, scale, client_id):
+    def _hand_back(self, module, rank, scale):
         B, A = self._factors[module]
-        A_r, B_r = pad_factors(module, A, B / scale, rank, self.seed)
+        B_r, A_r = pad_factors(module, LowRank(B / scale, A), rank, self.seed)
         return LoRAFactors(A_r, B_r, scale)
 
 
@@ -193,12 +198,12 @@ class SVDResult(AggregationResult):
         # Clients are handed the top singular vectors next: compute them with the values, once.
         return self._balanced(self._module(module), 1)[1]
 
-    def _hand_back(self, module, rank, scale, client_id):
+    def _hand_back(self, module, rank, scale):
         Bt, _, At = self._balanced(module, rank)
         k = min(rank, Bt.shape[1])
         # s B A = Bt At = U_k S_k V_k^T: each factor takes sqrt(S_k / s), so B and A have equal norms.
         root = 1.0 / math.sqrt(scale)
-        A, B = pad_factors(module, At[:k] * root, Bt[:, :k] * root, rank, self.seed)
+        B, A = pad_factors(module, LowRank(Bt[:, :k] * root, At[:k] * root), rank, self.seed)
         return LoRAFactors(A.contiguous(), B.contiguous(), scale)
 
 
@@ -206,9 +211,7 @@ class MergeResult(AggregationResult):
     """Methods whose clients merge ``delta`` into the frozen weight and start a fresh adapter
     (flora, florist): :meth:`client_factors` is a new ``B = 0``, seeded-``A`` init."""
 
-    merge_into_base = True
-
-    def _hand_back(self, module, rank, scale, client_id):
+    def _hand_back(self, module, rank, scale):
         m, n = self.shapes[module]
         B, _ = self._factors[module]
         fresh = fresh_factors(module, m, n, rank, scale, self.seed, B.dtype)
@@ -225,27 +228,32 @@ class MergeResult(AggregationResult):
 
 
 class SharedAResult(AggregationResult):
-    """FedSA-LoRA: the averaged ``A`` is shared, every client keeps its own ``B``.
+    """FedSA-LoRA: only the averaged ``A`` is global; every client keeps its own ``B``.
 
-    ``delta`` is the weighted mean of the clients' personalised updates with the new ``A``,
-    ``sum_i p_i s_i B_i A[:r_i]``. :meth:`client_factors` returns ``A[:r]`` and the client's own
-    ``B`` when ``client_id`` took part this round (else ``B = 0``); only ``A`` is sent.
+    The server never holds a client's ``B``, so there is no global ``delta``: ``delta_factors``
+    raises, and the spectrum (:meth:`singular_values`) is the shared ``A``'s. A client of rank
+    ``r`` receives ``A[:r]`` (``B = 0`` in what it receives; it puts its own ``B`` back,
+    :meth:`raflora.aggregation.method.Method.client_start`). Only ``A`` is sent.
     """
 
-    def __init__(self, method, checked, factors, shared_a, own_b, seed=0):
-        super().__init__(method, checked, factors, seed)
-        self._shared_a = shared_a
-        self._own_b = own_b
+    def delta_factors(self, module):
+        raise ValueError(f"{self.method.name}: module {self._module(module)!r}: each client keeps its own B, so the "
+                         "server has no global update; shared_a(module) is the global part")
 
-    def _hand_back(self, module, rank, scale, client_id):
-        A = self._shared_a[module]
+    def shared_a(self, module: str) -> Tensor:
+        """The averaged ``A`` (``r_max x n``), the only global part."""
+        return self._factors[self._module(module)].A
+
+    def singular_values(self, module: str) -> Tensor:
+        if module not in self._sv:
+            self._sv[module] = torch.linalg.svdvals(self.shared_a(module))
+        return self._sv[module]
+
+    def _hand_back(self, module, rank, scale):
+        A = self._factors[module].A
         m = self.shapes[module][0]
-        A_r, B_r = pad_factors(module, A, torch.zeros((m, A.shape[0]), dtype=A.dtype, device=A.device), rank, self.seed)
-        own = self._own_b[module].get(client_id) if client_id is not None else None
-        if own is not None:
-            k = min(rank, own.shape[1])
-            B_r = B_r.clone()
-            B_r[:, :k] = own[:, :k]
+        B_r, A_r = pad_factors(module, LowRank(torch.zeros((m, A.shape[0]), dtype=A.dtype, device=A.device), A),
+                               rank, self.seed)
         return LoRAFactors(A_r, B_r, scale)
 
     def download_values(self, module, rank):

@@ -11,11 +11,11 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from raflora.lora import LoRAFactors
+from raflora.lora import LoRAFactors, LowRank
 
 
-def stack_factors(factors: Sequence[LoRAFactors], column_weights: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    """``(B_st, A_st)`` with ``B_st @ A_st = sum_i s_i B_i diag(c_i) A_i``.
+def stack_factors(factors: Sequence[LoRAFactors], column_weights: Sequence[Tensor]) -> LowRank:
+    """``LowRank(B_st, A_st)`` with ``B_st @ A_st = sum_i s_i B_i diag(c_i) A_i``.
 
     ``column_weights[i]`` is a length-``r_i`` tensor ``c_i`` (a constant ``p_i`` for FedAvg-style
     weighting, raFLoRA's partition weights otherwise).
@@ -25,7 +25,7 @@ def stack_factors(factors: Sequence[LoRAFactors], column_weights: Sequence[Tenso
     # first, without a temporary per client.
     rows = torch.cat([f.scale * c.to(dtype=f.A.dtype, device=f.A.device) for f, c in zip(factors, column_weights)])
     A_st = torch.cat([f.A for f in factors], dim=0).mul_(rows[:, None])
-    return B_st, A_st
+    return LowRank(B_st, A_st)
 
 
 def constant_weights(factors: Sequence[LoRAFactors], weights: Sequence[float]) -> list[Tensor]:
@@ -33,7 +33,7 @@ def constant_weights(factors: Sequence[LoRAFactors], weights: Sequence[float]) -
     return [torch.full((f.rank,), float(w), dtype=torch.float64) for f, w in zip(factors, weights)]
 
 
-def fedavg_stacks(checked) -> dict[str, tuple[Tensor, Tensor]]:
+def fedavg_stacks(checked) -> dict[str, LowRank]:
     """Per module, the stack of ``sum_i p_i s_i B_i A_i`` over the accepted updates."""
     weights = checked.weights
     stacks = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Hashable, Iterable, Mapping, Sequence
 
 import torch
@@ -23,14 +23,15 @@ class NoValidUpdates(ValueError):
     """Raised when nothing is left to aggregate."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Checked:
-    """Updates that passed, cast to one dtype and device, with their FedAvg weights."""
+    """Updates that passed, cast to one dtype and device, with their FedAvg weights (never changed
+    in place: :meth:`without` returns a new one)."""
 
-    updates: list[ClientUpdate]
+    updates: tuple[ClientUpdate, ...]
     modules: tuple[str, ...]
     shapes: dict[str, tuple[int, int]]
-    rejected: list[Rejection]
+    rejected: tuple[Rejection, ...]
     dtype: torch.dtype
     device: torch.device
 
@@ -43,13 +44,20 @@ class Checked:
     def ranks(self, module: str) -> list[int]:
         return [u.factors[module].rank for u in self.updates]
 
-    def reject(self, index_reasons: Mapping[int, tuple[str | None, str]]) -> None:
-        """Drop updates by index (method-specific checks), recording why."""
-        for i, (module, reason) in sorted(index_reasons.items()):
-            self.rejected.append((self.updates[i].client_id, module, reason))
-        self.updates = [u for i, u in enumerate(self.updates) if i not in index_reasons]
-        if not self.updates:
-            raise NoValidUpdates(_nothing_left(self.rejected))
+    def without(self, index_reasons: Mapping[int, tuple[str | None, str]]) -> Checked:
+        """These updates less the ones at the given indices (method-specific checks), each recorded
+        with its reason; ``NoValidUpdates`` when none is left."""
+        rejected = self.rejected + tuple(
+            (self.updates[i].client_id, module, reason) for i, (module, reason) in sorted(index_reasons.items())
+        )
+        updates = tuple(u for i, u in enumerate(self.updates) if i not in index_reasons)
+        if not updates:
+            raise NoValidUpdates(_nothing_left(rejected))
+        return replace(self, updates=updates, rejected=rejected)
+
+    def with_updates(self, updates: Sequence[ClientUpdate]) -> Checked:
+        """The same round with the updates replaced one for one (e.g. rescaled)."""
+        return replace(self, updates=tuple(updates))
 
 
 def _nothing_left(rejected: Sequence[Rejection]) -> str:
@@ -187,7 +195,7 @@ def check_updates(
     }
     dtype = torch.float64 if torch.float64 in dtypes else torch.float32
     device = next(iter(accepted[0].factors.values())).A.device
-    cast = [
+    cast = tuple(
         ClientUpdate(
             u.client_id,
             {
@@ -197,5 +205,5 @@ def check_updates(
             u.num_examples,
         )
         for u in accepted
-    ]
-    return Checked(cast, expected, shapes, rejected, dtype, device)
+    )
+    return Checked(cast, expected, shapes, tuple(rejected), dtype, device)

@@ -9,12 +9,23 @@ Sends and receives ``r_i (m + n)`` values per module.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
+from raflora.aggregation.method import Method
 from raflora.aggregation.padding import average_factors
 from raflora.aggregation.result import TruncationResult
 from raflora.aggregation.validate import Checked
+from raflora.lora import LowRank
 
 
-def aggregate_zero_pad(checked: Checked, seed: int = 0) -> TruncationResult:
-    weights = checked.weights
-    factors = {m: average_factors([u.factors[m] for u in checked.updates], weights) for m in checked.modules}
-    return TruncationResult("zero_pad", checked, factors, seed)
+@dataclass
+class ZeroPad(Method):
+    """Zero padding: FedAvg of the factors padded with zeros to the largest rank."""
+
+    name: ClassVar[str] = "zero_pad"
+    result_type: ClassVar[type] = TruncationResult
+
+    def combine(self, checked: Checked, seed: int) -> dict[str, LowRank]:
+        weights = checked.weights
+        return {m: average_factors([u.factors[m] for u in checked.updates], weights) for m in checked.modules}

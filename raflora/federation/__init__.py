@@ -1,7 +1,7 @@
-"""The round protocol of a federated LoRA run (sample, train, aggregate, diagnose, evaluate, log,
-checkpoint), driven in-process by :func:`run_federation`. Imports nothing from the CLI."""
+"""The round protocol of a federated LoRA run (sample, train, aggregate, diagnose, evaluate), the
+server's state and its checkpoints, and exports. The runtimes (:mod:`raflora.runtimes`) drive it;
+it imports nothing from them or from the CLI."""
 
 from raflora.federation.export import export_run
-from raflora.federation.runner import run_federation
 
-__all__ = ["export_run", "run_federation"]
+__all__ = ["export_run"]

@@ -80,7 +80,11 @@ def export_run(run_dir: str | Path, out: str | Path, merged: bool = False, rank:
     checkpoint = latest_checkpoint(run_dir / "checkpoints")
     if not (run_dir / "config.toml").is_file() or checkpoint is None:
         raise ConfigError(f"{str(run_dir)!r} holds no checkpoint of a run")
-    config = load_config(run_dir / "config.toml")
+    config = load_config(run_dir / "config.toml", legacy=True)
+    method = config.federation.method
+    if method.private:
+        raise ConfigError(f"{str(run_dir)!r}: {method.name} keeps each client's {method.private} on the client, so the "
+                          "run has no global model to export")
     torch.set_num_threads(config.run.threads)
     task = build_task(config.task.name, **config.task.options)
     state = load_checkpoint(checkpoint)

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-from raflora.aggregation import AGGREGATORS
+from raflora.aggregation import Method
 from raflora.client.adapters import AdapterModel
 from raflora.config import Config
-from raflora.federation.ranks import client_ranks
+from raflora.ranks import client_ranks
 from raflora.lora import fresh_factors, lora_scale
 from raflora.partition import partition
 from raflora.tasks import build_task
@@ -41,16 +41,13 @@ class RunSetup:
     data: TaskData
     shards: list[list[int]]       # example indices per client
     ranks: list[int]              # rank per client
-    levels: list[int]             # the federation's rank set (raflora's rank_levels)
+    levels: list[int]             # the federation's rank set (the diagnostics' rank partitions)
     scales: dict[int, float]      # rank -> s (also for r_max, the export rank)
     model: AdapterModel
     shapes: dict[str, tuple[int, int]]
     test: list
     base0: dict  # module -> the pretrained weight (the reference of exported adapters)
-
-    @property
-    def method(self):
-        return AGGREGATORS[self.config.federation.method]
+    method: Method  # the config's method bound to this federation (Method.bind)
 
     @property
     def r_min(self) -> int:
@@ -97,10 +94,12 @@ def build_setup(config: Config) -> RunSetup:
         alpha=config.partition.alpha, seed=derived_seed("partition", seed), min_examples=config.partition.min_examples,
     )
     ranks = client_ranks(config.ranks, fed.num_clients, seed)
-    levels = sorted(set(fed.rank_levels) | set(ranks)) if fed.rank_levels else sorted(set(ranks))
     n = sample_size(config)
+    method = fed.method.bind(ranks, n)
+    levels = method.rank_partitions(ranks)
     lora = config.lora
-    scales = {r: lora_scale(lora.scaling, lora.alpha, r, n) for r in sorted(set(ranks) | {config.ranks.r_max})}
+    scales = {r: method.scale_for(r, lora_scale(lora.scaling, lora.alpha, r, n))
+              for r in sorted(set(ranks) | {config.ranks.r_max})}
     torch.manual_seed(seed)
     model = AdapterModel(
         task.load_model(), task.target_modules, task.head_modules, sorted(set(ranks)), scales, lora.dropout
@@ -110,4 +109,4 @@ def build_setup(config: Config) -> RunSetup:
         test = subsample(test, config.eval.max_examples, derived_seed("eval", seed))
     task.prepare(list(data.train) + test)
     base0 = {m: model.base_weight(m).detach().clone() for m in model.modules}
-    return RunSetup(config, task, data, shards, ranks, levels, scales, model, model.shapes(), test, base0)
+    return RunSetup(config, task, data, shards, ranks, levels, scales, model, model.shapes(), test, base0, method)

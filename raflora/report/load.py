@@ -51,9 +51,26 @@ def _read_config(folder: Path) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         raise ReportError(f"{str(folder)!r} holds no config.toml (not a run folder)")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        config = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ReportError(f"{path}: not valid TOML: {err}") from None
+    if isinstance(config.get("federation"), dict):
+        config["federation"] = dict(config["federation"], method=method_label(config["federation"]))
+    return config
+
+
+def method_label(federation: dict[str, Any]) -> str:
+    """The ``[federation]`` table's method as one value for tables: its name, with the options that
+    differ from the method's defaults (``florist (tau=0.8)``); reads older flat run folders too."""
+    from raflora.config_io import _legacy_federation
+    from raflora.aggregation import AGGREGATORS
+
+    table = dict(_legacy_federation(federation)["method"])
+    name = table.pop("name", "?")
+    cls = AGGREGATORS.get(name)
+    defaults = cls().options() if cls else {}
+    changed = ", ".join(f"{k}={v!r}" for k, v in table.items() if defaults.get(k, object()) != v)
+    return f"{name} ({changed})" if changed else str(name)
 
 
 def _read_metrics(folder: Path) -> list[dict]:
@@ -85,7 +102,7 @@ def _metric_of(task: str) -> str:
 
 
 def _client_ranks(config: dict[str, dict[str, Any]]) -> list[int]:
-    from raflora.federation.ranks import client_ranks
+    from raflora.ranks import client_ranks
 
     known = {f.name for f in dataclasses.fields(RanksConfig)}
     ranks = RanksConfig(**{k: v for k, v in config.get("ranks", {}).items() if k in known})

@@ -33,7 +33,7 @@ def run(
         from raflora.runtimes.flower import run_flower
 
         return run_flower(config, resume=resume, overwrite=overwrite, stop_after=stop_after, log=log)
-    from raflora.federation import run_federation
+    from raflora.runtimes.embedded import run_federation
 
     return run_federation(config, resume=resume, overwrite=overwrite, stop_after=stop_after, log=log,
                           progress=progress)

@@ -182,20 +182,19 @@ def ref_florist(updates, module: str, tau: float) -> Tensor:
     return best_rank(dense, keep)
 
 
-def ref_fedsa(updates, module: str, scales=None) -> Tensor:
-    """``sum_i p_i s_i B_i Abar[:r_i]`` with ``Abar`` the zero-padded average of the ``A``s."""
-    weights = p(updates)
-    _, A_bar = padded(updates, module, weights, renormalise=False)
-    delta = 0
-    for i, (u, w) in enumerate(zip(updates, weights)):
-        _, b, s = factors64(u, module)
-        s = s if scales is None else scales[i]
-        delta = delta + w * s * (b @ A_bar[: b.shape[1]])
-    return delta
+def ref_fedsa(updates, module: str) -> Tensor:
+    """``Abar``, the zero-padded average of the ``A``s: FedSA's only global part (each client
+    keeps its own ``B``, so the server has no ``delta``)."""
+    return padded(updates, module, p(updates), renormalise=False)[1]
+
+
+def dense_global(result, module: str) -> Tensor:
+    """The round's global matrix as the library reports it: ``delta``, or FedSA's shared ``A``."""
+    return result.shared_a(module) if hasattr(result, "shared_a") else result.delta(module)
 
 
 def ref_delta(method: str, updates, module: str, seed: int = 0, **options) -> Tensor:
-    """Dense float64 global update of ``method``."""
+    """Dense float64 global update of ``method`` (FedSA: its shared ``A``)."""
     if method in TRUNCATION:
         B, A = ref_factors(method, updates, module, seed)
         return B @ A

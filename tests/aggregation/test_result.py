@@ -6,7 +6,7 @@ import torch
 
 from raflora import AGGREGATORS, ClientUpdate, aggregate
 
-from .reference import F64, assert_close, assert_singular_values, random_shapes, random_updates, ref_delta
+from .reference import F64, assert_close, assert_singular_values, random_shapes, random_updates, ref_delta, dense_global
 
 
 def same_scale_updates():
@@ -40,7 +40,7 @@ def test_rank_must_be_positive():
 
 def test_unknown_module_names_the_known_ones():
     res = aggregate("raflora", same_scale_updates())
-    for call in (res.delta, res.singular_values, lambda m: res.client_factors(m, 2, scale=1.0)):
+    for call in (lambda m: dense_global(res, m), res.singular_values, lambda m: res.client_factors(m, 2, scale=1.0)):
         with pytest.raises(KeyError, match="q_proj"):
             call("k_proj")
 
@@ -51,7 +51,7 @@ def test_client_ranks_and_shapes():
     assert res.client_ranks("v_proj") == {"c0": 2, "c1": 4, "c2": 4}
     for module, (m, n) in res.shapes.items():
         assert updates[0].factors[module].shape == (m, n)
-        assert res.delta(module).shape == (m, n)
+        assert dense_global(res, module).shape == (m, n)
 
 
 @pytest.mark.parametrize("method", ["flexlora", "raflora"])
@@ -88,7 +88,7 @@ def test_ranks_may_differ_per_module(method):
     assert res.client_ranks("q_proj") == {"c0": 4, "c1": 2, "c2": 4}
     assert res.client_ranks("v_proj") == {"c0": 2, "c1": 4, "c2": 2}
     for module in res.modules:
-        assert_close(res.delta(module), ref_delta(method, updates, module), F64, f"{method} {module}")
+        assert_close(dense_global(res, module), ref_delta(method, updates, module), F64, f"{method} {module}")
 
 
 def test_values_on_the_wire_per_method():
@@ -102,15 +102,17 @@ def test_values_on_the_wire_per_method():
 
 
 def test_options_are_discoverable():
-    assert AGGREGATORS["raflora"].options == ("rank_levels",)
-    assert AGGREGATORS["florist"].options == ("tau",)
-    assert AGGREGATORS["fedsa"].options == ("sfed_alpha", "num_clients")
-    assert AGGREGATORS["flexlora"].options == ()
+    assert AGGREGATORS["raflora"].option_names() == ("rank_levels", "weighting")
+    assert AGGREGATORS["florist"].option_names() == ("tau",)
+    assert AGGREGATORS["fedsa"].option_names() == ("sfed_alpha", "num_clients")
+    assert AGGREGATORS["flexlora"].option_names() == ()
+    for cls in AGGREGATORS.values():
+        assert all(f.metadata.get("help") for f in cls.option_fields()), f"{cls.name}: every option has its help"
 
 
 def test_only_merge_methods_merge_into_base():
     updates = random_updates(1, [2, 2], frozen_a_seed=0)
-    merging = {name for name in AGGREGATORS if aggregate(name, updates).merge_into_base}
+    merging = {name for name in AGGREGATORS if aggregate(name, updates).method.merges_into_base}
     assert merging == {"flora", "florist"}
 
 
@@ -133,7 +135,7 @@ def test_no_dense_guard_catches_a_dense_product():
     updates = random_updates(0, [2], shapes={"w": (40, 30)})
     res = aggregate("flexlora", updates)
     with NoDense(40, 30), pytest.raises(AssertionError, match="dense"):
-        res.delta("w")
+        dense_global(res, "w")
 
 
 @pytest.mark.parametrize("method", sorted(AGGREGATORS))
@@ -147,4 +149,4 @@ def test_aggregation_never_forms_the_dense_update(method):
         res = aggregate(method, updates, **options)
         res.singular_values("w")
         for r in (2, 6):
-            res.client_factors("w", r, scale=1.0, **({"client_id": "c0"} if method == "fedsa" else {}))
+            res.client_factors("w", r, scale=1.0)

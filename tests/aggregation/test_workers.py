@@ -10,7 +10,7 @@ from raflora import AGGREGATORS, aggregate
 from raflora.aggregation import result as result_module
 from raflora.aggregation.workers import for_each_module
 
-from .reference import F64, random_updates
+from .reference import F64, random_updates, dense_global
 
 MODULES = tuple(f"layer{i}" for i in range(7))
 
@@ -24,9 +24,9 @@ def snapshot(res, ranks=(2, 4, 6, 9)):
     """Everything a round reads from a result, per module."""
     out = {}
     for m in res.modules:
-        out[m] = [res.delta(m), res.singular_values(m)]
+        out[m] = [dense_global(res, m), res.singular_values(m)]
         for r in ranks:
-            f = res.client_factors(m, r, scale=1.5, client_id="c1")
+            f = res.client_factors(m, r, scale=1.5)
             out[m] += [f.A, f.B]
     return out
 

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from raflora.config import RanksConfig
-from raflora.federation.ranks import client_ranks
+from raflora.ranks import client_ranks
 from raflora.partition import dirichlet_partition, iid_partition, key_partition, partition
 
 

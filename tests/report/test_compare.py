@@ -23,7 +23,7 @@ def test_one_run_folder_per_method_with_the_same_clients(comparison):
     runs = {m: _records(folder / m) for m in METHODS}
     for method, records in runs.items():
         config = tomllib.loads((folder / method / "config.toml").read_text())
-        assert config["federation"]["method"] == method and config["run"]["out"] == str(folder / method)
+        assert config["federation"]["method"]["name"] == method and config["run"]["out"] == str(folder / method)
         assert [r["round"] for r in records] == [1, 2, 3] and {r["method"] for r in records} == {method}
         assert (folder / method / "adapter").is_dir()
     # same seed: the same clients with the same ranks every round, whatever the method

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from raflora.config_io import load_config
-from raflora.federation import run_federation
+from raflora.runtimes.embedded import run_federation
 from raflora.tasks import build_task
 
 

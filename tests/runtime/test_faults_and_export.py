@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
-from raflora.federation import export_run, run_federation
+from raflora.config import ConfigError
+from raflora.federation import export_run
+from raflora.runtimes.embedded import run_federation
 from raflora.tasks import build_task
 
 
@@ -25,7 +28,7 @@ def _task(config):
     return build_task(config.task.name, **config.task.options)
 
 
-@pytest.mark.parametrize("method", ["raflora", "florist", "fedsa"])
+@pytest.mark.parametrize("method", ["raflora", "florist", "ffa"])
 def test_adapter_loads_with_peft_and_matches_the_run(make_config, method):
     from peft import PeftModel
 
@@ -56,3 +59,19 @@ def test_export_adapter_and_merged_weights(make_config, tmp_path):
     peft_model = PeftModel.from_pretrained(task.load_model(), str(adapter))
     assert peft_model.peft_config["default"].r == 32
     assert task.evaluate(peft_model, test, 64)["loss"] == pytest.approx(exact["loss"], rel=1e-3)
+
+
+def test_fedsa_evaluates_the_clients_own_models_and_exports_nothing(make_config, tmp_path):
+    """The server never holds a client's B: each sampled client evaluates its own model (the shared A
+    with its own B); the metric is their mean, with the spread and every client's value."""
+    config = make_config("fedsa", federation={"method": "fedsa"})
+    metrics = run_federation(config)
+    last = metrics[-1]
+    by_client = last["accuracy_by_client"]
+    assert set(by_client) == {str(c) for c in last["clients"]}
+    values = list(by_client.values())
+    assert last["accuracy"] == pytest.approx(sum(values) / len(values))
+    assert last["accuracy_std"] == pytest.approx(float(__import__("statistics").pstdev(values)))
+    assert not (Path(config.out) / "adapter").exists()
+    with pytest.raises(ConfigError, match="fedsa keeps each client's B on the client"):
+        export_run(config.out, tmp_path / "export")

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from raflora.cli import main
 from raflora.config_io import config_from_dict, config_to_toml, load_config
-from raflora.federation import run_federation
-from raflora.federation.runner import prepare_folder
+from raflora.runtimes.embedded import run_federation
+from raflora.runtimes.folder import prepare_folder
 
 from .conftest import read_metrics, small_config, without_time
 
@@ -70,7 +70,9 @@ def test_missing_flower_extra_is_one_line_exit_2(config_file, tmp_path, capsys, 
 def _same_outputs(a: Path, b: Path) -> None:
     assert without_time(read_metrics(a)) == without_time(read_metrics(b))
     adapter = Path("adapter") / "adapter_model.safetensors"
-    assert (a / adapter).read_bytes() == (b / adapter).read_bytes()
+    assert (a / adapter).is_file() == (b / adapter).is_file()  # none for fedsa: no global model
+    if (b / adapter).is_file():
+        assert (a / adapter).read_bytes() == (b / adapter).read_bytes()
     [ca], [cb] = sorted((a / "checkpoints").glob("round_*"))[-1:], sorted((b / "checkpoints").glob("round_*"))[-1:]
     ta, tb = load_file(str(ca / "state.safetensors")), load_file(str(cb / "state.safetensors"))
     assert ta.keys() == tb.keys() and all(ta[k].equal(tb[k]) for k in ta)

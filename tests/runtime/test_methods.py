@@ -7,7 +7,7 @@ import math
 import pytest
 
 from raflora.aggregation import AGGREGATORS
-from raflora.federation import run_federation
+from raflora.runtimes.embedded import run_federation
 
 REQUIRED = ("round", "method", "accuracy", "loss", "rho_rmin", "energy_by_partition", "bytes_up", "bytes_down", "seconds")
 

@@ -16,7 +16,7 @@ from typing import Callable
 
 from raflora.config import Config
 from raflora.config_io import config_to_toml
-from raflora.federation.runner import prepare_folder
+from raflora.runtimes.folder import prepare_folder
 
 # Flower and Ray phone home and check for updates by default; a run here does neither.
 QUIET_ENV = {

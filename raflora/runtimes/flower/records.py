@@ -1,13 +1,15 @@
 """What a Flower message carries, both ways, and how it is read back.
 
 Server -> client (``train_request``): ``task`` (round, client, rank, factor dtype), ``down`` (the
-start factors as :mod:`raflora.wire` bytes in ``transport_dtype``, the counted part), ``held`` (the
-parts a method does not send, in full precision: in the embedded runtime the receiver already holds
-them), ``head`` and, for methods that merge into the base (flora, florist), ``base``.
+start factors as :mod:`raflora.wire` bytes in ``transport_dtype``, the counted part, with the
+modules' shapes), ``head`` and, for methods that merge into the base, ``base``. The parts a method
+does not send never travel: the receiver fills them (:mod:`raflora.federation.transport`), and a
+client's own kept part stays in its ``context.state``.
 
-Client -> server (``train_reply``): ``up`` (wire bytes, loss, diverged, examples), ``held``,
-``head``. :func:`read_train_reply` turns a reply into the :class:`ClientTurn` the embedded runtime
-builds in-process, or raises :class:`ReplyError` with the reason it is refused.
+Client -> server (``train_reply``): ``up`` (wire bytes, loss, diverged, examples) and ``head``.
+:func:`read_train_reply` turns a reply into the :class:`ClientTurn` the embedded runtime builds
+in-process, or raises :class:`ReplyError` with the reason it is refused. ``evaluate_request`` /
+``evaluate_reply`` carry a client's own evaluation (methods whose clients keep a private part).
 :func:`run_config_toml` reads the raflora config named in a ``flwr run``'s run config (both apps).
 """
 
@@ -23,7 +25,7 @@ from torch import Tensor
 
 from raflora.config import ConfigError
 from raflora.federation.round import ClientTurn
-from raflora.federation.transport import Packet, unpack
+from raflora.federation.transport import Fill, Packet, unpack
 from raflora.lora import ClientUpdate, LoRAFactors
 
 DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float64, torch.bfloat16, torch.float16)}
@@ -65,16 +67,13 @@ def record_tensors(record: ArrayRecord) -> dict[str, Tensor]:
     return out
 
 
-def _held_record(held: Mapping[str, Mapping[str, Tensor]]) -> ArrayRecord:
-    return tensors_record({f"{module}/{part}": t for module, parts in held.items() for part, t in parts.items()})
+def _shapes_record(packet: Packet) -> ConfigRecord:
+    return ConfigRecord({"wire": packet.wire, **{f"shape:{m}": list(shape) for m, shape in packet.shapes.items()}})
 
 
-def _record_held(record: ArrayRecord) -> dict[str, dict[str, Tensor]]:
-    held: dict[str, dict[str, Tensor]] = {}
-    for key, t in record_tensors(record).items():
-        module, part = key.rsplit("/", 1)
-        held.setdefault(module, {})[part] = t
-    return held
+def _record_packet(record: ConfigRecord) -> Packet:
+    shapes = {k.removeprefix("shape:"): (int(v[0]), int(v[1])) for k, v in record.items() if k.startswith("shape:")}
+    return Packet(bytes(record["wire"]), shapes)
 
 
 def train_request(
@@ -84,8 +83,7 @@ def train_request(
     content = RecordDict({
         "task": ConfigRecord({"round": round_, "client": client, "rank": rank,
                               "factor-dtype": str(factor_dtype).removeprefix("torch.")}),
-        "down": ConfigRecord({"wire": packet.wire}),
-        "held": _held_record(packet.held),
+        "down": _shapes_record(packet),
         "head": tensors_record(head),
     })
     if base:
@@ -93,13 +91,13 @@ def train_request(
     return content
 
 
-def read_train_request(content: RecordDict) -> dict:
-    """``{round, client, rank, start, head, base}`` as the client uses them."""
+def read_train_request(content: RecordDict, fill: Fill) -> dict:
+    """``{round, client, rank, start, head, base}`` as the client uses them (``fill``: the parts
+    that did not travel)."""
     task = content["task"]
-    packet = Packet(bytes(content["down"]["wire"]), _record_held(content["held"]))
     return {
         "round": int(task["round"]), "client": int(task["client"]), "rank": int(task["rank"]),
-        "start": unpack(packet, DTYPES[str(task["factor-dtype"])]),
+        "start": unpack(_record_packet(content["down"]), fill, DTYPES[str(task["factor-dtype"])]),
         "head": record_tensors(content["head"]),
         "base": record_tensors(content["base"]) if "base" in content else {},
     }
@@ -107,21 +105,24 @@ def read_train_request(content: RecordDict) -> dict:
 
 def train_reply(packet: Packet, factor_dtype: torch.dtype, head: Mapping[str, Tensor], loss: float, diverged: bool,
                 num_examples: int) -> RecordDict:
+    up = _shapes_record(packet)
+    up["factor-dtype"] = str(factor_dtype).removeprefix("torch.")
     return RecordDict({
-        "up": ConfigRecord({"wire": packet.wire, "factor-dtype": str(factor_dtype).removeprefix("torch.")}),
-        "held": _held_record(packet.held),
+        "up": up,
         "head": tensors_record(head),
         "metrics": MetricRecord({"loss": float(loss), "diverged": int(diverged), "num-examples": int(num_examples)}),
     })
 
 
-def read_train_reply(content: RecordDict, client: int, head_like: Mapping[str, Tensor], bytes_down: int) -> ClientTurn:
+def read_train_reply(content: RecordDict, client: int, head_like: Mapping[str, Tensor], bytes_down: int,
+                     fill: Fill) -> ClientTurn:
     """The reply of ``client`` as the turn the embedded runtime would have built; ``head_like`` (the
-    head the client was sent) fixes the head's keys and shapes."""
+    head the client was sent) fixes the head's keys and shapes; ``fill``: the parts not uploaded."""
     try:
         up, metrics = content["up"], content["metrics"]
-        wire = bytes(up["wire"])
-        factors = unpack(Packet(wire, _record_held(content["held"])), DTYPES[str(up["factor-dtype"])])
+        packet = _record_packet(up)
+        wire = packet.wire
+        factors = unpack(packet, fill, DTYPES[str(up["factor-dtype"])])
         head = record_tensors(content["head"])
         loss, diverged, n = float(metrics["loss"]), bool(metrics["diverged"]), int(metrics["num-examples"])
     except Exception as err:  # anything unreadable: the reply is refused, the round goes on
@@ -131,3 +132,25 @@ def read_train_reply(content: RecordDict, client: int, head_like: Mapping[str, T
             raise ReplyError(f"head parameter {key!r} is missing or has the wrong shape")
     return ClientTurn(ClientUpdate(client, factors, n), {k: head[k] for k in head_like}, loss, diverged,
                       bytes_down=bytes_down, bytes_up=len(wire))
+
+
+def evaluate_request(round_: int, client: int, rank: int, packet: Packet, factor_dtype: torch.dtype,
+                     head: Mapping[str, Tensor]) -> RecordDict:
+    """Ask ``client`` to evaluate its own model: the new global part (``packet``) with its kept part."""
+    return RecordDict({
+        "task": ConfigRecord({"round": round_, "client": client, "rank": rank,
+                              "factor-dtype": str(factor_dtype).removeprefix("torch.")}),
+        "down": _shapes_record(packet),
+        "head": tensors_record(head),
+    })
+
+
+def evaluate_reply(metrics: Mapping[str, float]) -> RecordDict:
+    return RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})})
+
+
+def read_evaluate_reply(content: RecordDict) -> dict[str, float]:
+    try:
+        return {k: float(v) for k, v in content["metrics"].items()}
+    except Exception as err:
+        raise ReplyError(f"unreadable evaluation ({type(err).__name__}: {err})") from None

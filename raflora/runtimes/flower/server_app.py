@@ -13,7 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from raflora.config import Config, ConfigError
 from raflora.config_io import config_from_dict
-from raflora.federation.runner import finish_run, last_round, open_run, prepare_folder
+from raflora.runtimes.folder import finish_run, last_round, open_run, prepare_folder
 from raflora.runtimes.flower.records import run_config_toml
 from raflora.runtimes.flower.strategy import RafloraStrategy
 

@@ -3,7 +3,7 @@
 Every method only arranges calls: the start factors, the bytes and the sampling come from
 :mod:`raflora.federation.round` / :mod:`raflora.federation.setup`, the aggregation, merging,
 diagnostics and evaluation from :func:`raflora.federation.round.close_round`, the metrics line and
-the checkpoint from :func:`raflora.federation.runner.record_round` -- the calls the embedded runtime
+the checkpoint from :func:`raflora.runtimes.folder.record_round` -- the calls the embedded runtime
 makes, in the same order, so both write the same ``metrics.jsonl``.
 
 Evaluation is the server's (the global model on the task's test split), so the client-side
@@ -21,11 +21,18 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from raflora.federation.round import client_download, close_round
-from raflora.federation.runner import record_round
+from raflora.federation.round import client_download, close_round, server_fill
+from raflora.federation.transport import pack
+from raflora.runtimes.folder import record_round
 from raflora.federation.setup import RunSetup
 from raflora.federation.state import FederationState
-from raflora.runtimes.flower.records import ReplyError, read_train_reply, train_request
+from raflora.runtimes.flower.records import (
+    ReplyError,
+    evaluate_request,
+    read_evaluate_reply,
+    read_train_reply,
+    train_request,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +54,7 @@ class RafloraStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         setup, state = self.setup, self.state
+        self.grid = grid  # the methods without a global model ask their clients to evaluate (aggregate_train)
         round_ = state.round + 1  # server_round restarts at 1 when a run is resumed
         sampled = setup.sample_clients(round_)
         downs, messages = {}, []
@@ -70,7 +78,8 @@ class RafloraStrategy(Strategy):
             try:
                 if reply.has_error():
                     raise ReplyError(f"the client failed: {reply.error.reason}")
-                turns[client] = read_train_reply(reply.content, client, self.state.head, r["downs"][client])
+                turns[client] = read_train_reply(reply.content, client, self.state.head, r["downs"][client],
+                                                 server_fill(setup))
             except ReplyError as err:
                 refused[client] = f"client {client!r}: {err}"
         for client in r["sampled"]:
@@ -78,9 +87,32 @@ class RafloraStrategy(Strategy):
                 refused[client] = f"client {client!r}: no reply"
         record = close_round(setup, self.state, r["round"], r["sampled"], turns,
                              [{"client": c, "module": None, "reason": why} for c, why in sorted(refused.items())],
-                             r["began"], bytes_down=sum(r["downs"].values()))
+                             r["began"], bytes_down=sum(r["downs"].values()),
+                             evaluate_clients=(lambda: self.evaluate_clients(sorted(turns))) if setup.method.private else None)
         record_round(setup, self.state, record, self.say)
         return None, round_metrics(record, setup.task.metric)
+
+    def evaluate_clients(self, clients: list[int]) -> dict[int, dict[str, float]]:
+        """Each client's evaluation of its own model (the new global part with what it kept)."""
+        setup, state = self.setup, self.state
+        messages = []
+        for client in clients:
+            rank = setup.ranks[client]
+            start = state.starts[rank]
+            packet = pack(start, setup.config.federation.transport_dtype, setup.method.uploads)
+            dtype = next(iter(start.values())).A.dtype
+            content = evaluate_request(state.round + 1, client, rank, packet, dtype, state.head)
+            messages.append(Message(content, dst_node_id=self.nodes[client], message_type=MessageType.EVALUATE,
+                                    group_id=f"{state.round + 1}-evaluate"))
+        out = {}
+        for reply in self.grid.send_and_receive(messages, timeout=3600.0):
+            client = self.clients.get(reply.metadata.src_node_id)
+            if client in clients and not reply.has_error():
+                try:
+                    out[client] = read_evaluate_reply(reply.content)
+                except ReplyError as err:
+                    self.say(f"client {client}: {err}")
+        return {c: out[c] for c in sorted(out)}
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -91,7 +123,7 @@ class RafloraStrategy(Strategy):
 
     def summary(self) -> None:
         c = self.setup.config
-        logger.info("raflora strategy: method %s, %d clients, ranks %s", c.federation.method,
+        logger.info("raflora strategy: method %s, %d clients, ranks %s", c.federation.method.name,
                     c.federation.num_clients, sorted(set(self.setup.ranks)))
 
 

@@ -1,8 +1,9 @@
-"""The embedded runtime: rounds in one process, with an output folder that can be resumed.
+"""The run folder both runtimes write, and the console lines they print.
 
 Output folder: ``config.toml`` (resolved), ``metrics.jsonl`` (one object per round),
 ``checkpoints/round_<k>/`` (state after round k) and ``adapter/`` (the final global adapter as a
-PEFT folder).
+PEFT folder). :func:`open_run`, :func:`record_round` and :func:`finish_run` are the steps around
+the rounds, the same under every runtime.
 """
 
 from __future__ import annotations
@@ -15,9 +16,15 @@ from typing import Callable
 from raflora.config import Config, ConfigError
 from raflora.config_io import config_to_dict, config_to_toml
 from raflora.federation.export import write_adapter
-from raflora.federation.round import run_round, steps_in_round
 from raflora.federation.setup import RunSetup, build_setup
-from raflora.federation.state import FederationState, clean_json, latest_checkpoint, load_checkpoint, save_checkpoint
+from raflora.federation.state import (
+    FederationState,
+    clean_json,
+    latest_checkpoint,
+    load_checkpoint,
+    load_clients,
+    save_checkpoint,
+)
 
 # run.runtime: both runtimes give the same numbers, so either may continue the other's run
 RESUMABLE = ("run.rounds", "run.out", "run.keep_checkpoints", "run.runtime", "eval.every")
@@ -44,7 +51,7 @@ def prepare_folder(config: Config, out: Path, resume: bool, overwrite: bool) -> 
             raise ConfigError(f"cannot resume: {str(out)!r} holds no checkpoint of a run")
         from raflora.config_io import load_config
 
-        diff = _differences(config_to_dict(config), config_to_dict(load_config(saved)))
+        diff = _differences(config_to_dict(config), config_to_dict(load_config(saved, legacy=True)))
         if diff:
             raise ConfigError(f"cannot resume {str(out)!r} with a different config: {diff[0]}")
     elif used and not overwrite:
@@ -72,29 +79,6 @@ def format_round(record: dict, rounds: int, metric: str) -> str:
     return "  ".join(parts)
 
 
-def run_federation(
-    config: Config,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    stop_after: int | None = None,
-    log: Callable[[str], None] | None = None,
-    progress: bool = False,
-) -> list[dict]:
-    """Run (or continue) the federation described by ``config``; returns every round's metrics.
-
-    ``stop_after=k`` ends after round ``k`` with its checkpoint written (an interruption that
-    ``resume=True`` continues). ``log`` receives one summary line per round; ``progress`` shows a
-    tqdm bar over the round's local steps.
-    """
-    prepare_folder(config, Path(config.out), resume, overwrite)
-    say = log or (lambda line: None)
-    setup, state = open_run(config, resume, say)
-    for round_ in range(state.round + 1, last_round(config, stop_after) + 1):
-        record_round(setup, state, _one_round(setup, state, round_, progress), say)
-    return finish_run(setup, state, stop_after, say)
-
-
 def last_round(config: Config, stop_after: int | None) -> int:
     return config.run.rounds if stop_after is None else min(stop_after, config.run.rounds)
 
@@ -104,8 +88,8 @@ def open_run(config: Config, resume: bool, say: Callable[[str], None]) -> tuple[
     :func:`prepare_folder` has checked; write ``config.toml`` and the metrics so far."""
     out = Path(config.out)
     f = config.federation
-    say(f"raflora run: task {config.task.name}, method {f.method}, {f.num_clients} clients, "
-        f"{config.run.rounds} rounds -> {out}")
+    say(f"raflora run: task {config.task.name}, method {f.method.name}, {f.num_clients} clients, "
+        f"{config.run.rounds} {plural(config.run.rounds, 'round')} -> {out}")
     setup = build_setup(config)
     state = _initial_state(setup, out, resume)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,13 +101,15 @@ def open_run(config: Config, resume: bool, say: Callable[[str], None]) -> tuple[
     return setup, state
 
 
-def record_round(setup: RunSetup, state: FederationState, record: dict, say: Callable[[str], None]) -> None:
-    """Keep a finished round: its metrics line, its checkpoint, its summary line."""
+def record_round(setup: RunSetup, state: FederationState, record: dict, say: Callable[[str], None],
+                 kept: dict | None = None) -> None:
+    """Keep a finished round: its metrics line, its checkpoint (with ``kept``, the clients' own
+    kept factors, when this runtime plays the clients), its summary line."""
     config, out = setup.config, Path(setup.config.out)
     state.metrics.append(clean_json(record))
     with (out / "metrics.jsonl").open("a") as fh:
         fh.write(json.dumps(state.metrics[-1]) + "\n")
-    save_checkpoint(state, out / "checkpoints", config.run.keep_checkpoints)
+    save_checkpoint(state, out / "checkpoints", config.run.keep_checkpoints, kept)
     say(format_round(record, config.run.rounds, setup.task.metric))
 
 
@@ -131,7 +117,11 @@ def finish_run(setup: RunSetup, state: FederationState, stop_after: int | None, 
     """After the last round: the global adapter (or, when stopped early, the line that says how to go on)."""
     config, out = setup.config, Path(setup.config.out)
     if state.round < config.run.rounds:
-        say(f"stopped after round {state.round}; continue with --resume {out}")
+        say(f"stopped after round {state.round}; continue with: raflora run --resume {out}")
+        return state.metrics
+    if setup.method.private:
+        say(f"done: {setup.method.name} keeps each client's {setup.method.private} on the client, so there is no "
+            f"global adapter; {_last_metric(state, setup.task.metric)}")
         return state.metrics
     write_adapter(setup.model, setup.base0, state, config.ranks.r_max, setup.scales[config.ranks.r_max], out / "adapter")
     metric = setup.task.metric
@@ -139,6 +129,15 @@ def finish_run(setup: RunSetup, state: FederationState, stop_after: int | None, 
     if last is not None:
         say(f"done: {metric} {last[metric]:.4f} after round {last['round']}; global adapter in {out / 'adapter'}")
     return state.metrics
+
+
+def _last_metric(state: FederationState, metric: str) -> str:
+    last = next((m for m in reversed(state.metrics) if m.get(metric) is not None), None)
+    return "no evaluation" if last is None else f"mean {metric} of the clients' own models {last[metric]:.4f}"
+
+
+def plural(count: int, word: str) -> str:
+    return word if count == 1 else word + "s"
 
 
 def _initial_state(setup: RunSetup, out: Path, resume: bool) -> FederationState:
@@ -150,11 +149,8 @@ def _initial_state(setup: RunSetup, out: Path, resume: bool) -> FederationState:
     return state
 
 
-def _one_round(setup: RunSetup, state: FederationState, round_: int, progress: bool) -> dict:
-    if not progress:
-        return run_round(setup, state, round_)
-    from tqdm import tqdm
-
-    total = steps_in_round(setup, round_)
-    with tqdm(total=total, desc=f"round {round_}/{setup.config.run.rounds}", unit="step", leave=False) as bar:
-        return run_round(setup, state, round_, on_step=bar.update)
+def resume_kept(config: Config, resume: bool) -> dict:
+    """The clients' own kept factors from the last checkpoint (a runtime that plays the clients)."""
+    if not resume:
+        return {}
+    return load_clients(latest_checkpoint(Path(config.out) / "checkpoints"))
