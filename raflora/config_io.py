@@ -45,7 +45,7 @@ def _check_value(where: str, value: Any, hint: Any) -> Any:
 
 def _section(name: str, cls: type, table: Mapping[str, Any]) -> Any:
     if not isinstance(table, Mapping):
-        raise ConfigError(f"[{name}] must be a table")
+        raise ConfigError(f"[{name}] must be a table, got {name} = {table!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     if name == "task":
@@ -78,7 +78,10 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
         if value is None:
             continue
         section, key = dotted.split(".", 1)
-        data.setdefault(section, {})[key] = value
+        table = data.setdefault(section, {})
+        if not isinstance(table, dict):  # `run = 5` in the file: there is no table to set a key in
+            raise ConfigError(f"[{section}] must be a table, got {section} = {table!r}; cannot set {dotted}")
+        table[key] = value
     return data
 
 
@@ -98,10 +101,21 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Config:
     """Read a TOML config file, apply overrides, check everything; ConfigError on any problem."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a folder; give the TOML file inside it")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+    except OSError as err:  # PermissionError and the like
+        raise ConfigError(f"cannot read config file {str(path)!r}: {err.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"{path}: line {line} is not UTF-8 text (byte {raw[err.start]:#04x}); TOML files are UTF-8") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
     return config_from_dict(apply_overrides(data, overrides or {}))
@@ -115,6 +129,24 @@ def _one_of(where: str, value: str, allowed) -> None:
 def _positive(where: str, value, zero_ok: bool = False) -> None:
     if value < 0 or (value == 0 and not zero_ok):
         raise ConfigError(f"{where} must be {'>= 0' if zero_ok else '> 0'}, got {value!r}")
+
+
+# Upper bounds of the floats that multiply a step or an update. Finite is not enough: lr = 1e300
+# passed validation and overflowed in the first round's optimiser step. The bounds sit far above
+# any value used in practice, so they only refuse values that cannot train.
+BOUNDS = {
+    "train.lr": 10.0,
+    "train.weight_decay": 10.0,
+    "lora.alpha": 1e4,
+    "federation.sfed_alpha": 1e4,
+    "partition.alpha": 1e6,
+}
+
+
+def _bounded(where: str, value: float, zero_ok: bool = False) -> None:
+    _positive(where, value, zero_ok)
+    if value > BOUNDS[where]:
+        raise ConfigError(f"{where} = {value!r} is too large to train with; it must be at most {BOUNDS[where]:g}")
 
 
 def validate(c: Config) -> None:
@@ -138,7 +170,7 @@ def validate(c: Config) -> None:
         raise ConfigError(f"federation.sample_count must be between 0 and num_clients ({f.num_clients}), got {f.sample_count}")
     if not 0.0 < f.tau <= 1.0:
         raise ConfigError(f"federation.tau must be in (0, 1], got {f.tau}")
-    _positive("federation.sfed_alpha", f.sfed_alpha, zero_ok=True)
+    _bounded("federation.sfed_alpha", f.sfed_alpha, zero_ok=True)
     _validate_ranks(c)
     from raflora.federation.ranks import client_ranks
 
@@ -150,23 +182,25 @@ def validate(c: Config) -> None:
     if any(level < 1 for level in f.rank_levels):
         raise ConfigError(f"federation.rank_levels must be positive, got {f.rank_levels}")
     _one_of("lora.scaling", c.lora.scaling, SCALINGS)
-    _positive("lora.alpha", c.lora.alpha)
+    _bounded("lora.alpha", c.lora.alpha)
     if not 0.0 <= c.lora.dropout < 1.0:
         raise ConfigError(f"lora.dropout must be in [0, 1), got {c.lora.dropout}")
     t = c.train
     _one_of("train.optimizer", t.optimizer, OPTIMIZERS)
     _one_of("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
-    _positive("train.lr", t.lr)
+    _bounded("train.lr", t.lr)
     _positive("train.batch_size", t.batch_size)
     _positive("train.local_steps", t.local_steps, zero_ok=True)
     _positive("train.local_epochs", t.local_epochs, zero_ok=True)
     if t.local_steps == 0 and t.local_epochs == 0:
         raise ConfigError("train.local_steps and train.local_epochs are both 0; set one of them")
     _positive("train.grad_clip", t.grad_clip, zero_ok=True)
-    _positive("train.weight_decay", t.weight_decay, zero_ok=True)
+    _bounded("train.weight_decay", t.weight_decay, zero_ok=True)
+    if not 0.0 <= t.momentum < 1.0:
+        raise ConfigError(f"train.momentum must be in [0, 1), got {t.momentum}")
     p = c.partition
     _one_of("partition.scheme", p.scheme, PARTITIONS)
-    _positive("partition.alpha", p.alpha)
+    _bounded("partition.alpha", p.alpha)
     _positive("partition.min_examples", p.min_examples)
     _positive("eval.batch_size", c.eval.batch_size)
     _positive("eval.every", c.eval.every)
