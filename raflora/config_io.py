@@ -35,6 +35,8 @@ def _check_value(where: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{where} must be a table, got {value!r}")
         return dict(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > 1e308:  # TOML integers have no bound here; float() would overflow
+            raise ConfigError(f"{where} must be a finite number, got an integer of {len(str(abs(value)))} digits")
         return float(value)
     if hint is int and isinstance(value, bool) or not isinstance(value, hint):
         raise ConfigError(f"{where} must be {TYPE_NAMES[hint]}, got {value!r}")
@@ -133,8 +135,10 @@ def _positive(where: str, value, zero_ok: bool = False) -> None:
 
 # Upper bounds of the floats that multiply a step or an update. Finite is not enough: lr = 1e300
 # passed validation and overflowed in the first round's optimiser step. The bounds sit far above
-# any value used in practice, so they only refuse values that cannot train.
+# any value used in practice, so they only refuse values that cannot train. num_clients likewise:
+# a billion clients hung validation while it listed their ranks.
 BOUNDS = {
+    "federation.num_clients": 1_000_000,
     "train.lr": 10.0,
     "train.weight_decay": 10.0,
     "lora.alpha": 1e4,
@@ -146,7 +150,7 @@ BOUNDS = {
 def _bounded(where: str, value: float, zero_ok: bool = False) -> None:
     _positive(where, value, zero_ok)
     if value > BOUNDS[where]:
-        raise ConfigError(f"{where} = {value!r} is too large to train with; it must be at most {BOUNDS[where]:g}")
+        raise ConfigError(f"{where} = {value!r} is out of range; it must be at most {BOUNDS[where]:g}")
 
 
 def validate(c: Config) -> None:
@@ -161,7 +165,7 @@ def validate(c: Config) -> None:
     _positive("run.keep_checkpoints", c.run.keep_checkpoints)
     _one_of("run.runtime", c.run.runtime, RUNTIMES)
     f = c.federation
-    _positive("federation.num_clients", f.num_clients)
+    _bounded("federation.num_clients", f.num_clients)
     _one_of("federation.method", f.method, list(AGGREGATORS))
     _one_of("federation.transport_dtype", f.transport_dtype, list(TRANSPORT_DTYPES))
     if not 0.0 < f.sample_fraction <= 1.0:

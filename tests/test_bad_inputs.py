@@ -102,7 +102,12 @@ CASES = {
                 "partition.scheme": "dirichlet", "ranks.ranks": [2]}),
     "hub_model_offline": Case({"train.csv": csv_text()}, r"task\.model = 'prajjwal1/bert-tiny': the model cannot be loaded",
                               config={"task.model": "prajjwal1/bert-tiny"}),
-    "learning_rate_1e300": Case({"train.csv": csv_text()}, r"train\.lr = 1e\+300 is too large", sets=["train.lr=1e300"]),
+    "learning_rate_1e300": Case({"train.csv": csv_text()}, r"train\.lr = 1e\+300 is out of range; it must be at most 10",
+                                sets=["train.lr=1e300"]),
+    "learning_rate_of_401_digits": Case({"train.csv": csv_text()}, r"train\.lr must be a finite number",
+                                        sets=["train.lr=1" + "0" * 400]),
+    "a_billion_clients": Case({"train.csv": csv_text()}, r"federation\.num_clients = 1000000000 is out of range",
+                              sets=["federation.num_clients=1000000000"]),
 }
 
 
