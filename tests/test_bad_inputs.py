@@ -44,6 +44,7 @@ class Case:
     config_text: str | None = None         # the config file verbatim instead of BASE + config
     config_name: str = "c.toml"            # "." gives the folder itself as the config
     unreadable: bool = False               # reading the config raises PermissionError
+    flower: bool = False                   # needs the flower extra
 
 
 CASES = {
@@ -106,6 +107,8 @@ CASES = {
                                 sets=["train.lr=1e300"]),
     "learning_rate_of_401_digits": Case({"train.csv": csv_text()}, r"train\.lr must be a finite number",
                                         sets=["train.lr=1" + "0" * 400]),
+    "bad_data_under_flower": Case({"train.csv": "text,label,user\n"}, r"train\.csv' has no rows",
+                                  sets=["run.runtime=flower"], flower=True),
     "a_billion_clients": Case({"train.csv": csv_text()}, r"federation\.num_clients = 1000000000 is out of range",
                               sets=["federation.num_clients=1000000000"]),
 }
@@ -127,6 +130,8 @@ def config_toml(tmp_path: pathlib.Path, changes: dict) -> str:
 
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
 def test_bad_input_is_one_line_and_exit_2(case: Case, tmp_path, capsys, monkeypatch):
+    if case.flower:
+        pytest.importorskip("flwr")
     for name, contents in case.files.items():
         target = tmp_path / name
         target.write_bytes(contents) if isinstance(contents, bytes) else target.write_text(contents)

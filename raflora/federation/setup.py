@@ -110,6 +110,15 @@ def build_setup(config: Config) -> RunSetup:
     return RunSetup(config, task, data, shards, ranks, levels, scales, model, model.shapes(), test, base0)
 
 
+def check_inputs(config: Config) -> None:
+    """Read the data, split it and load the model as :func:`build_setup` does, and drop them: a
+    runtime that sets the run up elsewhere (Flower's ServerApp, under Ray) refuses bad input here,
+    as a ConfigError, before it starts."""
+    task = build_task(config.task.name, **config.task.options)
+    split_among_clients(config, load_data(task, config))
+    load_model(task, config)
+
+
 # The three steps below read the user's files and models. What they refuse is a config problem
 # (one line, exit 2), raised here while the run is set up: before the first round, not in it.
 
