@@ -55,22 +55,26 @@ def read_records(path: Path) -> list[Row]:
 def _csv_rows(path: Path, text: str, delimiter: str) -> list[Row]:
     # csv.reader rather than DictReader: DictReader fills a short row with None and hides a long
     # row's extra fields under the key None, and neither says which line it was.
+    # A quoted field may span lines; a row is named by the line it starts on.
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     rows: list[Row] = []
+    last = 0  # the last line of the previous row
     try:
         header = next(reader, None)
         if header is None or not any(name.strip() for name in header):
             raise ValueError(f"data file {str(path)!r} is empty (no header line)")
+        last = reader.line_num
         for fields in reader:
+            start, last = last + 1, reader.line_num
             if not fields:  # a blank line, skipped as DictReader does
                 continue
             if len(fields) != len(header):
                 raise ValueError(
-                    f"line {reader.line_num} of {str(path)!r} has {len(fields)} fields where the header has {len(header)}"
+                    f"line {start} of {str(path)!r} has {len(fields)} fields where the header has {len(header)}"
                 )
-            rows.append((f"line {reader.line_num}", dict(zip(header, fields))))
+            rows.append((f"line {start}", dict(zip(header, fields))))
     except csv.Error as err:  # e.g. a field over csv.field_size_limit() (131,072 characters)
-        raise ValueError(f"line {reader.line_num} of {str(path)!r} cannot be read as CSV: {err}") from None
+        raise ValueError(f"line {last + 1} of {str(path)!r} cannot be read as CSV: {err}") from None
     return rows
 
 
