@@ -83,7 +83,9 @@ def save_checkpoint(state: FederationState, folder: Path, keep: int = 2) -> Path
     shutil.rmtree(final, ignore_errors=True)
     write_folder(tmp, final, files)
     for old in checkpoints(folder)[:-keep]:
-        if old != final:  # a stale later round (left by a resume that fell back) goes, not this one
+        # never the one just written: a later round's folder that resume fell back past (corrupt)
+        # still sorts after it until that round is written again
+        if old != final:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
