@@ -103,3 +103,10 @@ def test_garbled_manifest_is_refused(tmp_path):
     (path / MANIFEST).write_text("[1, 2")
     with pytest.raises(CorruptCheckpoint, match="manifest.json is unreadable"):
         load_checkpoint(path)
+
+
+def test_rotation_spares_the_checkpoint_just_written(tmp_path):
+    """After resume fell back past a corrupt round 5, round 3 is written while round 5 still sorts last."""
+    save_checkpoint(state(5), tmp_path)
+    path = save_checkpoint(state(3), tmp_path, keep=1)
+    assert path.is_dir() and load_checkpoint(path).round == 3
