@@ -46,26 +46,26 @@ def run_overrides(clients: int, steps: int, threads: int, quick: bool) -> dict:
 
 def child(clients: int, steps: int, threads: int, quick: bool) -> dict:
     """One run in this (fresh) process; sizes in bytes."""
-    import raflora.federation.round as round_module
+    from raflora.aggregation.method import Method
     from raflora.runtimes.embedded import run_federation
     from raflora.ranks import client_ranks
 
     # The resident set when the server starts aggregating: every client has trained and its update
     # is held, nothing of the aggregation exists yet.
     seen = {}
-    aggregate = round_module.aggregate
+    aggregate = Method.aggregate  # every method inherits it
 
     def watched(*args, **kwargs):
         seen["rss_at_aggregate"] = status_kib("VmRSS") * 1024
         return aggregate(*args, **kwargs)
 
-    round_module.aggregate = watched
+    Method.aggregate = watched
     with tempfile.TemporaryDirectory() as tmp:
         config = demo_config(tmp, quick, run_overrides(clients, steps, threads, quick))
         metrics = run_federation(config)
         peak = status_kib("VmHWM") * 1024
         rss_end = status_kib("VmRSS") * 1024
-    round_module.aggregate = aggregate
+    Method.aggregate = aggregate
     return {"clients": clients, "peak_rss": peak, "rss_end": rss_end, "rss_at_aggregate": seen["rss_at_aggregate"],
             "accepted": metrics[-1]["accepted"], "ranks": client_ranks(config.ranks, clients, config.run.seed),
             "bytes_up": metrics[-1]["bytes_up"]}

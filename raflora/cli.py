@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        # one line, whatever the message quotes (a library's OSError text runs over several)
+        print("error: " + " ".join(line.strip() for line in str(err).splitlines() if line.strip()), file=sys.stderr)
         return 2
 
 

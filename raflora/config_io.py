@@ -48,6 +48,8 @@ def _check_value(where: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{where} must be a table, got {value!r}")
         return dict(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > 1e308:  # TOML integers have no bound here; float() would overflow
+            raise ConfigError(f"{where} must be a finite number, got an integer of {len(str(abs(value)))} digits")
         return float(value)
     if hint is int and isinstance(value, bool) or not isinstance(value, hint):
         raise ConfigError(f"{where} must be {TYPE_NAMES[hint]}, got {value!r}")
@@ -104,7 +106,7 @@ def _legacy_federation(table: Mapping[str, Any]) -> dict[str, Any]:
 
 def _section(name: str, cls: type, table: Any) -> Any:
     if not isinstance(table, Mapping):
-        raise ConfigError(f"[{name}] must be a table, got {table!r}")
+        raise ConfigError(f"[{name}] must be a table, got {name} = {table!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     table = dict(table)
@@ -153,8 +155,9 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[
             child = table.setdefault(part, {})
             if isinstance(child, str) and dotted.startswith("federation.method."):
                 child = table[part] = {"name": child}  # method = "x" shorthand, now with options
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {dotted}: {'.'.join(path)} is {child!r}, not a table")
+            if not isinstance(child, dict):  # `run = 5` in the file: there is no table to set a key in
+                where = ".".join(path)
+                raise ConfigError(f"[{where}] must be a table, got {where} = {child!r}; cannot set {dotted}")
             table = child
         table[key] = overrides[dotted]
     return data
@@ -181,10 +184,21 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None, le
     """Read a TOML config file, apply overrides, check everything; ConfigError on any problem.
     ``legacy``: also read the flat method keys of run folders written by older versions."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a folder; give the TOML file inside it")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+    except OSError as err:  # PermissionError and the like
+        raise ConfigError(f"cannot read config file {str(path)!r}: {err.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"{path}: line {line} is not UTF-8 text (byte {raw[err.start]:#04x}); TOML files are UTF-8") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
     if legacy and isinstance(data.get("federation"), Mapping):
@@ -202,6 +216,25 @@ def _positive(where: str, value, zero_ok: bool = False) -> None:
         raise ConfigError(f"{where} must be {'>= 0' if zero_ok else '> 0'}, got {value!r}")
 
 
+# Upper bounds of the floats that multiply a step or an update. Finite is not enough: lr = 1e300
+# passed validation and overflowed in the first round's optimiser step. The bounds sit far above
+# any value used in practice, so they only refuse values that cannot train. num_clients likewise:
+# a billion clients hung validation while it listed their ranks.
+BOUNDS = {
+    "federation.num_clients": 1_000_000,
+    "train.lr": 10.0,
+    "train.weight_decay": 10.0,
+    "lora.alpha": 1e4,
+    "partition.alpha": 1e6,
+}
+
+
+def _bounded(where: str, value: float, zero_ok: bool = False) -> None:
+    _positive(where, value, zero_ok)
+    if value > BOUNDS[where]:
+        raise ConfigError(f"{where} = {value!r} is out of range; it must be at most {BOUNDS[where]:g}")
+
+
 def validate(c: Config) -> None:
     """Cross-field checks; the first problem found raises ConfigError."""
     from raflora.lora import SCALINGS
@@ -214,7 +247,7 @@ def validate(c: Config) -> None:
     _positive("run.keep_checkpoints", c.run.keep_checkpoints)
     _one_of("run.runtime", c.run.runtime, RUNTIMES)
     f = c.federation
-    _positive("federation.num_clients", f.num_clients)
+    _bounded("federation.num_clients", f.num_clients)
     _one_of("federation.transport_dtype", f.transport_dtype, list(TRANSPORT_DTYPES))
     if not 0.0 < f.sample_fraction <= 1.0:
         raise ConfigError(f"federation.sample_fraction must be in (0, 1], got {f.sample_fraction}")
@@ -227,23 +260,25 @@ def validate(c: Config) -> None:
     except ValueError as err:
         raise ConfigError(f"federation.method {err}") from None
     _one_of("lora.scaling", c.lora.scaling, SCALINGS)
-    _positive("lora.alpha", c.lora.alpha)
+    _bounded("lora.alpha", c.lora.alpha)
     if not 0.0 <= c.lora.dropout < 1.0:
         raise ConfigError(f"lora.dropout must be in [0, 1), got {c.lora.dropout}")
     t = c.train
     _one_of("train.optimizer", t.optimizer, OPTIMIZERS)
     _one_of("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
-    _positive("train.lr", t.lr)
+    _bounded("train.lr", t.lr)
     _positive("train.batch_size", t.batch_size)
     _positive("train.local_steps", t.local_steps, zero_ok=True)
     _positive("train.local_epochs", t.local_epochs, zero_ok=True)
     if t.local_steps == 0 and t.local_epochs == 0:
         raise ConfigError("train.local_steps and train.local_epochs are both 0; set one of them")
     _positive("train.grad_clip", t.grad_clip, zero_ok=True)
-    _positive("train.weight_decay", t.weight_decay, zero_ok=True)
+    _bounded("train.weight_decay", t.weight_decay, zero_ok=True)
+    if not 0.0 <= t.momentum < 1.0:
+        raise ConfigError(f"train.momentum must be in [0, 1), got {t.momentum}")
     p = c.partition
     _one_of("partition.scheme", p.scheme, PARTITIONS)
-    _positive("partition.alpha", p.alpha)
+    _bounded("partition.alpha", p.alpha)
     _positive("partition.min_examples", p.min_examples)
     _positive("eval.batch_size", c.eval.batch_size)
     _positive("eval.every", c.eval.every)

@@ -38,8 +38,8 @@ class FedSALoRA(Method):
     num_clients: int = option(0, help="SFed-LoRA's N (0: the clients sampled per round)")
 
     def check(self) -> None:
-        if self.sfed_alpha < 0:
-            raise ValueError(f"fedsa: sfed_alpha must be >= 0, got {self.sfed_alpha}")
+        if not 0 <= self.sfed_alpha <= 1e4:  # far above any alpha that trains; 1e300 overflowed the scale
+            raise ValueError(f"fedsa: sfed_alpha must be in [0, 1e4], got {self.sfed_alpha}")
         if self.num_clients < 0:
             raise ValueError(f"fedsa: num_clients must be >= 0, got {self.num_clients}")
 

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from raflora.client.adapters import AdapterModel
-from raflora.federation.state import FederationState, latest_checkpoint, load_checkpoint
+from raflora.federation.state import FederationState, checkpoints, latest_checkpoint, load_checkpoint
 from raflora.lora import LoRAFactors, lora_scale, product_svd
 
 
@@ -77,9 +77,10 @@ def export_run(run_dir: str | Path, out: str | Path, merged: bool = False, rank:
     from raflora.tasks import build_task
 
     run_dir, out = Path(run_dir), Path(out)
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")  # the newest one that passes its checksums
     if not (run_dir / "config.toml").is_file() or checkpoint is None:
-        raise ConfigError(f"{str(run_dir)!r} holds no checkpoint of a run")
+        unusable = " that can be used" if checkpoints(run_dir / "checkpoints") else ""
+        raise ConfigError(f"{str(run_dir)!r} holds no checkpoint of a run{unusable}")
     config = load_config(run_dir / "config.toml", legacy=True)
     method = config.federation.method
     if method.private:

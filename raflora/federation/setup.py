@@ -13,7 +13,7 @@ import torch
 
 from raflora.aggregation import Method
 from raflora.client.adapters import AdapterModel
-from raflora.config import Config
+from raflora.config import Config, ConfigError
 from raflora.ranks import client_ranks
 from raflora.lora import fresh_factors, lora_scale
 from raflora.partition import partition
@@ -87,12 +87,9 @@ def build_setup(config: Config) -> RunSetup:
     torch.set_num_threads(config.run.threads)
     seed = config.run.seed
     task = build_task(config.task.name, **config.task.options)
-    data = task.load_data()
+    data = load_data(task, config)
     fed = config.federation
-    shards = partition(
-        config.partition.scheme, fed.num_clients, len(data.train), data.train_labels, data.train_keys,
-        alpha=config.partition.alpha, seed=derived_seed("partition", seed), min_examples=config.partition.min_examples,
-    )
+    shards = split_among_clients(config, data)
     ranks = client_ranks(config.ranks, fed.num_clients, seed)
     n = sample_size(config)
     method = fed.method.bind(ranks, n)
@@ -102,7 +99,7 @@ def build_setup(config: Config) -> RunSetup:
               for r in sorted(set(ranks) | {config.ranks.r_max})}
     torch.manual_seed(seed)
     model = AdapterModel(
-        task.load_model(), task.target_modules, task.head_modules, sorted(set(ranks)), scales, lora.dropout
+        load_model(task, config), task.target_modules, task.head_modules, sorted(set(ranks)), scales, lora.dropout
     )
     test = list(data.test)
     if config.eval.max_examples > 0:
@@ -110,3 +107,52 @@ def build_setup(config: Config) -> RunSetup:
     task.prepare(list(data.train) + test)
     base0 = {m: model.base_weight(m).detach().clone() for m in model.modules}
     return RunSetup(config, task, data, shards, ranks, levels, scales, model, model.shapes(), test, base0, method)
+
+
+def check_inputs(config: Config) -> None:
+    """Read the data, split it and load the model as :func:`build_setup` does, and drop them: a
+    runtime that sets the run up elsewhere (Flower's ServerApp, under Ray) refuses bad input here,
+    as a ConfigError, before it starts."""
+    task = build_task(config.task.name, **config.task.options)
+    split_among_clients(config, load_data(task, config))
+    load_model(task, config)
+
+
+# The three steps below read the user's files and models. What they refuse is a config problem
+# (one line, exit 2), raised here while the run is set up: before the first round, not in it.
+
+def load_data(task: Task, config: Config) -> TaskData:
+    """The task's examples; a data file that cannot be used is a ConfigError naming it."""
+    try:
+        data = task.load_data()
+    except ConfigError:
+        raise
+    except (ValueError, OSError, ImportError) as err:  # UnicodeError and csv problems are ValueErrors
+        raise ConfigError(f"task {config.task.name!r}: {err}") from None
+    if not data.train or not data.test:
+        raise ConfigError(f"task {config.task.name!r} has {len(data.train)} training and {len(data.test)} test examples; "
+                          "it needs some of each")
+    return data
+
+
+def split_among_clients(config: Config, data: TaskData) -> list[list[int]]:
+    """The partition of the training examples; too few examples (or keys) for the clients is a ConfigError."""
+    p, n = config.partition, config.federation.num_clients
+    try:
+        return partition(p.scheme, n, len(data.train), data.train_labels, data.train_keys, alpha=p.alpha,
+                         seed=derived_seed("partition", config.run.seed), min_examples=p.min_examples)
+    except ValueError as err:
+        source = data.info.get("source")
+        where = f" (examples from {source!r})" if source else ""
+        raise ConfigError(f"federation.num_clients = {n}, partition.scheme = {p.scheme!r}: {err}{where}") from None
+
+
+def load_model(task: Task, config: Config):
+    """The task's base model; a model that is not available here (a Hub id offline, a missing
+    folder, target modules it lacks) is a ConfigError naming the key."""
+    try:
+        return task.load_model()
+    except (OSError, ValueError, ImportError) as err:
+        model = config.task.options.get("model", getattr(task, "model", None))
+        key = f"task.model = {model!r}" if model is not None else f"task {config.task.name!r}"
+        raise ConfigError(f"{key}: the model cannot be loaded: {err}") from None

@@ -4,22 +4,32 @@ A checkpoint after round ``k`` holds everything the server reads in round ``k + 
 start factors, the global head, the last global update's factors, the merged base weights (methods
 that merge into the base) and the metrics so far. What clients keep for themselves (FedSA-LoRA's
 ``B``) is not the server's: the embedded runtime, which plays every client, stores it beside, in
-``clients.safetensors`` (:func:`save_clients`). Every random draw of a round is derived from the
+``clients.safetensors`` (:func:`load_clients`). Every random draw of a round is derived from the
 run seed, the round and the client, so no generator state needs saving.
+
+Checkpoints carry checksums and are written durably (:mod:`raflora.federation.checkpoint_files`);
+:func:`latest_checkpoint` skips, with a warning, any newer one that fails them, so resume and export
+continue from the newest checkpoint that can be trusted.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 from torch import Tensor
 
+from raflora.federation.checkpoint_files import MANIFEST, CorruptCheckpoint, read_folder, write_folder
 from raflora.lora import LoRAFactors, LowRank
+
+logger = logging.getLogger(__name__)
 
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
@@ -62,33 +72,86 @@ def _tensors(state: FederationState) -> dict[str, Tensor]:
 
 def save_checkpoint(state: FederationState, folder: Path, keep: int = 2,
                     kept: dict[int, dict[str, Tensor]] | None = None) -> Path:
-    """Write ``folder/round_<k>`` atomically (temporary folder, then rename); keep the last ``keep``.
-    ``kept``: the clients' own kept factors, written beside when a runtime plays the clients."""
+    """Write ``folder/round_<k>`` with a manifest of checksums, durably and atomically (temporary
+    folder, fsync, rename); keep the last ``keep`` by round number. ``kept``: the clients' own kept
+    factors, written beside when a runtime plays the clients."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"round_{state.round:04d}"
     tmp = folder / f".tmp_round_{state.round:04d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(_tensors(state), str(tmp / STATE_TENSORS))
     scales = {str(r): {m: f.scale for m, f in fs.items()} for r, fs in state.starts.items()}
     meta = {"round": state.round, "scales": scales, "metrics": clean_json(state.metrics)}
-    (tmp / STATE_JSON).write_text(json.dumps(meta, indent=1))
-    save_clients(kept or {}, tmp)
+    files = {STATE_TENSORS: save(_tensors(state)), STATE_JSON: json.dumps(meta, indent=1).encode()}
+    clients = {f"{client}/{module}": t.detach().cpu().contiguous() for client, ts in (kept or {}).items()
+               for module, t in ts.items()}
+    if clients:
+        files[CLIENTS_TENSORS] = save(clients)
     shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for old in sorted(folder.glob("round_*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    write_folder(tmp, final, files)
+    for old in checkpoints(folder)[:-keep]:
+        # never the one just written: a later round's folder that resume fell back past (corrupt)
+        # still sorts after it until that round is written again
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+def checkpoint_round(path: Path) -> int | None:
+    """The round of a ``round_<k>`` folder name, None for any other name."""
+    match = re.fullmatch(r"round_(\d+)", path.name)
+    return int(match.group(1)) if match else None
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """The checkpoint folders in ``folder``, oldest round first. By number: as text, round_10000
+    sorts before round_9999 and rotation deleted each new checkpoint right after writing it."""
+    found = [p for p in folder.glob("round_*") if p.is_dir() and checkpoint_round(p) is not None]
+    return sorted(found, key=checkpoint_round)
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
-    found = sorted(p for p in folder.glob("round_*") if (p / STATE_JSON).is_file())
-    return found[-1] if found else None
+    """The newest checkpoint that loads and passes its checksums; each newer one that does not is
+    reported (a warning naming it and why) and skipped. None when there is none."""
+    skipped = []
+    for path in reversed(checkpoints(folder)):
+        try:
+            load_checkpoint(path)
+        except CorruptCheckpoint as err:
+            _report(f"checkpoint {path} is unusable: {err}")
+            skipped.append(path.name)
+            continue
+        if skipped:
+            _report(f"falling back to checkpoint {path} (skipped {', '.join(skipped)})")
+        return path
+    return None
 
 
 def load_checkpoint(path: Path) -> FederationState:
-    meta = json.loads((path / STATE_JSON).read_text())
-    tensors = load_file(str(path / STATE_TENSORS))
+    """The state saved in ``path``; CorruptCheckpoint when a file is missing, fails its checksum
+    or does not parse. A folder without a manifest (written before checkpoints carried
+    checksums) is loaded unverified, with a note."""
+    files, verified = read_folder(path, [STATE_JSON, STATE_TENSORS])
+    if not verified:
+        _report(f"checkpoint {path} has no {MANIFEST} (written by an older raflora): loaded without verifying it")
+    try:
+        meta = json.loads(files[STATE_JSON])
+        tensors = load(files[STATE_TENSORS])
+        return _state(meta, tensors)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, SafetensorError) as err:
+        raise CorruptCheckpoint(f"its files do not parse ({type(err).__name__}: {err})") from None
+
+
+def _report(message: str) -> None:
+    """Say a checkpoint problem once per process: resume looks for the latest checkpoint twice."""
+    if message not in _REPORTED:
+        _REPORTED.add(message)
+        logger.warning("warning: %s", message)
+
+
+_REPORTED: set[str] = set()
+
+
+def _state(meta: dict, tensors: dict[str, Tensor]) -> FederationState:
     state = FederationState(round=int(meta["round"]), metrics=list(meta["metrics"]))
     pairs: dict[str, dict[str, Tensor]] = {}
     for key, t in tensors.items():
@@ -112,18 +175,14 @@ def load_checkpoint(path: Path) -> FederationState:
     return state
 
 
-def save_clients(kept: dict[int, dict[str, Tensor]], checkpoint: Path) -> None:
-    """The clients' own kept factors (client -> module -> tensor) beside a server checkpoint."""
-    tensors = {f"{client}/{module}": t.detach().cpu().contiguous() for client, ts in kept.items() for module, t in ts.items()}
-    if tensors:
-        save_file(tensors, str(checkpoint / CLIENTS_TENSORS))
-
-
 def load_clients(checkpoint: Path) -> dict[int, dict[str, Tensor]]:
-    path = checkpoint / CLIENTS_TENSORS
+    """The clients' own kept factors (client -> module -> tensor) saved beside a server checkpoint
+    (verified against its manifest like the state); ``{}`` when the run kept none."""
+    if not (checkpoint / CLIENTS_TENSORS).is_file():
+        return {}
+    files, _ = read_folder(checkpoint, [CLIENTS_TENSORS])
     kept: dict[int, dict[str, Tensor]] = {}
-    if path.is_file():
-        for key, t in load_file(str(path)).items():
-            client, module = key.split("/", 1)
-            kept.setdefault(int(client), {})[module] = t
+    for key, t in load(files[CLIENTS_TENSORS]).items():
+        client, module = key.split("/", 1)
+        kept.setdefault(int(client), {})[module] = t
     return kept

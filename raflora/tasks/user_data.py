@@ -2,67 +2,13 @@
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from raflora.tasks.base import TaskData
 from raflora.tasks.common import split_indices, subsample
+from raflora.tasks.records import name_column, read_records, text_column
 from raflora.tasks.text import MINILM, TextClassificationTask
-
-JSONL_SUFFIXES = {".jsonl", ".ndjson"}
-CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """Rows of a .csv/.tsv (header line first), .jsonl/.ndjson (one object per line) or .json
-    (a list of objects) file, as dicts."""
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
-    suffix = path.suffix.lower()
-    if suffix in CSV_DELIMITERS:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f, delimiter=CSV_DELIMITERS[suffix])
-            if reader.fieldnames is None:
-                raise ValueError(f"data file {str(path)!r} is empty (no header line)")
-            return list(reader)
-    if suffix in JSONL_SUFFIXES:
-        rows = []
-        with path.open(encoding="utf-8-sig") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{str(path)!r} line {number} is not valid JSON: {err.msg}") from err
-                if not isinstance(row, dict):
-                    raise ValueError(f"{str(path)!r} line {number} is not a JSON object")
-                rows.append(row)
-        return rows
-    if suffix == ".json":
-        rows = json.loads(path.read_text(encoding="utf-8-sig"))
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise ValueError(f"{str(path)!r} must hold a JSON list of objects (or use .jsonl, one object per line)")
-        return rows
-    raise ValueError(f"data file {str(path)!r}: unsupported extension {suffix!r}; use .csv, .tsv, .jsonl or .json")
-
-
-def column(rows: list[dict[str, Any]], path: Path, name: str, role: str) -> list[str]:
-    """The values of column ``name`` as strings; errors name the file, the column and the row."""
-    if not rows:
-        raise ValueError(f"data file {str(path)!r} has no rows")
-    present = sorted({key for row in rows for key in row if key is not None})
-    values = []
-    for number, row in enumerate(rows, start=1):
-        value = row.get(name)
-        if value is None or (isinstance(value, str) and not value.strip()):
-            if name not in present:
-                raise ValueError(f"{role} column {name!r} not found in {str(path)!r}; its columns are {present}")
-            raise ValueError(f"{role} column {name!r} is empty in row {number} of {str(path)!r}")
-        values.append(value if isinstance(value, str) else str(value))
-    return values
 
 
 def sorted_labels(values: set[str]) -> list[str]:
@@ -78,8 +24,10 @@ class UserTextTask(TextClassificationTask):
 
     Data: ``train_file`` (.csv, .tsv, .jsonl or .json) with a text column and a label column.
     Labels may be strings or integers; they become indices in sorted order (numeric order when all
-    are integers), over the labels of the train and test files together. Without ``test_file`` a
-    seeded ``test_size`` share of the train file is held out.
+    are integers) over the labels of the train file; a test file's label that the train file does
+    not hold is refused. Without ``test_file`` a seeded ``test_size`` share of the train file is
+    held out. A problem in a file (a short row, a blank text, a NaN label, bytes that are not
+    UTF-8, ...) is a ValueError naming the file and the line (see :mod:`raflora.tasks.records`).
 
     Options (constructor keyword arguments):
         train_file: str (required) -- path of the training data.
@@ -139,12 +87,20 @@ class UserTextTask(TextClassificationTask):
         if self._tables is None:
             train = self._examples(self.train_file)
             test = self._examples(self.test_file) if self.test_file else None
-            names = sorted_labels({ex["label_name"] for ex in train + (test or [])})
+            # The classes are the train file's: a test label the model never trained on would
+            # otherwise become a class of its own that no client can learn.
+            names = sorted_labels({ex["label_name"] for ex in train})
             if len(names) < 2:
                 raise ValueError(
                     f"label column {self.label_column!r} of {str(self.train_file)!r} holds a single class {names}"
                 )
             index = {name: i for i, name in enumerate(names)}
+            for ex in test or []:
+                if ex["label_name"] not in index:
+                    raise ValueError(
+                        f"label {ex['label_name']!r} in {ex['where']} of {str(self.test_file)!r} never occurs in "
+                        f"the train file {str(self.train_file)!r}, whose labels are {names}"
+                    )
             for ex in train + (test or []):
                 ex["label"] = index[ex["label_name"]]
             self._tables = (train, test, names)
@@ -152,10 +108,13 @@ class UserTextTask(TextClassificationTask):
 
     def _examples(self, path: Path) -> list[dict]:
         rows = read_records(path)
-        texts = column(rows, path, self.text_column, "text")
-        labels = column(rows, path, self.label_column, "label")
-        keys = column(rows, path, self.key_column, "key") if self.key_column else [None] * len(rows)
-        return [{"text": t, "label_name": y, "key": k} for t, y, k in zip(texts, labels, keys)]
+        texts = text_column(rows, path, self.text_column)
+        labels = name_column(rows, path, self.label_column, "label")
+        keys = name_column(rows, path, self.key_column, "key") if self.key_column else [None] * len(rows)
+        return [
+            {"text": t, "label_name": y, "key": k, "where": where}
+            for t, y, k, (where, _) in zip(texts, labels, keys, rows)
+        ]
 
     def label_names(self) -> list[str]:
         return self._read()[2]

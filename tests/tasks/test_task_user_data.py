@@ -86,11 +86,11 @@ def test_errors_name_the_file_and_column(tmp_path):
     with pytest.raises(ValueError, match=r"text column 'body' not found in .*reviews.csv"):
         UserTextTask(**options(path, text_column="body")).load_model()
     holes = write_jsonl(tmp_path / "holes.jsonl", ROWS[:2] + [{"review": "", "stars": "1"}])
-    with pytest.raises(ValueError, match=r"text column 'review' is empty in row 3 of .*holes.jsonl"):
+    with pytest.raises(ValueError, match=r"text column 'review' is empty in line 3 of .*holes.jsonl"):
         UserTextTask(**options(holes)).load_data()
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"review": "x", "stars": 1}\n{not json}\n')
-    with pytest.raises(ValueError, match=r"broken.jsonl.* line 2 is not valid JSON"):
+    with pytest.raises(ValueError, match=r"line 2 of .*broken.jsonl.* is not valid JSON"):
         UserTextTask(**options(broken)).load_data()
     (tmp_path / "d.xlsx").write_text("x")
     with pytest.raises(ValueError, match="unsupported extension '.xlsx'"):

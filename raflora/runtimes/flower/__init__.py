@@ -16,6 +16,7 @@ from typing import Callable
 
 from raflora.config import Config
 from raflora.config_io import config_to_toml
+from raflora.federation.setup import check_inputs
 from raflora.runtimes.folder import prepare_folder
 
 # Flower and Ray phone home and check for updates by default; a run here does neither.
@@ -41,10 +42,11 @@ def run_flower(
     """Run ``config`` under Flower's simulation engine; returns every round's metrics.
 
     The run folder is the embedded runtime's (``config.toml``, ``metrics.jsonl``, ``checkpoints/``,
-    ``adapter/``), checked before Ray starts. Each virtual client gets one CPU; ``cpus`` (default:
+    ``adapter/``), checked before Ray starts, and so are the data and the model. Each virtual client gets one CPU; ``cpus`` (default:
     every core, at most one per client) caps how many train at once.
     """
     prepare_folder(config, Path(config.out), resume, overwrite)
+    check_inputs(config)  # the ServerApp reads the data under Ray, where a ConfigError is no longer one line
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     from flwr.simulation import run_simulation

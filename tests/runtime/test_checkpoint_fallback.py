@@ -1,0 +1,63 @@
+"""A corrupt latest checkpoint: resume and export fall back to the newest valid one, say so, and
+the resumed run finishes with the numbers of an uninterrupted run."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from raflora.config import ConfigError
+from raflora.config_io import config_from_dict
+from raflora.federation import export_run
+from raflora.runtimes.embedded import run_federation
+from raflora.federation.state import STATE_JSON, STATE_TENSORS
+
+from .conftest import read_metrics, small_config, without_time
+
+
+def truncate(name):
+    return lambda folder: (folder / name).write_bytes((folder / name).read_bytes()[:50])
+
+
+def flip_value(folder):
+    raw = bytearray((folder / STATE_TENSORS).read_bytes())
+    raw[-3] ^= 0x01  # one bit inside the last stored float: the file still parses
+    (folder / STATE_TENSORS).write_bytes(bytes(raw))
+
+
+CORRUPTIONS = {
+    "truncated_safetensors": (truncate(STATE_TENSORS), "state.safetensors does not match its sha256"),
+    "truncated_state_json": (truncate(STATE_JSON), "state.json does not match its sha256"),
+    "garbled_state_json": (lambda f: (f / STATE_JSON).write_text('{"round": 2, "metr'), "state.json does not match"),
+    "missing_tensor_file": (lambda f: (f / STATE_TENSORS).unlink(), "state.safetensors is missing"),
+    "flipped_value": (flip_value, "state.safetensors does not match its sha256"),
+}
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_resume_and_export_fall_back_to_the_older_checkpoint(tmp_path, caplog, name):
+    corrupt, reason = CORRUPTIONS[name]
+    config = config_from_dict(small_config(tmp_path / "r", run={"rounds": 3}))
+    first = run_federation(config, stop_after=2)
+    corrupt(tmp_path / "r" / "checkpoints" / "round_0002")
+    with caplog.at_level(logging.WARNING):
+        export_run(tmp_path / "r", tmp_path / "export")
+        assert (tmp_path / "export" / "adapter_config.json").is_file()
+        run_federation(config, resume=True)
+    assert f"round_0002 is unusable: {reason}" in caplog.text
+    assert "falling back to checkpoint" in caplog.text and "round_0001 (skipped round_0002)" in caplog.text
+    metrics = read_metrics(tmp_path / "r")
+    assert [m["round"] for m in metrics] == [1, 2, 3]
+    assert without_time(metrics[:2]) == without_time(first)  # round 2 trained again, to the same numbers
+    assert (tmp_path / "r" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_no_usable_checkpoint_is_a_config_error(tmp_path):
+    config = config_from_dict(small_config(tmp_path / "r", run={"rounds": 3, "keep_checkpoints": 1}))
+    run_federation(config, stop_after=1)
+    (tmp_path / "r" / "checkpoints" / "round_0001" / STATE_TENSORS).unlink()
+    with pytest.raises(ConfigError, match="no checkpoint of a run that can be used"):
+        export_run(tmp_path / "r", tmp_path / "export")
+    with pytest.raises(ConfigError, match="cannot resume"):
+        run_federation(config, resume=True)
