@@ -95,23 +95,30 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _print_summary(report: dict, folder: Path) -> None:
-    from raflora.report.tables import summary_table
+    from raflora.report.tables import group_rows, has_seeds, markdown_table, paired_rows, summary_table
 
     print("\n".join(summary_table(report)))
+    if has_seeds(report):
+        print("\nover seeds: mean ± std [min, max]")
+        print("\n".join(markdown_table(*group_rows(report))))
+        if report["paired"]:
+            print(f"\npaired differences, reference {report['reference']} minus the other method, seed by seed")
+            print("\n".join(markdown_table(*paired_rows(report))))
     print(f"wrote {folder / 'report.md'}, report.json and {len(report['plots'])} plots to {folder}")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from raflora.compare import compare, parse_methods
+    from raflora.compare import compare, parse_methods, parse_seeds
     from raflora.config_io import parse_assignment
 
     methods = parse_methods(args.methods)
+    seeds = parse_seeds(args.seeds)
     overrides = dict(parse_assignment(text) for text in args.set)
     overrides["run.rounds"] = args.rounds
     folder, report = compare(args.config, methods, args.out, overrides=overrides, overwrite=args.overwrite,
-                             log=tqdm.write, progress=not args.quiet)
+                             log=tqdm.write, progress=not args.quiet, seeds=seeds, reference=args.reference)
     _print_summary(report, folder)
     return 0
 
@@ -120,7 +127,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from raflora.report import default_folder, write_report
 
     folder = Path(args.out) if args.out else default_folder(args.runs)
-    _print_summary(write_report(args.runs, folder), folder)
+    _print_summary(write_report(args.runs, folder, reference=args.reference), folder)
     return 0
 
 
@@ -180,13 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0)
     sim.set_defaults(func=cmd_simulate)
 
-    cmp = sub.add_parser("compare", help="run one config once per method, then report them side by side",
+    cmp = sub.add_parser("compare", help="run one config once per method (and seed), then report them side by side",
                          description="Runs CONFIG once per method (same seed: the same clients, ranks, data and "
                          "sampling) into OUT/<method>/, each a normal run folder, then writes the report of "
-                         "the runs into OUT/report/. Every method's config is checked before the first run.")
+                         "the runs into OUT/report/. With --seeds, every method runs once per seed into "
+                         "OUT/<method>/seed-<k>/ and the report shows mean and spread over the seeds and the "
+                         "paired difference reference minus each other method. Every config is checked "
+                         "before the first run.")
     cmp.add_argument("config", help="TOML config file (see docs/usage.md)")
     cmp.add_argument("--methods", default=",".join(DEFAULT_METHODS), metavar="M1,M2,...",
                      help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)}): {', '.join(AGGREGATORS)}")
+    cmp.add_argument("--seeds", metavar="S1,S2,...", help="run every method once per seed (run.seed), e.g. "
+                     "--seeds 0,1,2: the seed sets the partition, the sampled clients and the initial adapters")
+    cmp.add_argument("--reference", metavar="METHOD", help="the method the others are compared with, seed by "
+                     "seed (default: the first of --methods)")
     cmp.add_argument("--out", help="comparison folder (default runs/<run.name>-compare)")
     cmp.add_argument("--rounds", type=_positive, help="number of rounds (overrides [run] rounds)")
     cmp.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -195,13 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--quiet", action="store_true", help="no progress bar (the per-round lines are still printed)")
     cmp.set_defaults(func=cmd_compare)
 
-    rep = sub.add_parser("report", help="tables and plots of finished runs: report.md, report.json, PNGs",
-                         description="Reads each run folder's config.toml and metrics.jsonl and writes report.md "
-                         "(summary and per-round tables), report.json (the same numbers) and plots (metric, "
-                         "rho_rmin, energy per rank partition, cumulative bytes). The runs must be of one task.")
+    rep = sub.add_parser("report", help="tables and plots of finished runs: report.html, report.md, report.json, PNGs",
+                         description="Reads each run folder's config.toml and metrics.jsonl and writes report.html "
+                         "(one self-contained page), report.md (summary and per-round tables), report.json (the "
+                         "same numbers) and plots (metric, rho_rmin, energy per rank partition and round, bytes "
+                         "per method). Runs whose configs differ only in run.seed are one group: mean and spread "
+                         "over the seeds. The runs must be of one task.")
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (each holds config.toml and "
                      "metrics.jsonl); a compare folder stands for its runs")
     rep.add_argument("--out", help="report folder (default: report/ in the folder that holds the runs)")
+    rep.add_argument("--reference", metavar="METHOD", help="paired differences are METHOD minus each other "
+                     "method of the same setting, seed by seed (default: the method of the first run)")
     rep.set_defaults(func=cmd_report)
     return parser
 

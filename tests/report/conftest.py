@@ -48,3 +48,19 @@ def comparison(config_file, tmp_path_factory):
         code = main(["compare", str(config_file), "--methods", ",".join(METHODS), "--out", str(folder), "--quiet"])
     assert code == 0
     return folder, printed.getvalue()
+
+
+SEEDS = (0, 1)
+SEEDED_METHODS = ("flexlora", "raflora")
+
+
+@pytest.fixture(scope="session")
+def seeded(config_file, tmp_path_factory):
+    """``raflora compare --seeds 0,1 --reference flexlora`` of two methods; (folder, what it printed)."""
+    folder = tmp_path_factory.mktemp("seeds") / "cmp"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["compare", str(config_file), "--methods", ",".join(SEEDED_METHODS), "--seeds",
+                     ",".join(map(str, SEEDS)), "--out", str(folder), "--quiet"])
+    assert code == 0
+    return folder, printed.getvalue()
