@@ -1,4 +1,4 @@
-"""Command line: ``raflora run | export | demo | simulate | compare | report`` (thin: parse, call, print).
+"""Command line: ``raflora run | export | demo | simulate | compare | sweep | report`` (thin: parse, call, print).
 
 Config problems (unknown key, wrong type, rank above r_max, unknown method or task, missing file)
 print one line ``error: ...`` and exit with code 2 before any work starts.
@@ -104,6 +104,11 @@ def _print_summary(report: dict, folder: Path) -> None:
         if report["paired"]:
             print(f"\npaired differences, reference {report['reference']} minus the other method, seed by seed")
             print("\n".join(markdown_table(*paired_rows(report))))
+    if report.get("sweep"):
+        from raflora.report.sweep_table import sweep_rows
+
+        print("\nsweep: one row per grid point")
+        print("\n".join(markdown_table(*sweep_rows(report))))
     print(f"wrote {folder / 'report.md'}, report.json and {len(report['plots'])} plots to {folder}")
 
 
@@ -119,6 +124,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     overrides["run.rounds"] = args.rounds
     folder, report = compare(args.config, methods, args.out, overrides=overrides, overwrite=args.overwrite,
                              log=tqdm.write, progress=not args.quiet, seeds=seeds, reference=args.reference)
+    _print_summary(report, folder)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from raflora.compare import parse_methods, parse_seeds
+    from raflora.config_io import parse_assignment
+    from raflora.sweep import parse_grid, sweep
+
+    methods = parse_methods(args.methods)
+    seeds = parse_seeds(args.seeds)
+    points = parse_grid(args.grid)
+    overrides = dict(parse_assignment(text) for text in args.set)
+    overrides["run.rounds"] = args.rounds
+    folder, report = sweep(args.config, points, methods, args.out, seeds=seeds, reference=args.reference,
+                           overrides=overrides, overwrite=args.overwrite, log=tqdm.write, progress=not args.quiet)
     _print_summary(report, folder)
     return 0
 
@@ -208,6 +231,31 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--overwrite", action="store_true", help="replace runs already in OUT/<method>/")
     cmp.add_argument("--quiet", action="store_true", help="no progress bar (the per-round lines are still printed)")
     cmp.set_defaults(func=cmd_compare)
+
+    swp = sub.add_parser("sweep", help="compare methods (and seeds) at each point of a grid of config values, one report",
+                         description="Runs every method (and seed) at every grid point into OUT/point-<p>/<method>/ "
+                         "(.../seed-<k>/ with --seeds), then one report over all runs in OUT/report/ with a "
+                         "table of points x methods. Each --grid is one point that sets one or more keys, "
+                         "e.g. --grid \"ranks.policy=groups ranks.ranks=[16,4,2] ranks.shares=[0.1,0.4,0.5]\"; "
+                         "KEY=V1,V2,... is one point per value. A method option (federation.tau: florist) "
+                         "applies only to the methods that have it; the others are not run again for it. "
+                         "Every config is checked before the first run.")
+    swp.add_argument("config", help="TOML config file (see docs/usage.md)")
+    swp.add_argument("--grid", action="append", default=[], metavar="'KEY=VALUE [KEY=VALUE ...]' | KEY=V1,V2,...",
+                     help="one grid point (VALUE is read as TOML, as for --set), or one point per value of one "
+                     "key; repeatable")
+    swp.add_argument("--methods", default=",".join(DEFAULT_METHODS), metavar="M1,M2,...",
+                     help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)})")
+    swp.add_argument("--seeds", metavar="S1,S2,...", help="run every method at every point once per seed (run.seed)")
+    swp.add_argument("--reference", metavar="METHOD", help="paired differences are METHOD minus each other method "
+                     "at the same point, seed by seed (default: the first of --methods)")
+    swp.add_argument("--out", help="sweep folder (default runs/<run.name>-sweep)")
+    swp.add_argument("--rounds", type=_positive, help="number of rounds (overrides [run] rounds)")
+    swp.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override one config value in every run (as for run; repeatable)")
+    swp.add_argument("--overwrite", action="store_true", help="replace runs already in OUT")
+    swp.add_argument("--quiet", action="store_true", help="no progress bar (the per-round lines are still printed)")
+    swp.set_defaults(func=cmd_sweep)
 
     rep = sub.add_parser("report", help="tables and plots of finished runs: report.html, report.md, report.json, PNGs",
                          description="Reads each run folder's config.toml and metrics.jsonl and writes report.html "

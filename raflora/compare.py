@@ -145,17 +145,25 @@ def check_reference(reference: str | None, methods: Sequence[str]) -> str:
 
 
 def run_and_report(configs: Mapping[str, Config], folder: Path, reference: str, *, overwrite: bool = False,
-                   log: Callable[[str], None] | None = None, progress: bool = False) -> tuple[Path, dict]:
-    """Check every folder and runtime, run every config in order, then write ``folder/report/``."""
+                   log: Callable[[str], None] | None = None, progress: bool = False,
+                   sweep: dict | None = None) -> tuple[Path, dict]:
+    """Check every folder and runtime, run every config in order, then write ``folder/report/``.
+    ``sweep`` (a sweep's grid) is written to ``folder/sweep.json`` once the checks pass."""
+    import json
+
     from raflora.report import write_report
     from raflora.runtimes import check_runtime, run
 
     check_folders(configs, overwrite)
     for config in configs.values():
         check_runtime(config)
+    if sweep is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "sweep.json").write_text(json.dumps(sweep, indent=1) + "\n")
     say = log or (lambda line: None)
     for k, (name, config) in enumerate(configs.items(), start=1):
-        say(f"compare: run {k}/{len(configs)}: {name}")
+        say(f"{'sweep' if sweep else 'compare'}: run {k}/{len(configs)}: {name}")
         run(config, overwrite=overwrite, log=log, progress=progress)  # run.runtime: embedded or flower
     report_folder = folder / "report"
-    return report_folder, write_report([Path(c.out) for c in configs.values()], report_folder, reference=reference)
+    return report_folder, write_report([Path(c.out) for c in configs.values()], report_folder, reference=reference,
+                                       sweep=None if sweep is None else (sweep, folder))

@@ -15,6 +15,7 @@ from typing import Sequence
 
 from raflora.report.load import ReportError, Run, expand, load_run, load_runs
 from raflora.report.summary import build_report
+from raflora.report.sweep_table import attach_sweep, load_sweep
 
 
 def default_folder(run_folders: Sequence[str | Path]) -> Path:
@@ -29,17 +30,22 @@ def default_folder(run_folders: Sequence[str | Path]) -> Path:
     return common / "report"
 
 
-def write_report(run_folders: Sequence[str | Path], out: str | Path, reference: str | None = None) -> dict:
+def write_report(run_folders: Sequence[str | Path], out: str | Path, reference: str | None = None,
+                 sweep: tuple[dict, Path] | None = None) -> dict:
     """Write report.md, report.html, report.json and the plots for ``run_folders`` into ``out``;
     returns the report's numbers (report.json's content). Paired differences are ``reference``
     (a method; default the first run's) minus each other method of the same setting.
-    ReportError (one line) for input it cannot use."""
+    ``sweep`` is a sweep's grid and folder (read from ``sweep.json`` when one sweep folder is given
+    alone); it adds the sweep table. ReportError (one line) for input it cannot use."""
     from raflora.report.html import report_html
     from raflora.report.plots import write_plots
     from raflora.report.tables import report_markdown
 
     runs = load_runs(run_folders)
     report = build_report(runs, reference)
+    sweep = sweep or load_sweep(run_folders)
+    if sweep:
+        attach_sweep(report, *sweep)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(report, out)

@@ -50,9 +50,10 @@ def report_html(report: dict, folder: Path, plots: Sequence[str] = ()) -> str:
             parts += [f"<h3>Paired differences (reference {escape(report['reference'])})</h3>",
                       html_table(*paired_rows(report), table_id="paired")]
     if report.get("sweep"):
-        from raflora.report.sweep_table import sweep_rows
+        from raflora.report.sweep_table import SWEEP_NOTE, sweep_rows
 
-        parts += ["<h2>Sweep</h2>", html_table(*sweep_rows(report), table_id="sweep")]
+        parts += ["<h2>Sweep</h2>", f'<p class="note">{escape(SWEEP_NOTE)}</p>',
+                  html_table(*sweep_rows(report), table_id="sweep")]
     if report["differences"]:
         parts += ["<h2>What differs between the runs</h2>", html_table(*difference_rows(report, code=False))]
     header, rows = energy_rows(report)

@@ -174,6 +174,10 @@ def report_markdown(report: dict, plots: Sequence[str] = ()) -> str:
         if report["paired"]:
             lines += [f"### Paired differences (reference {report['reference']})", ""]
             lines += markdown_table(*paired_rows(report)) + [""]
+    if report.get("sweep"):
+        from raflora.report.sweep_table import SWEEP_NOTE, sweep_rows
+
+        lines += ["## Sweep", "", SWEEP_NOTE, ""] + markdown_table(*sweep_rows(report)) + [""]
     if report["differences"]:
         lines += ["## What differs between the runs", ""] + markdown_table(*difference_rows(report)) + [""]
     energy = energy_table(report)

@@ -36,3 +36,11 @@ def test_every_image_loads_and_the_tables_are_there(seeded):
         assert image["complete"] and image["width"] > 100 and image["height"] > 100, image
     assert summary == [f"{m}/seed-{s}" for m in SEEDED_METHODS for s in SEEDS]
     assert groups == list(SEEDED_METHODS) and paired == ["flexlora - raflora"]
+
+
+def test_the_sweep_table_in_the_browser(swept):
+    with headless_chromium() as browser:
+        browser.get((swept / "report" / "report.html").resolve().as_uri())
+        points = browser.execute_script(ROWS, "sweep")
+        loaded = browser.execute_script("return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0);")
+    assert points == ["point-1", "point-2", "point-3"] and loaded
