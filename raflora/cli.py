@@ -154,6 +154,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _comparison_options(command: argparse.ArgumentParser, out_help: str) -> None:
+    """The arguments compare and sweep share: the config, the methods, seeds and reference, and the
+    per-run overrides."""
+    command.add_argument("config", help="TOML config file (see docs/usage.md)")
+    command.add_argument("--methods", default=",".join(DEFAULT_METHODS), metavar="M1,M2,...",
+                         help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)}): {', '.join(AGGREGATORS)}")
+    command.add_argument("--seeds", metavar="S1,S2,...", help="run every method once per seed (run.seed), e.g. "
+                         "--seeds 0,1,2: the seed sets the partition, the sampled clients and the initial adapters")
+    command.add_argument("--reference", metavar="METHOD", help="the method the others are compared with, seed by "
+                         "seed, in the same setting (default: the first of --methods)")
+    command.add_argument("--out", help=out_help)
+    command.add_argument("--rounds", type=_positive, help="number of rounds (overrides [run] rounds)")
+    command.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                         help="override one config value in every run (as for run; repeatable)")
+    command.add_argument("--overwrite", action="store_true", help="replace runs already in the output folder")
+    command.add_argument("--quiet", action="store_true", help="no progress bar (the per-round lines are still printed)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raflora",
@@ -217,19 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "OUT/<method>/seed-<k>/ and the report shows mean and spread over the seeds and the "
                          "paired difference reference minus each other method. Every config is checked "
                          "before the first run.")
-    cmp.add_argument("config", help="TOML config file (see docs/usage.md)")
-    cmp.add_argument("--methods", default=",".join(DEFAULT_METHODS), metavar="M1,M2,...",
-                     help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)}): {', '.join(AGGREGATORS)}")
-    cmp.add_argument("--seeds", metavar="S1,S2,...", help="run every method once per seed (run.seed), e.g. "
-                     "--seeds 0,1,2: the seed sets the partition, the sampled clients and the initial adapters")
-    cmp.add_argument("--reference", metavar="METHOD", help="the method the others are compared with, seed by "
-                     "seed (default: the first of --methods)")
-    cmp.add_argument("--out", help="comparison folder (default runs/<run.name>-compare)")
-    cmp.add_argument("--rounds", type=_positive, help="number of rounds (overrides [run] rounds)")
-    cmp.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                     help="override one config value in every run (as for run; repeatable)")
-    cmp.add_argument("--overwrite", action="store_true", help="replace runs already in OUT/<method>/")
-    cmp.add_argument("--quiet", action="store_true", help="no progress bar (the per-round lines are still printed)")
+    _comparison_options(cmp, "comparison folder (default runs/<run.name>-compare)")
     cmp.set_defaults(func=cmd_compare)
 
     swp = sub.add_parser("sweep", help="compare methods (and seeds) at each point of a grid of config values, one report",
@@ -240,21 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "KEY=V1,V2,... is one point per value. A method option (federation.tau: florist) "
                          "applies only to the methods that have it; the others are not run again for it. "
                          "Every config is checked before the first run.")
-    swp.add_argument("config", help="TOML config file (see docs/usage.md)")
+    _comparison_options(swp, "sweep folder (default runs/<run.name>-sweep)")
     swp.add_argument("--grid", action="append", default=[], metavar="'KEY=VALUE [KEY=VALUE ...]' | KEY=V1,V2,...",
                      help="one grid point (VALUE is read as TOML, as for --set), or one point per value of one "
                      "key; repeatable")
-    swp.add_argument("--methods", default=",".join(DEFAULT_METHODS), metavar="M1,M2,...",
-                     help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)})")
-    swp.add_argument("--seeds", metavar="S1,S2,...", help="run every method at every point once per seed (run.seed)")
-    swp.add_argument("--reference", metavar="METHOD", help="paired differences are METHOD minus each other method "
-                     "at the same point, seed by seed (default: the first of --methods)")
-    swp.add_argument("--out", help="sweep folder (default runs/<run.name>-sweep)")
-    swp.add_argument("--rounds", type=_positive, help="number of rounds (overrides [run] rounds)")
-    swp.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                     help="override one config value in every run (as for run; repeatable)")
-    swp.add_argument("--overwrite", action="store_true", help="replace runs already in OUT")
-    swp.add_argument("--quiet", action="store_true", help="no progress bar (the per-round lines are still printed)")
     swp.set_defaults(func=cmd_sweep)
 
     rep = sub.add_parser("report", help="tables and plots of finished runs: report.html, report.md, report.json, PNGs",
