@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "per method). Runs whose configs differ only in run.seed are one group: mean and spread "
                          "over the seeds. The runs must be of one task.")
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (each holds config.toml and "
-                     "metrics.jsonl); a compare folder stands for its runs")
+                     "metrics.jsonl); a compare or sweep folder stands for every run below it")
     rep.add_argument("--out", help="report folder (default: report/ in the folder that holds the runs)")
     rep.add_argument("--reference", metavar="METHOD", help="paired differences are METHOD minus each other "
                      "method of the same setting, seed by seed (default: the method of the first run)")

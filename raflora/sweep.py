@@ -168,6 +168,6 @@ def sweep(
     reference = check_reference(reference, methods)
     folder, configs, cells = plan(config_path, points, methods, seeds, out, overrides)
     grid = {"points": [{"label": p.label, "settings": p.settings} for p in points], "methods": list(methods),
-            "cells": cells}
+            "reference": reference, "cells": cells}
     return run_and_report(configs, folder, reference, overwrite=overwrite, log=log, progress=progress,
                           sweep=grid)

@@ -42,8 +42,10 @@ def write_report(run_folders: Sequence[str | Path], out: str | Path, reference: 
     from raflora.report.tables import report_markdown
 
     runs = load_runs(run_folders)
-    report = build_report(runs, reference)
     sweep = sweep or load_sweep(run_folders)
+    if sweep and reference is None:
+        reference = sweep[0].get("reference")  # the sweep's own, not the first run's in name order
+    report = build_report(runs, reference)
     if sweep:
         attach_sweep(report, *sweep)
     out = Path(out)

@@ -8,6 +8,7 @@ every number on the page.
 from __future__ import annotations
 
 import base64
+import re
 from html import escape
 from pathlib import Path
 from typing import Sequence
@@ -18,19 +19,29 @@ from raflora.report.tables import (SEEDS_NOTE, difference_rows, energy_rows, gro
 STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; max-width: 1200px; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
-th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: left; }
+td.num { text-align: right; white-space: nowrap; }
 th { background: #eee; }
+div.wide { overflow-x: auto; }
 img { display: block; margin: 0.5em 0 1.5em; max-width: 100%; }
 p.note { color: #555; max-width: 60em; }
 """
 
 
+NUMBER = re.compile(r"[-+]?\d")  # numbers line up on the right, names and settings on the left
+
+
+def _cell(text: str) -> str:
+    return f'<td class="num">{escape(text)}</td>' if NUMBER.match(text) else f"<td>{escape(text)}</td>"
+
+
 def html_table(header: Sequence[str], rows: Sequence[Sequence[str]], table_id: str | None = None) -> str:
+    """A table in a box that scrolls sideways when it is wider than the page (many runs)."""
     head = "".join(f"<th>{escape(cell)}</th>" for cell in header)
-    body = "".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>\n" for row in rows)
+    body = "".join("<tr>" + "".join(_cell(cell) for cell in row) + "</tr>\n" for row in rows)
     ident = f' id="{escape(table_id)}"' if table_id else ""
-    return f"<table{ident}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>"
+    return (f'<div class="wide"><table{ident}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n'
+            "</table></div>")
 
 
 def embedded_image(path: Path) -> str:

@@ -121,7 +121,8 @@ def test_sweep_end_to_end(swept):
     assert "## Sweep" in text and '| point-3 | ranks.policy="uniform" ranks.ranks=[2, 8] |' in text
     # the sweep folder reported again, alone: the same sweep table from sweep.json
     assert main(["report", str(out), "--out", str(out / "again")]) == 0
-    assert json.loads((out / "again" / "report.json").read_text())["sweep"] == sweep
+    again = json.loads((out / "again" / "report.json").read_text())
+    assert again["sweep"] == sweep and again["reference"] == "raflora" and again["paired"] == report["paired"]
 
 
 def test_sweep_help(capsys):
