@@ -149,6 +149,12 @@ def plot_energy_rounds(report: dict, path: Path) -> None:
                               extent=(rounds[0] - 0.5, rounds[-1] + 0.5, -0.5, len(keys) - 0.5))
             ax.set_yticks(range(len(keys)), keys)
             ax.set_xlabel("round")
+            if len(rounds) <= 12:  # few enough cells to print each share: 0.83 and 0.99 look alike in colour
+                for row, key in enumerate(keys):
+                    for round_, share in zip(rounds, grid[row]):
+                        if not math.isnan(share):
+                            ax.text(round_, row, f"{share:.2f}", ha="center", va="center", fontsize=7,
+                                    color="black" if share > 0.6 else "white")
         ax.set_ylabel("singular directions")
         ax.set_title(group["label"], fontsize=10)
     if image is not None:
