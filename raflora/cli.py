@@ -109,39 +109,37 @@ def _print_summary(report: dict, folder: Path) -> None:
 
         print("\nsweep: one row per grid point")
         print("\n".join(markdown_table(*sweep_rows(report))))
-    print(f"wrote {folder / 'report.md'}, report.json and {len(report['plots'])} plots to {folder}")
+    print(f"wrote {folder / 'report.html'}, report.md, report.json and {len(report['plots'])} plots to {folder}")
+
+
+def _comparison_args(args: argparse.Namespace) -> dict:
+    """compare's and sweep's shared options, parsed (ConfigError before any run for a bad one)."""
+    from tqdm import tqdm
+
+    from raflora.compare import parse_methods, parse_seeds
+    from raflora.config_io import parse_assignment
+
+    overrides = dict(parse_assignment(text) for text in args.set)
+    overrides["run.rounds"] = args.rounds
+    return {"methods": parse_methods(args.methods), "seeds": parse_seeds(args.seeds), "reference": args.reference,
+            "overrides": overrides, "overwrite": args.overwrite, "log": tqdm.write, "progress": not args.quiet}
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from raflora.compare import compare
 
-    from raflora.compare import compare, parse_methods, parse_seeds
-    from raflora.config_io import parse_assignment
-
-    methods = parse_methods(args.methods)
-    seeds = parse_seeds(args.seeds)
-    overrides = dict(parse_assignment(text) for text in args.set)
-    overrides["run.rounds"] = args.rounds
-    folder, report = compare(args.config, methods, args.out, overrides=overrides, overwrite=args.overwrite,
-                             log=tqdm.write, progress=not args.quiet, seeds=seeds, reference=args.reference)
+    options = _comparison_args(args)
+    folder, report = compare(args.config, options.pop("methods"), args.out, **options)
     _print_summary(report, folder)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from raflora.compare import parse_methods, parse_seeds
-    from raflora.config_io import parse_assignment
     from raflora.sweep import parse_grid, sweep
 
-    methods = parse_methods(args.methods)
-    seeds = parse_seeds(args.seeds)
+    options = _comparison_args(args)
     points = parse_grid(args.grid)
-    overrides = dict(parse_assignment(text) for text in args.set)
-    overrides["run.rounds"] = args.rounds
-    folder, report = sweep(args.config, points, methods, args.out, seeds=seeds, reference=args.reference,
-                           overrides=overrides, overwrite=args.overwrite, log=tqdm.write, progress=not args.quiet)
+    folder, report = sweep(args.config, points, options.pop("methods"), args.out, **options)
     _print_summary(report, folder)
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,10 +123,15 @@ def _labels(folders: Sequence[Path]) -> list[str]:
     return [str(f) for f in folders]
 
 
+def _name_order(path: Path) -> list:
+    # seed-2 before seed-10, point-9 before point-10
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.name)]
+
+
 def _runs_below(folder: Path) -> list[Path]:
     # a run folder is not searched further: its checkpoints/ and adapter/ hold no runs
     inside = []
-    for child in sorted(p for p in folder.iterdir() if p.is_dir()):
+    for child in sorted((p for p in folder.iterdir() if p.is_dir()), key=_name_order):
         if (child / "metrics.jsonl").is_file():
             inside.append(child)
         elif not (child / "config.toml").exists():

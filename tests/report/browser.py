@@ -1,7 +1,8 @@
 """A real headless Chromium for the report tests, driven by Selenium through chromedriver.
 
-Debian's ``chromium`` and ``chromium-driver`` packages (``make setup`` installs them). Without them
-the tests fail with a line that says so: a skipped browser test would let a broken page through.
+Debian's ``chromium`` and ``chromium-driver`` packages and the ``selenium`` package (``make setup``
+installs them). Without them the tests fail with a line that says so: a skipped browser test would
+let a broken page through.
 """
 
 from __future__ import annotations
@@ -31,9 +32,12 @@ def _program(*names: str) -> str:
 @contextlib.contextmanager
 def headless_chromium():
     """A Selenium WebDriver of a fresh headless Chromium; quit on exit."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.fail("selenium is not installed; `make setup` installs it (requirements-pinned.txt: selenium==4.51.0)",
+                    pytrace=False)
     browser = _program("chromium", "chromium-browser")
     driver_path = _program("chromedriver")
     with tempfile.TemporaryDirectory(prefix="raflora-chromium-") as profile:

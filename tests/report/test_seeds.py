@@ -105,3 +105,15 @@ def test_bad_seeds_fail_before_any_run(config_file, tmp_path, capsys, args, mess
 def test_report_reference_must_be_a_method_of_the_runs(seeded, tmp_path, capsys):
     assert main(["report", str(seeded[0]), "--reference", "zero_pad", "--out", str(tmp_path / "out")]) == 2
     assert "--reference 'zero_pad': no run of that method" in capsys.readouterr().err
+
+
+def test_runs_below_a_folder_in_natural_order(tmp_path):
+    from raflora.report.load import expand
+
+    for name in ("raflora/seed-10", "raflora/seed-2", "flexlora/seed-0", "report"):
+        (tmp_path / name).mkdir(parents=True)
+    for name in ("raflora/seed-10", "raflora/seed-2", "flexlora/seed-0"):
+        (tmp_path / name / "metrics.jsonl").write_text("")
+        (tmp_path / name / "checkpoints" / "round-1").mkdir(parents=True)  # not searched: inside a run
+    assert [str(p.relative_to(tmp_path)) for p in expand([tmp_path])] == [
+        "flexlora/seed-0", "raflora/seed-2", "raflora/seed-10"]
