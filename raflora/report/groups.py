@@ -75,13 +75,16 @@ def _energy_rounds(members: list[dict]) -> list[dict]:
             for k, cells in sorted(by_round.items())]
 
 
-def build_groups(summaries: Sequence[dict], flats: Sequence[dict[str, Any]], metric: str) -> list[dict]:
-    """One group per setting, in the order of its first run; ``summaries`` are the per-run numbers
-    (:func:`raflora.report.summary.summarize_run`) and ``flats`` the runs' flat configs."""
+def build_groups(summaries: Sequence[dict], flats: Sequence[dict[str, Any]],
+                 metric: str) -> tuple[list[dict], list[str]]:
+    """One group per setting, in the order of its first run, and each group's setting for pairing
+    (its config without the method, the method's options, the seed and the folder); ``summaries``
+    are the per-run numbers (:func:`raflora.report.summary.summarize_run`), ``flats`` the runs'
+    flat configs."""
     order: dict[str, list[int]] = {}
     for i, flat in enumerate(flats):
         order.setdefault(_setting(flat, lambda key: key in PER_RUN_KEYS), []).append(i)
-    groups, used = [], set()
+    groups, pair_settings, used = [], [], set()
     for indices in order.values():
         members = [summaries[i] for i in indices]
         method = members[0]["method"]
@@ -91,16 +94,16 @@ def build_groups(summaries: Sequence[dict], flats: Sequence[dict[str, Any]], met
         used.add(label)
         seeds = [flats[i].get("run.seed", 0) for i in indices]
         group = {"label": label, "method": method, "runs": [m["label"] for m in members], "seeds": seeds,
-                 "r_min": members[0]["r_min"],
-                 "pair_setting": _setting(flats[indices[0]], lambda key: key in PER_RUN_KEYS
-                                          or key == "federation.method" or is_method_option(key))}
+                 "r_min": members[0]["r_min"]}
+        pair_settings.append(_setting(flats[indices[0]], lambda key: key in PER_RUN_KEYS
+                                      or key == "federation.method" or is_method_option(key)))
         group.update({field: stats([_value(m, field) for m in members]) for field in STAT_FIELDS})
         for field in ("bytes_up", "bytes_down", "seconds"):
             group[field] = stats([m[field] for m in members])
         group["per_round"] = {metric: _per_round(members, metric), "rho_rmin": _per_round(members, "rho_rmin")}
         group["energy_per_round"] = _energy_rounds(members)
         groups.append(group)
-    return groups
+    return groups, pair_settings
 
 
 def _seed_values(group: dict, summaries: dict[str, dict], field: str) -> dict[int, float]:
@@ -112,13 +115,15 @@ def _seed_values(group: dict, summaries: dict[str, dict], field: str) -> dict[in
     return values
 
 
-def paired_differences(groups: Sequence[dict], summaries: Sequence[dict], reference: str) -> list[dict]:
-    """``reference - other`` per seed for every group that has a reference group of its setting."""
+def paired_differences(groups: Sequence[dict], pair_settings: Sequence[str], summaries: Sequence[dict],
+                       reference: str) -> list[dict]:
+    """``reference - other`` per seed for every group that has a reference group of its setting
+    (``pair_settings``: :func:`build_groups`'s)."""
     by_label = {s["label"]: s for s in summaries}
-    references = {g["pair_setting"]: g for g in groups if g["method"] == reference}
+    references = {setting: g for g, setting in zip(groups, pair_settings) if g["method"] == reference}
     pairs = []
-    for group in groups:
-        ref = references.get(group["pair_setting"])
+    for group, setting in zip(groups, pair_settings):
+        ref = references.get(setting)
         if ref is None or group is ref or group["method"] == reference:
             continue
         pair = {"reference": ref["label"], "other": group["label"]}

@@ -119,7 +119,7 @@ def build_report(runs: Sequence[Run], reference: str | None = None) -> dict[str,
     if reference not in {s["method"] for s in summaries}:
         methods = ", ".join(dict.fromkeys(s["method"] for s in summaries))
         raise ReportError(f"--reference {reference!r}: no run of that method; the runs are of {methods}")
-    groups = build_groups(summaries, [_flat(run.config) for run in runs], first.metric)
+    groups, pair_settings = build_groups(summaries, [_flat(run.config) for run in runs], first.metric)
     return {
         "task": first.task,
         "metric": first.metric,
@@ -128,5 +128,5 @@ def build_report(runs: Sequence[Run], reference: str | None = None) -> dict[str,
         "reference": reference,
         "runs": summaries,
         "groups": groups,
-        "paired": paired_differences(groups, summaries, reference),
+        "paired": paired_differences(groups, pair_settings, summaries, reference),
     }
