@@ -80,7 +80,7 @@ def plot_metric(report: dict, path: Path) -> None:
     ax.set_ylim(*metric_limits(drawn))
     ax.set_ylabel(metric + (" (mean, band: min-max over seeds)" if _seeded(report) else ""))
     ax.set_title(f"{metric} of the global model ({report['task']})")
-    ax.legend()
+    ax.legend(fontsize="small" if len(report["groups"]) > 5 else None)
     figure.savefig(path)
 
 
@@ -92,7 +92,8 @@ def _r_min_text(report: dict) -> str:
     values = report["r_min"]
     if len(values) == 1:
         return f"r_min = {values[0]}"
-    return "r_min: " + ", ".join(f"{group['label']} {group['r_min']}" for group in report["groups"])
+    # one name per run would not fit a title once there are seeds; report.json has each run's
+    return "r_min = " + ", ".join(map(str, values)) + " by run"
 
 
 def plot_rho(report: dict, path: Path) -> None:
@@ -102,7 +103,7 @@ def plot_rho(report: dict, path: Path) -> None:
     ax.set_ylim(0.0, 1.05)
     ax.set_ylabel("rho_rmin (1 = rank collapse)")
     ax.set_title(f"Energy share of the top r_min directions ({_r_min_text(report)})")
-    ax.legend()
+    ax.legend(fontsize="small" if len(report["groups"]) > 5 else None)
     figure.savefig(path)
 
 
