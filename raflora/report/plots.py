@@ -6,7 +6,7 @@ One line (or bar) per group: the runs of one setting over seeds (a single run is
   shaded; the axis spans at least :data:`MIN_METRIC_SPAN`, so a one-example difference on a small
   test split does not fill the plot
 - ``rho_rmin.png``: rho_rmin per round, the rank-collapse plot (1 = all energy in r_min directions)
-- ``energy.png``: energy share per rank partition in the last round, grouped bars per run
+- ``energy.png``: energy share per rank partition in the last round, grouped bars per group
 - ``energy_rounds.png``: a heatmap per group, rank partition x round, of the energy share (mean over
   seeds): collapse shows as the energy draining into the lowest partition round after round
 - ``bytes.png``: total bytes uploaded and downloaded per run (mean over seeds), bars per group
@@ -113,22 +113,21 @@ def _partition_start(key: str) -> int:
 
 def plot_energy(report: dict, path: Path) -> None:
     figure, (ax,) = _figure()
-    runs = [run for run in report["runs"] if run["energy_by_partition"]]
-    keys = sorted({k for run in runs for k in run["energy_by_partition"]["shares"]}, key=_partition_start)
-    width = 0.8 / max(1, len(runs))
-    for i, run in enumerate(runs):
-        shares = run["energy_by_partition"]["shares"]
-        xs = [k + (i - (len(runs) - 1) / 2) * width for k in range(len(keys))]
-        ax.bar(xs, [shares.get(key) or 0.0 for key in keys], width=width,
-               label=f"{run['label']} (round {run['energy_by_partition']['round']})")
+    # the last round of each group (mean over its seeds): one bar per group and partition
+    groups = [(group["label"], group["energy_per_round"][-1]) for group in report["groups"] if group["energy_per_round"]]
+    keys = sorted({k for _, last in groups for k in last["shares"]}, key=_partition_start)
+    width = 0.8 / max(1, len(groups))
+    for i, (label, last) in enumerate(groups):
+        xs = [k + (i - (len(groups) - 1) / 2) * width for k in range(len(keys))]
+        ax.bar(xs, [last["shares"].get(key) or 0.0 for key in keys], width=width, label=f"{label} (round {last['round']})")
     ax.set_xticks(range(len(keys)), [f"{key}" for key in keys])
     ax.set_xlabel("singular directions (rank partition)")
-    ax.set_ylabel("share of the update's energy")
+    ax.set_ylabel("share of the update's energy" + (" (mean over seeds)" if _seeded(report) else ""))
     ax.set_ylim(0.0, 1.0)
     ax.set_title("Energy per rank partition, last round")
     ax.grid(axis="y", alpha=0.3)
-    if runs:
-        ax.legend()
+    if groups:
+        ax.legend(fontsize="small" if len(groups) > 5 else None)
     figure.savefig(path)
 
 
