@@ -19,10 +19,16 @@ $(STAMP): pyproject.toml requirements-pinned.txt requirements-assets.txt
 	$(PIP) install -q --no-deps -e .
 	touch $@
 
-# Fashion-MNIST comes from Debian; only the vision task needs it, so a failure here only warns.
+# From Debian, installed once (one apt-get update for all): Fashion-MNIST for the vision task, and
+# Chromium with its WebDriver for the test that opens report.html in a real browser. A failure here
+# only warns: the vision task will not run and the browser test fails, saying what is missing.
 data:
-	@test -d $(FMNIST) || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
-		|| echo "warning: could not install dataset-fashion-mnist; the vision task will not run"
+	@missing=""; \
+	test -d $(FMNIST) || missing="dataset-fashion-mnist"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	test -z "$$missing" || (apt-get update -qq && apt-get install -y -qq $$missing) \
+		|| echo "warning: could not install$$missing; the vision task or the report's browser test will not run"
 
 demo: setup
 	$(PY) -m raflora.cli demo

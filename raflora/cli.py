@@ -1,4 +1,4 @@
-"""Command line: ``raflora run | export | demo | simulate | compare | report`` (thin: parse, call, print).
+"""Command line: ``raflora run | export | demo | simulate | compare | sweep | report`` (thin: parse, call, print).
 
 Config problems (unknown key, wrong type, rank above r_max, unknown method or task, missing file)
 print one line ``error: ...`` and exit with code 2 before any work starts.
@@ -112,23 +112,51 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _print_summary(report: dict, folder: Path) -> None:
-    from raflora.report.tables import summary_table
+    from raflora.report.tables import group_rows, has_seeds, markdown_table, paired_rows, summary_table
 
     print("\n".join(summary_table(report)))
-    print(f"wrote {folder / 'report.md'}, report.json and {len(report['plots'])} plots to {folder}")
+    if has_seeds(report):
+        print("\nover seeds: mean ± std [min, max]")
+        print("\n".join(markdown_table(*group_rows(report))))
+        if report["paired"]:
+            print(f"\npaired differences, reference {report['reference']} minus the other method, seed by seed")
+            print("\n".join(markdown_table(*paired_rows(report))))
+    if report.get("sweep"):
+        from raflora.report.sweep_table import sweep_rows
+
+        print("\nsweep: one row per grid point")
+        print("\n".join(markdown_table(*sweep_rows(report))))
+    print(f"wrote {folder / 'report.html'}, report.md, report.json and {len(report['plots'])} plots to {folder}")
+
+
+def _comparison_args(args: argparse.Namespace) -> dict:
+    """compare's and sweep's shared options, parsed (ConfigError before any run for a bad one)."""
+    from tqdm import tqdm
+
+    from raflora.compare import parse_methods, parse_seeds
+    from raflora.config_io import parse_assignment
+
+    overrides = dict(parse_assignment(text) for text in args.set)
+    overrides["run.rounds"] = args.rounds
+    return {"methods": parse_methods(args.methods), "seeds": parse_seeds(args.seeds), "reference": args.reference,
+            "overrides": overrides, "overwrite": args.overwrite, "log": tqdm.write, "progress": not args.quiet}
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from raflora.compare import compare
 
-    from raflora.compare import compare, parse_methods
-    from raflora.config_io import parse_assignment
+    options = _comparison_args(args)
+    folder, report = compare(args.config, options.pop("methods"), args.out, **options)
+    _print_summary(report, folder)
+    return 0
 
-    methods = parse_methods(args.methods)
-    overrides = dict(parse_assignment(text) for text in args.set)
-    overrides["run.rounds"] = args.rounds
-    folder, report = compare(args.config, methods, args.out, overrides=overrides, overwrite=args.overwrite,
-                             log=tqdm.write, progress=not args.quiet)
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from raflora.sweep import parse_grid, sweep
+
+    options = _comparison_args(args)
+    points = parse_grid(args.grid)
+    folder, report = sweep(args.config, points, options.pop("methods"), args.out, **options)
     _print_summary(report, folder)
     return 0
 
@@ -137,8 +165,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     from raflora.report import default_folder, write_report
 
     folder = Path(args.out) if args.out else default_folder(args.runs)
-    _print_summary(write_report(args.runs, folder), folder)
+    _print_summary(write_report(args.runs, folder, reference=args.reference), folder)
     return 0
+
+
+def _comparison_options(command: argparse.ArgumentParser, out_help: str) -> None:
+    """The arguments compare and sweep share: the config, the methods, seeds and reference, and the
+    per-run overrides."""
+    command.add_argument("config", help="TOML config file (see docs/usage.md)")
+    command.add_argument("--methods", default=",".join(DEFAULT_METHODS), metavar="M1,M2,...",
+                         help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)}): {', '.join(AGGREGATORS)}")
+    command.add_argument("--seeds", metavar="S1,S2,...", help="run every method once per seed (run.seed), e.g. "
+                         "--seeds 0,1,2: the seed sets the partition, the sampled clients and the initial adapters")
+    command.add_argument("--reference", metavar="METHOD", help="the method the others are compared with, seed by "
+                         "seed, in the same setting (default: the first of --methods)")
+    command.add_argument("--out", help=out_help)
+    command.add_argument("--rounds", type=_positive, help="number of rounds (overrides [run] rounds)")
+    command.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                         help="override one config value in every run (as for run; repeatable)")
+    command.add_argument("--overwrite", action="store_true", help="replace runs already in the output folder")
+    command.add_argument("--quiet", action="store_true", help="no progress bar (the per-round lines are still printed)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,28 +245,41 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0)
     sim.set_defaults(func=cmd_simulate)
 
-    cmp = sub.add_parser("compare", help="run one config once per method, then report them side by side",
+    cmp = sub.add_parser("compare", help="run one config once per method (and seed), then report them side by side",
                          description="Runs CONFIG once per method (same seed: the same clients, ranks, data and "
                          "sampling) into OUT/<method>/, each a normal run folder, then writes the report of "
-                         "the runs into OUT/report/. Every method's config is checked before the first run.")
-    cmp.add_argument("config", help="TOML config file (see docs/usage.md)")
-    cmp.add_argument("--methods", default=",".join(DEFAULT_METHODS), metavar="M1,M2,...",
-                     help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)}): {', '.join(AGGREGATORS)}")
-    cmp.add_argument("--out", help="comparison folder (default runs/<run.name>-compare)")
-    cmp.add_argument("--rounds", type=_positive, help="number of rounds (overrides [run] rounds)")
-    cmp.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                     help="override one config value in every run (as for run; repeatable)")
-    cmp.add_argument("--overwrite", action="store_true", help="replace runs already in OUT/<method>/")
-    cmp.add_argument("--quiet", action="store_true", help="no progress bar (the per-round lines are still printed)")
+                         "the runs into OUT/report/. With --seeds, every method runs once per seed into "
+                         "OUT/<method>/seed-<k>/ and the report shows mean and spread over the seeds and the "
+                         "paired difference reference minus each other method. Every config is checked "
+                         "before the first run.")
+    _comparison_options(cmp, "comparison folder (default runs/<run.name>-compare)")
     cmp.set_defaults(func=cmd_compare)
 
-    rep = sub.add_parser("report", help="tables and plots of finished runs: report.md, report.json, PNGs",
-                         description="Reads each run folder's config.toml and metrics.jsonl and writes report.md "
-                         "(summary and per-round tables), report.json (the same numbers) and plots (metric, "
-                         "rho_rmin, energy per rank partition, cumulative bytes). The runs must be of one task.")
+    swp = sub.add_parser("sweep", help="compare methods (and seeds) at each point of a grid of config values, one report",
+                         description="Runs every method (and seed) at every grid point into OUT/point-<p>/<method>/ "
+                         "(.../seed-<k>/ with --seeds), then one report over all runs in OUT/report/ with a "
+                         "table of points x methods. Each --grid is one point that sets one or more keys, "
+                         "e.g. --grid \"ranks.policy=groups ranks.ranks=[16,4,2] ranks.shares=[0.1,0.4,0.5]\"; "
+                         "KEY=V1,V2,... is one point per value. A method option (federation.tau: florist) "
+                         "applies only to the methods that have it; the others are not run again for it. "
+                         "Every config is checked before the first run.")
+    _comparison_options(swp, "sweep folder (default runs/<run.name>-sweep)")
+    swp.add_argument("--grid", action="append", default=[], metavar="'KEY=VALUE [KEY=VALUE ...]' | KEY=V1,V2,...",
+                     help="one grid point (VALUE is read as TOML, as for --set), or one point per value of one "
+                     "key; repeatable")
+    swp.set_defaults(func=cmd_sweep)
+
+    rep = sub.add_parser("report", help="tables and plots of finished runs: report.html, report.md, report.json, PNGs",
+                         description="Reads each run folder's config.toml and metrics.jsonl and writes report.html "
+                         "(one self-contained page), report.md (summary and per-round tables), report.json (the "
+                         "same numbers) and plots (metric, rho_rmin, energy per rank partition and round, bytes "
+                         "per method). Runs whose configs differ only in run.seed are one group: mean and spread "
+                         "over the seeds. The runs must be of one task.")
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (each holds config.toml and "
-                     "metrics.jsonl); a compare folder stands for its runs")
+                     "metrics.jsonl); a compare or sweep folder stands for every run below it")
     rep.add_argument("--out", help="report folder (default: report/ in the folder that holds the runs)")
+    rep.add_argument("--reference", metavar="METHOD", help="paired differences are METHOD minus each other "
+                     "method of the same setting, seed by seed (default: the method of the first run)")
     rep.set_defaults(func=cmd_report)
     return parser
 

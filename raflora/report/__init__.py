@@ -1,4 +1,5 @@
-"""Reports over finished runs: report.md (tables), report.json (the same numbers) and PNG plots.
+"""Reports over finished runs: report.md (tables), report.html (tables and plots in one page),
+report.json (the same numbers) and PNG plots.
 
 ``write_report(["runs/cmp/raflora", "runs/cmp/flexlora"], "runs/cmp/report")`` reads each run's
 ``config.toml`` and ``metrics.jsonl`` (:mod:`.load`), computes the numbers (:mod:`.summary`) and
@@ -14,6 +15,7 @@ from typing import Sequence
 
 from raflora.report.load import ReportError, Run, expand, load_run, load_runs
 from raflora.report.summary import build_report
+from raflora.report.sweep_table import attach_sweep, load_sweep
 
 
 def default_folder(run_folders: Sequence[str | Path]) -> Path:
@@ -28,20 +30,31 @@ def default_folder(run_folders: Sequence[str | Path]) -> Path:
     return common / "report"
 
 
-def write_report(run_folders: Sequence[str | Path], out: str | Path) -> dict:
-    """Write report.md, report.json and the plots for ``run_folders`` into ``out``; returns the
-    report's numbers (report.json's content). ReportError (one line) for input it cannot use."""
+def write_report(run_folders: Sequence[str | Path], out: str | Path, reference: str | None = None,
+                 sweep: tuple[dict, Path] | None = None) -> dict:
+    """Write report.md, report.html, report.json and the plots for ``run_folders`` into ``out``;
+    returns the report's numbers (report.json's content). Paired differences are ``reference``
+    (a method; default the first run's) minus each other method of the same setting.
+    ``sweep`` is a sweep's grid and folder (read from ``sweep.json`` when one sweep folder is given
+    alone); it adds the sweep table. ReportError (one line) for input it cannot use."""
+    from raflora.report.html import report_html
     from raflora.report.plots import write_plots
     from raflora.report.tables import report_markdown
 
     runs = load_runs(run_folders)
-    report = build_report(runs)
+    sweep = sweep or load_sweep(run_folders)
+    if sweep and reference is None:
+        reference = sweep[0].get("reference")  # the sweep's own, not the first run's in name order
+    report = build_report(runs, reference)
+    if sweep:
+        attach_sweep(report, *sweep)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(report, out)
     report["plots"] = plots
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "report.md").write_text(report_markdown(report, plots))
+    (out / "report.html").write_text(report_html(report, out, plots), encoding="utf-8")
     return report
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,20 +130,40 @@ def load_run(folder: str | Path, label: str | None = None) -> Run:
 
 
 def _labels(folders: Sequence[Path]) -> list[str]:
-    # The folder name when it tells the runs apart (runs/cmp/raflora -> "raflora"), else the path.
-    names = [f.name or str(f) for f in folders]
-    if len(set(names)) == len(names):
-        return names
+    # The shortest tail of the paths that tells the runs apart: runs/cmp/raflora -> "raflora",
+    # runs/cmp/raflora/seed-0 next to runs/cmp/flexlora/seed-0 -> "raflora/seed-0".
+    parts = [f.resolve().parts for f in folders]
+    for depth in range(1, max(map(len, parts)) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
     return [str(f) for f in folders]
 
 
+def _name_order(path: Path) -> list:
+    # seed-2 before seed-10, point-9 before point-10
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.name)]
+
+
+def _runs_below(folder: Path) -> list[Path]:
+    # a run folder is not searched further: its checkpoints/ and adapter/ hold no runs
+    inside = []
+    for child in sorted((p for p in folder.iterdir() if p.is_dir()), key=_name_order):
+        if (child / "metrics.jsonl").is_file():
+            inside.append(child)
+        elif not (child / "config.toml").exists():
+            inside += _runs_below(child)
+    return inside
+
+
 def expand(folders: Sequence[str | Path]) -> list[Path]:
-    """The run folders: a folder without config.toml whose subfolders hold metrics.jsonl (a ``raflora compare``
-    folder) stands for those runs, in name order."""
+    """The run folders: a folder without config.toml that holds runs at any depth (a ``raflora compare``
+    folder, ``OUT/<method>/seed-<k>/`` or a sweep's ``OUT/point-<k>/<method>/``) stands for those runs,
+    in name order."""
     paths = []
     for folder in map(Path, folders):
-        inside = sorted(p for p in folder.iterdir() if (p / "metrics.jsonl").is_file()) if folder.is_dir() else []
-        paths += inside if inside and not (folder / "config.toml").exists() else [folder]
+        inside = _runs_below(folder) if folder.is_dir() and not (folder / "config.toml").exists() else []
+        paths += inside or [folder]
     return paths
 
 

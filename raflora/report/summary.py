@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from raflora.report.load import Run, finite
+from raflora.report.groups import build_groups, paired_differences
+from raflora.report.load import ReportError, Run, finite
 
 # Config keys that differ between any two runs without saying anything about the experiment.
 IGNORED_DIFFERENCES = ("run.out",)
@@ -59,6 +60,12 @@ def last_energy(run: Run) -> dict | None:
     return None
 
 
+def energy_rounds(run: Run) -> list[dict]:
+    """Energy share per rank partition in every round that has it (the heatmap's columns)."""
+    return [{"round": r["round"], "shares": {k: finite(v) for k, v in r["energy_by_partition"].items()}}
+            for r in run.records if r.get("energy_by_partition")]
+
+
 def summarize_run(run: Run) -> dict[str, Any]:
     rows = [round_row(r, run.metric) for r in run.records]
     metric = [(row["round"], row[run.metric]) for row in rows]
@@ -81,6 +88,7 @@ def summarize_run(run: Run) -> dict[str, Any]:
         "seconds": round(sum(row["seconds"] for row in rows), 3),
         "rejected": sum(row["rejected"] for row in rows),
         "energy_by_partition": last_energy(run),
+        "energy_per_round": energy_rounds(run),
         "per_round": rows,
     }
 
@@ -98,13 +106,27 @@ def differences(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
             for key in keys if len({repr(flat.get(key)) for flat in flats}) > 1}
 
 
-def build_report(runs: Sequence[Run]) -> dict[str, Any]:
-    """Everything report.json holds (the tables and plots are drawn from the same numbers)."""
+def build_report(runs: Sequence[Run], reference: str | None = None) -> dict[str, Any]:
+    """Everything report.json holds (the tables and plots are drawn from the same numbers).
+
+    ``groups`` are the runs of one setting over seeds (:mod:`.groups`), ``paired`` the differences
+    ``reference`` method minus each other method of the same setting, seed by seed; the reference is
+    by default the method of the first run. ReportError when no run has the reference method.
+    """
     first = runs[0]
+    summaries = [summarize_run(run) for run in runs]
+    reference = reference or summaries[0]["method"]
+    if reference not in {s["method"] for s in summaries}:
+        methods = ", ".join(dict.fromkeys(s["method"] for s in summaries))
+        raise ReportError(f"--reference {reference!r}: no run of that method; the runs are of {methods}")
+    groups, pair_settings = build_groups(summaries, [_flat(run.config) for run in runs], first.metric)
     return {
         "task": first.task,
         "metric": first.metric,
         "r_min": sorted({run.r_min for run in runs}),
         "differences": differences(runs),
-        "runs": [summarize_run(run) for run in runs],
+        "reference": reference,
+        "runs": summaries,
+        "groups": groups,
+        "paired": paired_differences(groups, pair_settings, summaries, reference),
     }

@@ -1,5 +1,7 @@
-"""report.md: the summary table (one row per run), the energy per rank partition and per-round
-tables (one column per run), drawn from :func:`raflora.report.summary.build_report`'s numbers."""
+"""The report's tables as (header, rows) of text cells, and report.md built from them: the summary
+(one row per run), mean and spread per group of seeds, paired differences, the energy per rank
+partition and per-round tables (one column per run), all from
+:func:`raflora.report.summary.build_report`'s numbers. report.html renders the same rows."""
 
 from __future__ import annotations
 
@@ -31,6 +33,10 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list
 
 
 def summary_table(report: dict) -> list[str]:
+    return markdown_table(*summary_rows(report))
+
+
+def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     metric = report["metric"]
     header = ["run", "method", "rounds", f"final {metric}", f"best {metric}", "final rho_rmin",
               "rho_rmin first -> last", "bytes up", "bytes down", "seconds", "rejected"]
@@ -43,51 +49,137 @@ def summary_table(report: dict) -> list[str]:
             "-" if first is None else f"{first['value']:.3f} -> {last['value']:.3f}",
             size(run["bytes_up"]), size(run["bytes_down"]), f"{run['seconds']:.1f}", f"{run['rejected']}",
         ])
-    return markdown_table(header, rows)
+    return header, rows
+
+
+def spread(stat: dict | None, digits: int = 4) -> str:
+    """``0.8800 ± 0.0120 [0.8700, 0.9000]``: mean ± sample std [min, max]; no ± for one seed."""
+    if stat is None:
+        return "-"
+    text = f"{stat['mean']:.{digits}f}"
+    if stat["std"] is not None:
+        text += f" ± {stat['std']:.{digits}f}"
+    return text + (f" [{stat['min']:.{digits}f}, {stat['max']:.{digits}f}]" if stat["n"] > 1 else "")
+
+
+def has_seeds(report: dict) -> bool:
+    return any(len(group["runs"]) > 1 for group in report["groups"])
+
+
+def group_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    metric = report["metric"]
+    header = ["group", "method", "seeds", f"final {metric}", f"best {metric}", "final rho_rmin",
+              "bytes up / run", "bytes down / run"]
+    rows = [[g["label"], g["method"], ",".join(str(s) for s in g["seeds"]), spread(g["final_metric"]),
+             spread(g["best_metric"]), spread(g["rho_rmin_last"], 3),
+             size(g["bytes_up"]["mean"]), size(g["bytes_down"]["mean"])] for g in report["groups"]]
+    return header, rows
+
+
+def _per_seed(diff: dict | None, digits: int) -> str:
+    if diff is None:
+        return "-"
+    return ", ".join(f"{seed}: {value:+.{digits}f}" for seed, value in diff["per_seed"].items())
+
+
+def _signed(stat: dict | None, digits: int) -> str:
+    if stat is None:
+        return "-"
+    text = f"{stat['mean']:+.{digits}f}"
+    return text + (f" ± {stat['std']:.{digits}f}" if stat["std"] is not None else "")
+
+
+def paired_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    metric = report["metric"]
+    header = ["reference - other", "seeds", f"final {metric}", f"final {metric} per seed", f"best {metric}",
+              f"best {metric} per seed", "final rho_rmin", "final rho_rmin per seed"]
+    rows = []
+    for pair in report["paired"]:
+        final = pair["final_metric"]
+        rows.append([f"{pair['reference']} - {pair['other']}", "-" if final is None else f"{final['n']}",
+                     _signed(final, 4), _per_seed(final, 4), _signed(pair["best_metric"], 4),
+                     _per_seed(pair["best_metric"], 4), _signed(pair["rho_rmin_last"], 3),
+                     _per_seed(pair["rho_rmin_last"], 3)])
+    return header, rows
 
 
 def _partition_start(key: str) -> int:
     return int(key.split("-")[0].rstrip("+"))
 
 
-def energy_table(report: dict) -> list[str]:
+def energy_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     runs = [run for run in report["runs"] if run["energy_by_partition"]]
-    if not runs:
-        return []
     keys = sorted({k for run in runs for k in run["energy_by_partition"]["shares"]}, key=_partition_start)
     rows = [[run["label"], f"{run['energy_by_partition']['round']}"]
             + [_num(run["energy_by_partition"]["shares"].get(k), 3) for k in keys] for run in runs]
-    return markdown_table(["run", "round"] + [f"directions {k}" for k in keys], rows)
+    return ["run", "round"] + [f"directions {k}" for k in keys], rows
 
 
-def per_round_table(report: dict, value: Callable[[dict], Any], show: Callable[[Any], str]) -> list[str]:
+def energy_table(report: dict) -> list[str]:
+    header, rows = energy_rows(report)
+    return markdown_table(header, rows) if rows else []
+
+
+def per_round_rows(report: dict, value: Callable[[dict], Any],
+                   show: Callable[[Any], str]) -> tuple[list[str], list[list[str]]]:
     """Rounds down, runs across; "-" where a run has no such round or no value (not evaluated).
     ``value`` picks the number from a per-round row."""
     runs = report["runs"]
     cells = [{row["round"]: value(row) for row in run["per_round"]} for run in runs]
     rounds = sorted(set().union(*cells))
     rows = [[f"{k}"] + ["-" if cell.get(k) is None else show(cell[k]) for cell in cells] for k in rounds]
-    return markdown_table(["round"] + [run["label"] for run in runs], rows)
+    return ["round"] + [run["label"] for run in runs], rows
 
 
-def _config_value(value: Any) -> str:
-    return "-" if value is None else f"`{value}`"
+def per_round_table(report: dict, value: Callable[[dict], Any], show: Callable[[Any], str]) -> list[str]:
+    return markdown_table(*per_round_rows(report, value, show))
+
+
+def per_round_sections(report: dict) -> list[tuple[str, Callable[[dict], Any], Callable[[Any], str]]]:
+    """(title, value of a per-round row, how to show it) for each per-round table."""
+    metric = report["metric"]
+    return [
+        (f"{metric} (evaluated rounds)", lambda row: row[metric], lambda v: f"{v:.4f}"),
+        ("rho_rmin", lambda row: row["rho_rmin"], lambda v: f"{v:.3f}"),
+        ("train_loss (mean local training loss)", lambda row: row["train_loss"], lambda v: f"{v:.4f}"),
+        ("bytes up + down", lambda row: row["bytes_up"] + row["bytes_down"], size),
+        ("seconds", lambda row: row["seconds"], lambda v: f"{v:.2f}"),
+    ]
+
+
+def difference_rows(report: dict, code: bool = True) -> tuple[list[str], list[list[str]]]:
+    labels = [run["label"] for run in report["runs"]]
+    show = (lambda v: "-" if v is None else f"`{v}`") if code else (lambda v: "-" if v is None else f"{v}")
+    return ["config"] + labels, [[key] + [show(values[label]) for label in labels]
+                                 for key, values in report["differences"].items()]
+
+
+def intro(report: dict) -> str:
+    r_min = ", ".join(str(r) for r in report["r_min"])
+    return (f"Metric: {report['metric']} on the test split (higher is better); rho_rmin is the energy share of "
+            f"the global update's top r_min = {r_min} singular directions (1 = rank collapse). "
+            "(rN): the round a value comes from.")
+
+
+SEEDS_NOTE = ("Runs whose configs differ only in run.seed form a group. Cells: mean ± sample standard "
+              "deviation [min, max] over the seeds. Paired differences: the reference method minus the "
+              "other method of the same setting, seed by seed (positive: the reference is higher).")
 
 
 def report_markdown(report: dict, plots: Sequence[str] = ()) -> str:
-    metric = report["metric"]
-    r_min = ", ".join(str(r) for r in report["r_min"])
-    lines = [f"# Report: {len(report['runs'])} run(s) of task {report['task']}", "",
-             f"Metric: `{metric}` on the test split (higher is better); `rho_rmin` is the energy share of "
-             f"the global update's top r_min = {r_min} singular directions (1 = rank collapse). "
-             "`(rN)`: the round a value comes from.", ""]
+    lines = [f"# Report: {len(report['runs'])} run(s) of task {report['task']}", "", intro(report), ""]
     lines += summary_table(report) + [""]
+    if has_seeds(report):
+        lines += ["## Over seeds", "", SEEDS_NOTE, ""] + markdown_table(*group_rows(report)) + [""]
+        if report["paired"]:
+            lines += [f"### Paired differences (reference {report['reference']})", ""]
+            lines += markdown_table(*paired_rows(report)) + [""]
+    if report.get("sweep"):
+        from raflora.report.sweep_table import SWEEP_NOTE, sweep_rows
+
+        lines += ["## Sweep", "", SWEEP_NOTE, ""] + markdown_table(*sweep_rows(report)) + [""]
     if report["differences"]:
-        lines += ["## What differs between the runs", ""]
-        labels = [run["label"] for run in report["runs"]]
-        lines += markdown_table(["config"] + labels, [[key] + [_config_value(values[label]) for label in labels]
-                                                      for key, values in report["differences"].items()])
-        lines.append("")
+        lines += ["## What differs between the runs", ""] + markdown_table(*difference_rows(report)) + [""]
     energy = energy_table(report)
     if energy:
         lines += ["## Energy per rank partition, last round", "",
@@ -96,13 +188,6 @@ def report_markdown(report: dict, plots: Sequence[str] = ()) -> str:
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
     lines += ["## Per round", ""]
-    sections = [
-        (f"{metric} (evaluated rounds)", lambda row: row[metric], lambda v: f"{v:.4f}"),
-        ("rho_rmin", lambda row: row["rho_rmin"], lambda v: f"{v:.3f}"),
-        ("train_loss (mean local training loss)", lambda row: row["train_loss"], lambda v: f"{v:.4f}"),
-        ("bytes up + down", lambda row: row["bytes_up"] + row["bytes_down"], size),
-        ("seconds", lambda row: row["seconds"], lambda v: f"{v:.2f}"),
-    ]
-    for title, value, show in sections:
+    for title, value, show in per_round_sections(report):
         lines += [f"### {title}", ""] + per_round_table(report, value, show) + [""]
     return "\n".join(lines)

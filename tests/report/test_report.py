@@ -65,7 +65,7 @@ def _png_size(path):
 def test_plots_are_png_files(comparison):
     folder, _ = comparison
     report = json.loads((folder / "report" / "report.json").read_text())
-    assert report["plots"] == ["metric.png", "rho_rmin.png", "energy.png", "bytes.png"]
+    assert report["plots"] == ["metric.png", "rho_rmin.png", "energy.png", "energy_rounds.png", "bytes.png"]
     for name in report["plots"]:
         width, height = _png_size(folder / "report" / name)
         assert width > 100 and height > 100
