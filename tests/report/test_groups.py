@@ -18,7 +18,7 @@ def _summary(label, method, final, seed):
 
 def _flat(method, seed, **extra):
     return {"federation.method": method, "run.seed": seed, "run.out": f"runs/{method}/{seed}",
-            "federation.tau": 0.9, "train.lr": 0.01, **extra}
+            "federation.method.tau": 0.9, "train.lr": 0.01, **extra}
 
 
 def test_stats():
@@ -27,7 +27,7 @@ def test_stats():
 
 
 def test_a_method_option_does_not_split_the_pairing_other_keys_do():
-    runs = [("flora", 0.80, {}), ("florist", 0.70, {}), ("florist", 0.60, {"federation.tau": 0.8}),
+    runs = [("flora", 0.80, {}), ("florist", 0.70, {}), ("florist", 0.60, {"federation.method.tau": 0.8}),
             ("florist", 0.50, {"train.lr": 0.1})]
     summaries, flats = [], []
     for k, (method, final, extra) in enumerate(runs):

@@ -34,7 +34,7 @@ def test_one_folder_per_method_and_seed(seeded):
         for seed in SEEDS:
             run = folder / method / f"seed-{seed}"
             config = tomllib.loads((run / "config.toml").read_text())
-            assert config["run"]["seed"] == seed and config["federation"]["method"] == method
+            assert config["run"]["seed"] == seed and config["federation"]["method"]["name"] == method
             runs[method, seed] = _records(run)
     # the same seed: the same clients and the same first local training for every method (round 1
     # starts from the same initial adapters); another seed: another partition and initialisation

@@ -50,25 +50,25 @@ def test_bad_grid_syntax(grid, message):
 
 
 def test_which_method_has_which_key():
-    assert method_has_option("florist", "federation.tau") and not method_has_option("flexlora", "federation.tau")
+    assert method_has_option("florist", "federation.method.tau") and not method_has_option("flexlora", "federation.method.tau")
     assert method_has_option("florist", "federation.method.tau") and not method_has_option("raflora", "federation.method.tau")
-    assert method_has_option("raflora", "federation.rank_levels") and not method_has_option("florist", "federation.rank_levels")
+    assert method_has_option("raflora", "federation.method.rank_levels") and not method_has_option("florist", "federation.method.rank_levels")
     # keys that are no method's option reach every method, num_clients too (fedsa reads it, it is no fedsa option)
     for method in ("florist", "flexlora", "fedsa"):
         assert method_has_option(method, "train.lr") and method_has_option(method, "federation.num_clients")
-    assert not is_method_option("federation.num_clients") and is_method_option("federation.sfed_alpha")
-    (point,) = parse_grid(["federation.tau=0.8 train.lr=0.02"])
-    assert settings_for("florist", point) == {"federation.tau": 0.8, "train.lr": 0.02}
+    assert not is_method_option("federation.num_clients") and is_method_option("federation.method.sfed_alpha")
+    (point,) = parse_grid(["federation.method.tau=0.8 train.lr=0.02"])
+    assert settings_for("florist", point) == {"federation.method.tau": 0.8, "train.lr": 0.02}
     assert settings_for("flora", point) == {"train.lr": 0.02}
 
 
 def test_plan_runs_a_method_once_per_setting_it_has(tmp_path):
-    points = parse_grid(["federation.tau=1.0,0.9,0.8"])
+    points = parse_grid(["federation.method.tau=1.0,0.9,0.8"])
     folder, configs, cells = plan(SYNTHETIC, points, ["florist", "flora"], [0, 1], tmp_path / "sw")
     assert folder == tmp_path / "sw"
     assert list(configs) == [f"point-1/{m}/seed-{s}" for m in ("florist", "flora") for s in (0, 1)] + [
         f"point-{p}/florist/seed-{s}" for p in (2, 3) for s in (0, 1)]
-    assert [configs[f"point-{p}/florist/seed-0"].federation.tau for p in (1, 2, 3)] == [1.0, 0.9, 0.8]
+    assert [configs[f"point-{p}/florist/seed-0"].federation.method.tau for p in (1, 2, 3)] == [1.0, 0.9, 0.8]
     assert configs["point-1/flora/seed-1"].run.seed == 1
     flora = [c for c in cells if c["method"] == "flora"]
     assert [c["same_as"] for c in flora] == [None, "point-1", "point-1"]
@@ -81,7 +81,7 @@ def test_plan_runs_a_method_once_per_setting_it_has(tmp_path):
     [
         (["--grid", "train.lrr=0.1,0.2"], "point-1 (train.lrr=0.1): method raflora: unknown key train.lrr"),
         (["--grid", "train.lr 0.1"], "expected KEY=VALUE"),
-        (["--grid", "federation.tau=0.9"], "a method option that none of --methods (raflora, flexlora) has"),
+        (["--grid", "federation.method.tau=0.9"], "a method option that none of --methods (raflora, flexlora) has"),
         (["--grid", "ranks.policy=fancy"], "point-1"),
         (["--grid", "train.lr=0.1", "--seeds", "0,0"], "--seeds lists 0 twice"),
         (["--grid", "train.lr=0.1", "--methods", "raflora,fedavg"], "'fedavg' is not a method"),
