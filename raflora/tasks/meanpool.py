@@ -125,14 +125,15 @@ class MeanPoolForSequenceClassification(PreTrainedModel):
         model.config.name_or_path = str(folder)
         return model.eval()
 
-    def save_base(self, folder: str | Path) -> Path:
+    def save_base(self, folder: str | Path, state_dict: dict | None = None) -> Path:
         """Write what reloads this model's frozen part: ``config.json`` alone when the encoder has
-        a source (``encoder_name_or_path``), else the whole model (``save_pretrained``)."""
+        a source (``encoder_name_or_path``), else the whole model (``save_pretrained``, with
+        ``state_dict`` in place of this model's own when given)."""
         folder = Path(folder)
         if self.config.encoder_name_or_path:
             self.config.save_pretrained(folder)
         else:
-            self.save_pretrained(folder)
+            self.save_pretrained(folder, state_dict=state_dict)
         return folder
 
 
