@@ -109,9 +109,10 @@ def model_card(facts: CardFacts, folder: str) -> str:
     if facts.metric and facts.score is not None:
         rows.append((facts.metric, f"{facts.score:.4f} (global model, round {facts.score_round})"))
     table = "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+    head = ", with the trained head" if facts.head_modules else ""
     note = "" if facts.merged else (
-        "\nThe adapter is the best rank-{} approximation of the run's global update (exact when the "
-        "update's rank is at most {}), with the trained head.\n".format(facts.rank, facts.rank))
+        f"\nThe adapter is the best rank-{facts.rank} approximation of the run's global update (exact "
+        f"when the update's rank is at most {facts.rank}){head}.\n")
     body = (
         f"# Federated {what} trained with raflora\n\n"
         f"Global model of a federated run: `{facts.method}` aggregation of clients with heterogeneous LoRA "
