@@ -113,11 +113,14 @@ def model_card(facts: CardFacts, folder: str) -> str:
     note = "" if facts.merged else (
         f"\nThe adapter is the best rank-{facts.rank} approximation of the run's global update (exact "
         f"when the update's rank is at most {facts.rank}){head}.\n")
+    snippet = _load_snippet(facts, folder)
+    if facts.task_type and facts.source and not facts.merged:
+        snippet += f"\n\nfrom transformers import AutoTokenizer\ntokenizer = AutoTokenizer.from_pretrained({facts.source!r})"
     body = (
         f"# Federated {what} trained with raflora\n\n"
         f"Global model of a federated run: `{facts.method}` aggregation of clients with heterogeneous LoRA "
         f"ranks ({ranks}) over {facts.rounds} round{'s' if facts.rounds != 1 else ''}.\n\n"
-        f"{table}\n{note}\n## How to load\n\n```python\n{_load_snippet(facts, folder)}\n```\n"
+        f"{table}\n{note}\n## How to load\n\n```python\n{snippet}\n```\n"
     )
     return f"---\n{data.to_yaml()}\n---\n\n{body}"
 

@@ -95,3 +95,32 @@ def test_base_folder_of_an_in_memory_encoder_holds_the_weights(task, batch, tmp_
     model.save_base(tmp_path / "base")
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "base")
     assert torch.equal(logits(model, batch), logits(loaded, batch))
+
+
+def test_encoder_from_the_hub_cache_is_named_by_its_hub_id(task, batch, tmp_path):
+    """An encoder loaded by Hub id from a local Hugging Face cache (offline): the base folder names
+    the id, reloads from the cache, and the model card's hub_id is that id."""
+    import os
+
+    snapshot = tmp_path / "hub" / "models--raflora-test--tiny-bert" / "snapshots" / "0123abc"
+    task.load_model().backbone.save_pretrained(snapshot)
+    (tmp_path / "hub" / "models--raflora-test--tiny-bert" / "refs").mkdir()
+    (tmp_path / "hub" / "models--raflora-test--tiny-bert" / "refs" / "main").write_text("0123abc")
+    torch.save(batch, tmp_path / "batch.pt")
+    code = (
+        "import torch, raflora\n"
+        "from transformers import AutoModel, AutoModelForSequenceClassification\n"
+        "from raflora.federation.model_card import hub_id\n"
+        "from raflora.tasks.meanpool import mean_pool_classifier\n"
+        "model = mean_pool_classifier(AutoModel.from_pretrained('raflora-test/tiny-bert'), 5, seed=0).eval()\n"
+        "assert model.config.encoder_name_or_path == 'raflora-test/tiny-bert'\n"
+        "assert hub_id(model.config.encoder_name_or_path) == 'raflora-test/tiny-bert'\n"
+        f"model.save_base({str(tmp_path / 'base')!r})\n"
+        f"loaded = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / 'base')!r})\n"
+        "loaded.classifier.load_state_dict(model.classifier.state_dict())\n"
+        f"batch = torch.load({str(tmp_path / 'batch.pt')!r})\n"
+        "with torch.no_grad():\n"
+        "    assert torch.equal(model(**batch).logits, loaded.eval()(**batch).logits)\n"
+    )
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300, env=env)
