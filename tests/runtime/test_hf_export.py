@@ -217,3 +217,20 @@ def test_efficientnet_adapter_and_merged_load_without_a_base(tmp_path):
     write_merged(task, state, tmp_path / "merged")
     assert "load_merged" in (tmp_path / "merged" / "README.md").read_text()
     assert torch.allclose(_logits(load_merged(tmp_path / "merged"), batch), expected, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_minilm_adapter_base_folder_points_at_the_wheel(tmp_path):
+    from peft import AutoPeftModelForSequenceClassification
+
+    task = build_task("text", max_length=32, test_size=16)
+    model = AdapterModel(task.load_model(), task.target_modules, task.head_modules, [2], {2: 1.0})
+    state = random_state(model, 2)
+    batch = task.collate(task.load_data().test)
+    batch.pop("labels")
+    base0 = {m: model.base_weight(m).detach().clone() for m in model.modules}
+    write_adapter(model, base0, state, 2, 1.0, tmp_path / "adapter", task=task)
+    assert sorted(p.name for p in (tmp_path / "adapter" / "base").iterdir()) == ["config.json"]
+    assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in (tmp_path / "adapter" / "README.md").read_text()
+    loaded = AutoPeftModelForSequenceClassification.from_pretrained(str(tmp_path / "adapter"))
+    assert torch.allclose(_logits(loaded, batch), global_logits(model, state, batch), atol=1e-4)
