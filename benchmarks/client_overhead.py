@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from benchmarks.client_setup import demo_config
 from benchmarks.common import machine_line, markdown_table, median, spread
+from raflora.tasks.common import logits_of
 from raflora.federation.round import run_client, server_fill
 from raflora.federation.setup import build_setup
 from raflora.federation.state import FederationState
@@ -75,7 +76,7 @@ def bare_train(model, batches: Sequence[dict], lr: float, weight_decay: float, g
     losses = []
     for batch in batches:
         opt.zero_grad(set_to_none=True)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        logits = logits_of(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
         loss = F.cross_entropy(logits, batch["labels"])
         loss.backward()
         if grad_clip > 0:

@@ -1,6 +1,8 @@
 """raflora: federated LoRA fine-tuning with heterogeneous client ranks.
 
 The aggregation math (``LoRAFactors``, ``aggregate``, ``energy_ratio``) imports torch only.
+Importing raflora also registers its text-classification model (``raflora-meanpool``) with the
+transformers Auto classes, lazily: nothing of transformers is imported until something else does.
 """
 
 from raflora.aggregation import AGGREGATORS, AggregationResult, NoValidUpdates, aggregate
@@ -14,6 +16,9 @@ from raflora.lora import (
     lora_scale,
     product_svd,
 )
+from raflora.hf_auto import register_when_imported
+
+register_when_imported()
 
 __version__ = "0.1.0"
 

@@ -12,6 +12,7 @@ Module names are the task model's own (PEFT's ``base_model.model.`` prefix strip
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import torch
@@ -178,15 +179,47 @@ class AdapterModel:
             for module, w in weights.items():
                 self.base_weight(module).copy_(w)
 
+    def base_state_dict(self, base0: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """The task model's own state dict, without PEFT's LoRA layers and head copies; ``base0``
+        (module -> weight) replaces the adapted weights (flora/florist merged updates into them)."""
+        out = {}
+        for key, t in self.peft.get_base_model().state_dict().items():
+            if ".lora_" in key or ".modules_to_save." in key:
+                continue
+            out[key.replace(".base_layer.", ".").replace(".original_module.", ".")] = t
+        for module, w in (base0 or {}).items():
+            out[f"{module}.weight"] = w
+        return out
+
     def save_adapter(
-        self, folder, rank: int, scale: float, factors: Mapping[str, LoRAFactors], head: Mapping[str, Tensor]
-    ) -> None:
+        self,
+        folder,
+        rank: int,
+        scale: float,
+        factors: Mapping[str, LoRAFactors],
+        head: Mapping[str, Tensor],
+        base0: Mapping[str, Tensor] | None = None,
+    ) -> str | None:
         """Write a PEFT adapter folder (rank ``rank``, PEFT scaling ``scale``) holding ``factors``
-        and ``head``; ``PeftModel.from_pretrained(task.load_model(), folder)`` loads it."""
+        and ``head``; ``PeftModel.from_pretrained(task.load_model(), folder)`` loads it.
+
+        ``task_type`` and ``base_model_name_or_path`` say what PEFT's ``AutoPeftModelFor...``
+        classes need: a causal LM is its own folder; a model with ``save_base`` (the text task's
+        mean-pooling classifier) writes ``folder/base`` (its config, and its weights as of
+        ``base0`` when they have no source of their own) and points there. Returns
+        ``base_model_name_or_path``."""
+        folder = Path(folder)
+        base = self.peft.get_base_model()
         name = "default"  # PEFT writes the "default" adapter at the folder's top level
         self.scales.setdefault(rank, scale)
         config = self._lora_config(rank)
         config.lora_alpha = scale * rank
+        config.task_type = peft_task_type(base)
+        if hasattr(base, "save_base"):
+            base.save_base(folder / "base", state_dict=self.base_state_dict(base0))
+            config.base_model_name_or_path = str((folder / "base").resolve())
+        else:
+            config.base_model_name_or_path = getattr(base, "name_or_path", None) or None
         self.peft.add_adapter(name, config)
         try:
             with torch.no_grad():
@@ -201,3 +234,15 @@ class AdapterModel:
             self.peft.save_pretrained(str(folder), selected_adapters=[name])
         finally:
             self.peft.delete_adapter(name)
+        return config.base_model_name_or_path
+
+
+def peft_task_type(model: nn.Module) -> str | None:
+    """PEFT's ``task_type`` for a transformers model, by the library's class naming convention
+    (``...ForCausalLM``, ``...ForSequenceClassification``); None for any other model."""
+    name = type(model).__name__
+    if name.endswith("ForCausalLM"):
+        return "CAUSAL_LM"
+    if name.endswith("ForSequenceClassification"):
+        return "SEQ_CLS"
+    return None

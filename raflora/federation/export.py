@@ -1,10 +1,11 @@
-"""The global model of a run as a PEFT adapter folder, or as merged weights.
+"""The global model of a run as a PEFT adapter folder, or as merged weights; each with a model card.
 
 The global update of a module is ``W - W0``: the last round's aggregate for most methods, the
 sum merged into the base for flora/florist. The adapter holds its best rank-``r`` approximation
 (``r = ranks.r_max`` by default), split evenly between the factors:
 ``B = U_r sqrt(S_r / s)``, ``A = sqrt(S_r / s) V_r^T``. ``--merged`` writes ``W0 + (W - W0)``
-exactly, with the global head, as one safetensors file of the task model's state dict.
+exactly, with the global head: a transformers model (text, reasoning) as a ``save_pretrained``
+folder with its tokenizer, any other model as ``model.safetensors`` of its state dict.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from raflora.client.adapters import AdapterModel
+from raflora.client.adapters import AdapterModel, peft_task_type
+from raflora.federation.model_card import CardFacts, run_facts, write_card
 from raflora.federation.state import FederationState, checkpoints, latest_checkpoint, load_checkpoint
 from raflora.lora import LoRAFactors, lora_scale, product_svd
 
@@ -46,13 +48,32 @@ def global_factors(state: FederationState, base0: Mapping[str, Tensor], rank: in
     return out
 
 
-def write_adapter(model: AdapterModel, base0, state: FederationState, rank: int, scale: float, folder: Path) -> None:
+def write_adapter(
+    model: AdapterModel, base0, state: FederationState, rank: int, scale: float, folder: Path, *, task=None
+) -> None:
+    """The PEFT adapter folder of the run's global model, with its model card (``task`` names the
+    metric; without it the card takes the metric from the records)."""
+    folder = Path(folder)
     shutil.rmtree(folder, ignore_errors=True)
-    model.save_adapter(folder, rank, scale, global_factors(state, base0, rank, scale), state.head)
+    base_path = model.save_adapter(folder, rank, scale, global_factors(state, base0, rank, scale), state.head, base0)
+    base = model.peft.get_base_model()
+    facts = CardFacts(
+        task_type=peft_task_type(base), base=base_path, source=weights_source(base), rounds=state.round,
+        rank=rank, scale=scale, target_modules=model.target_modules, head_modules=model.head_modules,
+        **run_facts(state.metrics, getattr(task, "metric", None)),
+    )
+    write_card(folder, facts)
+
+
+def weights_source(model) -> str | None:
+    """Where a task model's pretrained weights come from (a Hub id or a path), if anywhere."""
+    config = getattr(model, "config", None)
+    return getattr(config, "encoder_name_or_path", None) or getattr(model, "name_or_path", None) or None
 
 
 def write_merged(task, state: FederationState, folder: Path) -> Path:
-    """``W0 + (W - W0)`` in every adapted layer and the global head, as ``model.safetensors``."""
+    """``W0 + (W - W0)`` in every adapted layer and the global head: ``save_pretrained`` (weights,
+    config, tokenizer) for a transformers model, else ``model.safetensors``; and a model card."""
     model = task.load_model()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -66,7 +87,18 @@ def write_merged(task, state: FederationState, folder: Path) -> Path:
                 p.copy_(state.head[name])
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained(folder)  # ties shared weights (SmolLM2's lm_head) instead of refusing them
+        if getattr(task, "tokenizer", None) is not None:
+            task.tokenizer.save_pretrained(folder)
+    else:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    facts = CardFacts(
+        task_type=peft_task_type(model), base=getattr(model, "name_or_path", None) or None,
+        source=weights_source(model), rounds=state.round, head_modules=list(task.head_modules), merged=True,
+        **run_facts(state.metrics, task.metric),
+    )
+    write_card(folder, facts)
     return path
 
 
@@ -97,7 +129,7 @@ def export_run(run_dir: str | Path, out: str | Path, merged: bool = False, rank:
     scale = lora_scale(config.lora.scaling, config.lora.alpha, rank, _clients(config))
     model = AdapterModel(task.load_model(), task.target_modules, task.head_modules, [rank], {rank: scale})
     base0 = {m: model.base_weight(m).detach().clone() for m in model.modules}
-    write_adapter(model, base0, state, rank, scale, out)
+    write_adapter(model, base0, state, rank, scale, out, task=task)
     return out
 
 

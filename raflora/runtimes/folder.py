@@ -123,7 +123,8 @@ def finish_run(setup: RunSetup, state: FederationState, stop_after: int | None, 
         say(f"done: {setup.method.name} keeps each client's {setup.method.private} on the client, so there is no "
             f"global adapter; {_last_metric(state, setup.task.metric)}")
         return state.metrics
-    write_adapter(setup.model, setup.base0, state, config.ranks.r_max, setup.scales[config.ranks.r_max], out / "adapter")
+    write_adapter(setup.model, setup.base0, state, config.ranks.r_max, setup.scales[config.ranks.r_max], out / "adapter",
+                  task=setup.task)
     metric = setup.task.metric
     last = next((m for m in reversed(state.metrics) if m.get(metric) is not None), None)
     if last is not None:

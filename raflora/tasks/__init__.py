@@ -11,7 +11,7 @@ from typing import Any
 
 from raflora.tasks.base import Task, TaskData
 from raflora.tasks.reasoning import ReasoningGymTask
-from raflora.tasks.text import BBCNewsTask, MeanPoolClassifier, TextClassificationTask
+from raflora.tasks.text import BBCNewsTask, TextClassificationTask
 from raflora.tasks.synthetic import SyntheticTask
 from raflora.tasks.user_data import UserTextTask
 from raflora.tasks.vision import FashionMNISTTask
@@ -56,7 +56,6 @@ __all__ = [
     "TASKS",
     "BBCNewsTask",
     "FashionMNISTTask",
-    "MeanPoolClassifier",
     "ReasoningGymTask",
     "Task",
     "TaskData",

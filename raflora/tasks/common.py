@@ -82,8 +82,14 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits of a forward pass: a transformers ``ModelOutput``'s ``.logits`` or the tensor itself."""
+    return output.logits if hasattr(output, "logits") else output
+
+
 def evaluate_classifier(task: Any, model: nn.Module, examples: Sequence[Any], batch_size: int) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of a model whose forward returns logits; ``task.collate``
+    """Accuracy and mean cross-entropy of a model whose forward returns logits (or an output with
+    ``.logits``); ``task.collate``
     must put the targets under ``"labels"`` and everything else is passed to the model."""
     if len(examples) == 0:
         raise ValueError("evaluate needs at least one example")
@@ -93,7 +99,7 @@ def evaluate_classifier(task: Any, model: nn.Module, examples: Sequence[Any], ba
         for chunk in batches(examples, batch_size):
             batch = to_device(task.collate(chunk), device)
             labels = batch.pop("labels")
-            logits = model(**batch)
+            logits = logits_of(model(**batch))
             total_loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
             correct += (logits.argmax(-1) == labels).sum().item()
     n = len(examples)
@@ -103,4 +109,4 @@ def evaluate_classifier(task: Any, model: nn.Module, examples: Sequence[Any], ba
 def classification_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     batch = to_device(batch, model_device(model))
     labels = batch.pop("labels")
-    return F.cross_entropy(model(**batch), labels)
+    return F.cross_entropy(logits_of(model(**batch)), labels)

