@@ -19,7 +19,7 @@ from raflora.aggregation.flexlora import FlexLoRA
 from raflora.aggregation.flora import FLoRA
 from raflora.aggregation.florist import FLoRIST
 from raflora.aggregation.hetlora import HetLoRA
-from raflora.aggregation.method import Method
+from raflora.aggregation.method import MAX_NORM_RATIO, Method
 from raflora.aggregation.raflora import RaFLoRA
 from raflora.aggregation.replication import Replication
 from raflora.aggregation.result import AggregationResult
@@ -54,6 +54,7 @@ def aggregate(
     shapes: Mapping[str, tuple[int, int]] | None = None,
     seed: int = 0,
     workers: int | None = None,
+    max_norm_ratio: float = MAX_NORM_RATIO,
     **options,
 ) -> AggregationResult:
     """Aggregate one round of client updates with ``method``: a name in ``AGGREGATORS`` (with its
@@ -64,7 +65,13 @@ def aggregate(
     frozen ``A``). ``workers``: compute every module's spectrum (and the singular vectors clients
     get) before returning, that many modules at a time (:meth:`AggregationResult.precompute`);
     ``None`` (default): each module on first use, in the calling thread.
-    Malformed updates land in ``result.rejected``; raises ``NoValidUpdates`` when none is left.
+    ``max_norm_ratio``: refuse an update whose norm in a module (``||s B A||_F``, or the uploaded
+    factor's for methods that upload one) exceeds this many times the round's median there
+    (the lower median, applied from 3 updates on; 0: off).
+    Malformed updates land in ``result.rejected``; raises ``NoValidUpdates`` when none is left,
+    and nothing else but ``ValueError``/``TypeError`` for a bad option: on finite input a failing
+    SVD is redone in rescaled float64, and an aggregate that still overflows refuses its largest
+    update; the global update is always finite.
     """
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1):
         raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
@@ -73,7 +80,8 @@ def aggregate(
             raise TypeError(f"{method.name}: pass options when building the method, not to aggregate()")
     else:
         method = method_named(method, **options)
-    return method.aggregate(updates, modules=modules, shapes=shapes, seed=seed, workers=workers)
+    return method.aggregate(updates, modules=modules, shapes=shapes, seed=seed, workers=workers,
+                            max_norm_ratio=max_norm_ratio)
 
 
 def _methods_doc() -> str:

@@ -18,7 +18,8 @@ from raflora.aggregation.method import Method, option
 from raflora.aggregation.result import MergeResult
 from raflora.aggregation.stacking import fedavg_stacks
 from raflora.aggregation.validate import Checked
-from raflora.lora import LowRank, product_svd
+from raflora.aggregation.numerics import stable_svd
+from raflora.lora import LowRank
 
 
 def energy_rank(S: torch.Tensor, tau: float) -> int:
@@ -51,7 +52,7 @@ class FLoRIST(Method):
     def combine(self, checked: Checked, seed: int) -> dict[str, LowRank]:
         factors = {}
         for m, stack in fedavg_stacks(checked).items():
-            U, S, V = product_svd(*stack)
+            U, S, V = stable_svd(*stack)
             p = min(energy_rank(S, self.tau), S.shape[0])
             factors[m] = LowRank(U[:, :p] * S[:p], V[:, :p].T.contiguous())
         return factors

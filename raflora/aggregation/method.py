@@ -30,10 +30,32 @@ import torch
 from torch import Tensor
 
 from raflora.aggregation.result import AggregationResult
-from raflora.aggregation.validate import Checked, NoValidUpdates, check_updates
+from raflora.aggregation.numerics import NumericalFailure, all_finite, fits, log2_product_norm, log2_norm, stable_svd
+from raflora.aggregation.validate import (
+    Checked,
+    NoValidUpdates,
+    check_ratio,
+    check_updates,
+    norm_outliers,
+    update_log2_norms,
+)
 from raflora.lora import ClientUpdate, LoRAFactors, LowRank
 
 Refusals = dict[int, tuple["str | None", str]]  # update index -> (module, reason)
+MAX_NORM_RATIO = 10.0  # federation.max_norm_ratio's default: an update 10x the median norm is refused
+
+
+def fits_dtype(factors: LowRank, dtype: torch.dtype) -> bool:
+    """Whether a global update's factors are finite and its product's norm (so every value of
+    ``B @ A`` and every singular value) is finite in ``dtype``; ``||B A|| <= ||B|| ||A||`` spares
+    the Gram products whenever the factors are far from the range's end."""
+    B, A = factors
+    if not (all_finite(B) and all_finite(A)):
+        return False
+    norm_b, norm_a = log2_norm(B), log2_norm(A)
+    if not (fits(norm_b, dtype) and fits(norm_a, dtype)):
+        return False
+    return fits(norm_b + norm_a, dtype) or fits(log2_product_norm(B, A), dtype)
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, factory: Any = dataclasses.MISSING) -> Any:
@@ -114,14 +136,84 @@ class Method:
         shapes: Mapping[str, tuple[int, int]] | None = None,
         seed: int = 0,
         workers: int | None = None,
+        max_norm_ratio: float = MAX_NORM_RATIO,
+        previous: Mapping[str, LowRank] | None = None,
+        top_rank: int | None = None,
     ) -> AggregationResult:
-        """Validate ``updates``, drop what :meth:`refuse` refuses, :meth:`combine` the rest."""
+        """Validate ``updates``, drop what :meth:`refuse` refuses and the norm outliers
+        (``max_norm_ratio``, :func:`~raflora.aggregation.validate.norm_outliers`), :meth:`combine`
+        the rest (:meth:`combine_safely`). ``previous``: the previous round's global update, whose
+        components this round's updates do not reach are kept (:meth:`keep_unreached`, up to
+        ``top_rank``)."""
+        ratio = check_ratio(max_norm_ratio)
         checked = check_updates(updates, modules, shapes)
         refused = self.refuse(checked, seed)
         if refused:
             checked = checked.without(refused)
-        result = self.result_type(self, checked, self.combine(checked, seed), seed)
+        outliers = norm_outliers(checked, self.uploads, ratio)
+        if outliers:
+            checked = checked.without(outliers)
+        checked, factors = self.combine_safely(checked, seed)
+        if previous:
+            factors = {m: self.keep_unreached(f, previous.get(m), max(checked.ranks(m)), top_rank)
+                       for m, f in factors.items()}
+        result = self.result_type(self, checked, factors, seed)
         return result if workers is None else result.precompute(workers)
+
+    def combine_safely(self, checked: Checked, seed: int) -> tuple[Checked, dict[str, LowRank]]:
+        """:meth:`combine`, never failing on finite input nor returning a global update that is not
+        finite in its dtype: a combine that raises ``LinAlgError`` or overflows is repeated in
+        float64; if that fails too, the update with the largest norm in the failing module is
+        refused with the reason and the rest combined again (``NoValidUpdates`` when none is left)."""
+        while True:
+            try:
+                factors = self.combine(checked, seed)
+                module = next((m for m, f in factors.items() if not fits_dtype(f, checked.dtype)), None)
+                why = "the aggregate overflows"
+            except (torch.linalg.LinAlgError, NumericalFailure) as err:
+                module, why = None, f"the aggregate failed ({str(err).splitlines()[0]})"
+                factors = None
+            if factors is not None and module is None:
+                return checked, factors
+            if checked.dtype != torch.float64:
+                checked = checked.cast(torch.float64)
+                continue
+            # The module is unknown when combine raised: blame the largest norm of any module.
+            norms = {m: update_log2_norms(checked, m, self.uploads) for m in ([module] if module else checked.modules)}
+            module, worst = max(((m, i) for m, ns in norms.items() for i in range(len(ns))),
+                                key=lambda mi: norms[mi[0]][mi[1]])
+            cid = checked.updates[worst].client_id
+            checked = checked.without({worst: (module, f"client {cid!r}: module {module!r}: {why} in float64; "
+                                               "this update has the largest norm")})
+
+    def keep_unreached(self, factors: LowRank, previous: LowRank | None, reached: int,
+                       top_rank: int | None) -> LowRank:
+        """``factors`` plus the components ``reached + 1 .. top_rank`` of ``previous`` (its singular
+        directions in descending order): a rank partition that no update of this round reaches
+        keeps its previous global component instead of losing it (``federation.empty_partition =
+        "keep"``). Only for a global update that clients receive whole and train both factors of
+        (:meth:`keep_problem`)."""
+        if previous is None:
+            return factors
+        top = top_rank if top_rank is not None else previous.A.shape[0]
+        if top <= reached:
+            return factors
+        prev = LowRank(previous.B.to(factors.B), previous.A.to(factors.A))
+        U, S, V = stable_svd(*prev, top=top)
+        tail = slice(reached, min(top, S.shape[0]))
+        return LowRank(torch.cat([factors.B, U[:, tail] * S[tail]], dim=1),
+                       torch.cat([factors.A, V[:, tail].T], dim=0))
+
+    @classmethod
+    def keep_problem(cls) -> str | None:
+        """Why this method cannot keep an unreached partition's previous component, else None."""
+        if cls.merges_into_base:
+            return "its clients merge every round's update into the base weight, which keeps every component"
+        if cls.private:
+            return f"its clients keep their own {cls.private}, so there is no global update to keep"
+        if not cls.trains_a:
+            return "its A is a frozen init, which a kept component would change"
+        return None
 
     # -- the client's side -------------------------------------------------------------------------
     def missing_part(self, module: str, part: str, rank: int, shape: tuple[int, int], seed: int,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Hashable
 import torch
 from torch import Tensor
 
+from raflora.aggregation.numerics import stable_singular_values, stable_svd, stable_svdvals, stable_top_svd
 from raflora.aggregation.validate import Checked, Rejection
 from raflora.aggregation.workers import for_each_module
 from raflora.lora import (
@@ -23,9 +24,6 @@ from raflora.lora import (
     fresh_factors,
     numerical_rank,
     pad_factors,
-    product_singular_values,
-    product_svd,
-    product_top_svd,
 )
 
 if TYPE_CHECKING:
@@ -76,7 +74,7 @@ class AggregationResult:
     def svd(self, module: str) -> tuple[Tensor, Tensor, Tensor]:
         """Thin SVD ``U, S, V`` of ``delta`` computed from the factors (cached)."""
         if module not in self._svd:
-            self._svd[module] = product_svd(*self.delta_factors(module))
+            self._svd[module] = stable_svd(*self.delta_factors(module))
         return self._svd[module]
 
     def singular_values(self, module: str) -> Tensor:
@@ -88,7 +86,7 @@ class AggregationResult:
         if module in self._svd:
             return self._svd[module][1]
         if module not in self._sv:
-            self._sv[module] = product_singular_values(*self.delta_factors(module))
+            self._sv[module] = stable_singular_values(*self.delta_factors(module))
         return self._sv[module]
 
     def precompute(self, workers: int = 1) -> AggregationResult:
@@ -186,7 +184,7 @@ class SVDResult(AggregationResult):
             t = min(need, numerical_rank(S, m, n))
             BAV, V = U[:, :t] * S[:t], V[:, :t]
         else:
-            BAV, S, V = product_top_svd(*self.delta_factors(module), top=need)
+            BAV, S, V = stable_top_svd(*self.delta_factors(module), top=need)
             t = BAV.shape[1]
         root = S[:t].sqrt()
         # V.T is row-major (product_top_svd), so At = root V^T comes out row-major.
@@ -246,7 +244,7 @@ class SharedAResult(AggregationResult):
 
     def singular_values(self, module: str) -> Tensor:
         if module not in self._sv:
-            self._sv[module] = torch.linalg.svdvals(self.shared_a(module))
+            self._sv[module] = stable_svdvals(self.shared_a(module))
         return self._sv[module]
 
     def _hand_back(self, module, rank, scale):

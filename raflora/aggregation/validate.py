@@ -14,6 +14,7 @@ from typing import Hashable, Iterable, Mapping, Sequence
 
 import torch
 
+from raflora.aggregation.numerics import all_finite, log2_product_norm, log2_norm
 from raflora.lora import ClientUpdate, LoRAFactors
 
 Rejection = tuple[Hashable, "str | None", str]
@@ -59,6 +60,92 @@ class Checked:
         """The same round with the updates replaced one for one (e.g. rescaled)."""
         return replace(self, updates=tuple(updates))
 
+    def cast(self, dtype: torch.dtype) -> Checked:
+        """The same round with every factor in ``dtype`` (the float64 retry of a failed combine)."""
+        return replace(self, dtype=dtype, updates=tuple(
+            ClientUpdate(u.client_id, {m: LoRAFactors(f.A.to(dtype), f.B.to(dtype), f.scale)
+                                       for m, f in u.factors.items()}, u.num_examples)
+            for u in self.updates))
+
+
+def update_log2_norms(checked: Checked, module: str, uploads: str) -> list[float]:
+    """``log2`` of each accepted update's norm for ``module``: ``||s B A||_F`` from the factors when
+    clients upload both, else the uploaded factor's (``||s B||_F`` or ``||A||_F``)."""
+    out = []
+    for u in checked.updates:
+        f = u.factors[module]
+        if uploads == "AB":
+            out.append(log2_product_norm(f.B, f.A, f.scale))
+        elif uploads == "B":
+            out.append(log2_norm(f.B) + math.log2(f.scale))
+        else:
+            out.append(log2_norm(f.A))
+    return out
+
+
+def check_ratio(max_norm_ratio) -> float:
+    """``max_norm_ratio`` as a float; ValueError unless it is 0 (off) or a finite number >= 1."""
+    if isinstance(max_norm_ratio, bool) or not isinstance(max_norm_ratio, numbers.Real) or not (
+            max_norm_ratio == 0 or 1 <= max_norm_ratio < math.inf):
+        raise ValueError(f"max_norm_ratio must be 0 (off) or a finite number >= 1, got {max_norm_ratio!r}")
+    return float(max_norm_ratio)
+
+
+def _power(log2_value: float) -> str:
+    return f"{2.0 ** log2_value:.3g}" if log2_value < 1000 else f"1e{log2_value * math.log10(2):.0f}"
+
+
+def norm_outliers(checked: Checked, uploads: str, max_norm_ratio: float) -> dict[int, tuple[str, str]]:
+    """Updates whose norm in some module exceeds ``max_norm_ratio`` times the round's median norm
+    there, by index, with the module and the ratio in the reason.
+
+    The median is the lower median (the ``ceil(n/2)``-th smallest norm), so an honest majority fixes
+    it however large the other norms are. With fewer than 3 updates there is no majority to tell
+    which one is off, and with a zero median nothing to compare with: no update is refused then.
+    ``max_norm_ratio = 0`` turns the bound off.
+    """
+    if not max_norm_ratio or len(checked.updates) < 3:
+        return {}
+    limit = math.log2(max_norm_ratio)
+    refused: dict[int, tuple[str, str]] = {}
+    for module in checked.modules:
+        norms = update_log2_norms(checked, module, uploads)
+        median = sorted(norms)[(len(norms) - 1) // 2]
+        if median == -math.inf:
+            continue
+        for i, (u, norm) in enumerate(zip(checked.updates, norms)):
+            if i not in refused and norm - median > limit:
+                refused[i] = (module, f"client {u.client_id!r}: module {module!r}: update norm {_power(norm)} is "
+                              f"{_power(norm - median)} times the round's median {_power(median)} "
+                              f"(max_norm_ratio {max_norm_ratio:g})")
+    return refused
+
+
+MAX_EXAMPLES = 10**12  # far above any client's data; with it every weight sum is exact in float64
+
+
+def count_problem(n) -> str | None:
+    """Why ``n`` is not a usable example count (a finite positive integer below 10**12), else None.
+
+    ``numbers.Real``, not ``(int, float)``: counts often arrive as numpy integers (np.bincount, the
+    length of an index array). An integral float (``7.0``, from JSON) counts as that integer.
+    Huge Python ints are compared as ints: ``float(10**400)`` overflows.
+    """
+    if isinstance(n, bool) or not isinstance(n, numbers.Real):
+        return f"a {type(n).__name__}"
+    if isinstance(n, numbers.Integral):
+        n = int(n)
+        if n.bit_length() > 64:  # repr of a 5,000-digit int raises; say how big it is instead
+            return f"an integer of about {int(n.bit_length() * math.log10(2)) + 1} digits"
+        return None if 0 < n < MAX_EXAMPLES else repr(n)
+    try:
+        value = float(n)
+    except (OverflowError, ValueError):
+        return f"{type(n).__name__} that is no float"
+    if not math.isfinite(value) or value <= 0 or value >= MAX_EXAMPLES or not value.is_integer():
+        return repr(n)
+    return None
+
 
 def _nothing_left(rejected: Sequence[Rejection]) -> str:
     lines = "; ".join(reason for _, _, reason in rejected)
@@ -69,15 +156,6 @@ def _most_common(items: Iterable):
     counts = Counter(items)
     # Ties go to the first seen: Counter keeps insertion order and most_common is stable.
     return counts.most_common(1)[0][0]
-
-
-def _all_finite(t: torch.Tensor) -> bool:
-    # One fused pass: min and max propagate NaN and are +-Inf when any value is. isfinite(t).all()
-    # makes three elementwise passes and a bool tensor (5 ms of a 75 ms LLaMA-7B module).
-    if t.numel() == 0:
-        return True
-    low, high = torch.aminmax(t)
-    return math.isfinite(low.item()) and math.isfinite(high.item())
 
 
 def _check_factors(cid, module: str, f, shape: tuple[int, int] | None) -> str | None:
@@ -100,7 +178,7 @@ def _check_factors(cid, module: str, f, shape: tuple[int, int] | None) -> str | 
             f"{where}: wrong shape: B {tuple(B.shape)} and A {tuple(A.shape)} make a "
             f"{B.shape[0]}x{A.shape[1]} update, the module is {shape[0]}x{shape[1]}"
         )
-    if not (_all_finite(A) and _all_finite(B)):
+    if not (all_finite(A) and all_finite(B)):
         return f"{where}: factors contain NaN or Inf"
     scale = f.scale
     if not isinstance(scale, numbers.Real) or isinstance(scale, bool) or not math.isfinite(scale) or scale <= 0:
@@ -128,11 +206,10 @@ def check_updates(
         if not isinstance(u, ClientUpdate):
             rejected.append((None, None, f"expected ClientUpdate, got {type(u).__name__}"))
             continue
-        n = u.num_examples
-        # numbers.Real, not (int, float): counts often arrive as numpy integers (np.bincount, len of
-        # an index array) and must not be refused as "not positive".
-        if isinstance(n, bool) or not isinstance(n, numbers.Real) or not math.isfinite(n) or n <= 0:
-            rejected.append((u.client_id, None, f"client {u.client_id!r}: num_examples must be positive, got {n!r}"))
+        problem = count_problem(u.num_examples)
+        if problem:
+            rejected.append((u.client_id, None, f"client {u.client_id!r}: num_examples must be a positive integer "
+                                                f"below 10**12, got {problem}"))
             continue
         try:
             hash(u.client_id)
@@ -202,7 +279,7 @@ def check_updates(
                 m: LoRAFactors(f.A.to(device=device, dtype=dtype), f.B.to(device=device, dtype=dtype), float(f.scale))
                 for m, f in u.factors.items()
             },
-            u.num_examples,
+            int(u.num_examples),
         )
         for u in accepted
     )

@@ -77,8 +77,8 @@ def test_precomputed_modules_are_not_factorized_again(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("factorized again after precompute")
 
-    monkeypatch.setattr(result_module, "product_top_svd", refuse)
-    monkeypatch.setattr(result_module, "product_svd", refuse)
+    monkeypatch.setattr(result_module, "stable_top_svd", refuse)
+    monkeypatch.setattr(result_module, "stable_svd", refuse)
     for m in MODULES:
         res.singular_values(m)
         for r in (2, 4, 6):
