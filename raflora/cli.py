@@ -1,7 +1,8 @@
 """Command line: ``raflora run | export | demo | simulate | compare | sweep | report`` (thin: parse, call, print).
 
 Config problems (unknown key, wrong type, rank above r_max, unknown method or task, missing file)
-print one line ``error: ...`` and exit with code 2 before any work starts.
+print one line ``error: ...`` and exit with code 2 before any work starts. A run that finishes
+without aggregating any round exits with code 3.
 """
 
 from __future__ import annotations
@@ -81,8 +82,11 @@ def _run(config_path, *, out=None, method=None, rounds=None, resume=None, overwr
     check_runtime(config)  # a missing extra is reported like a config problem
     from tqdm import tqdm
 
-    run(config, resume=bool(resume), overwrite=overwrite, stop_after=stop_after, log=tqdm.write, progress=not quiet)
-    return 0
+    from raflora.runtimes.folder import exit_code
+
+    metrics = run(config, resume=bool(resume), overwrite=overwrite, stop_after=stop_after, log=tqdm.write,
+                  progress=not quiet)
+    return exit_code(config, metrics)  # 3: no round was aggregated
 
 
 def cmd_run(args: argparse.Namespace) -> int:

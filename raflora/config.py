@@ -28,6 +28,7 @@ PARTITIONS = ("iid", "dirichlet", "by_key")
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 RUNTIMES = ("embedded", "flower")
+EMPTY_PARTITIONS = ("keep", "drop")
 
 
 def setting(default: Any = None, help: str = "", *, factory: Any = None) -> Any:
@@ -57,6 +58,13 @@ class FederationConfig:
     transport_dtype: str = setting("float32", "float32 | bfloat16 | float16: factors are really encoded and decoded")
     method: Method = setting(help="[federation.method]: name = the aggregation method, plus its own options "
                              "(see below)", factory=RaFLoRA)
+    max_norm_ratio: float = setting(10.0, "refuse an update whose norm (||s B A||, or the uploaded factor's) is "
+                                    "more than this many times the round's median; 0 = off, applied from 3 updates")
+    dropout: float = setting(0.0, "share of the sampled clients that fail each round (seeded by run seed and round), "
+                             "in [0, 1)")
+    empty_partition: str = setting("", "keep | drop: a rank partition no client of the round reaches keeps its "
+                                   "previous global component, or loses it; \"\" = the method's rule (keep for "
+                                   "raflora, drop for the baselines)")
 
 
 @dataclass

@@ -21,6 +21,7 @@ import tomli_w
 
 from raflora.aggregation import AGGREGATORS, Method
 from raflora.config import (
+    EMPTY_PARTITIONS,
     LR_SCHEDULES,
     OPTIMIZERS,
     PARTITIONS,
@@ -253,6 +254,7 @@ def validate(c: Config) -> None:
         raise ConfigError(f"federation.sample_fraction must be in (0, 1], got {f.sample_fraction}")
     if not 0 <= f.sample_count <= f.num_clients:
         raise ConfigError(f"federation.sample_count must be between 0 and num_clients ({f.num_clients}), got {f.sample_count}")
+    _validate_faults(c)
     _validate_ranks(c)
     ranks = sorted(set(client_ranks(c.ranks, f.num_clients, c.run.seed)))
     try:
@@ -291,6 +293,27 @@ def validate(c: Config) -> None:
         build_task(c.task.name, **c.task.options)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         raise ConfigError(f"[task]: {err}") from None
+
+
+def _validate_faults(c: Config) -> None:
+    """The federation's fault keys; resolves ``empty_partition = ""`` to the method's own rule, so
+    the run's config.toml records the rule that was used."""
+    from raflora.aggregation.validate import check_ratio
+
+    f = c.federation
+    try:
+        check_ratio(f.max_norm_ratio)
+    except ValueError:
+        raise ConfigError(f"federation.max_norm_ratio must be 0 (off) or a number >= 1, got {f.max_norm_ratio!r}") from None
+    if not 0.0 <= f.dropout < 1.0:
+        raise ConfigError(f"federation.dropout must be in [0, 1), got {f.dropout!r}")
+    if f.empty_partition == "":
+        f.empty_partition = "keep" if f.method.keeps_global else "drop"
+    _one_of("federation.empty_partition", f.empty_partition, EMPTY_PARTITIONS)
+    problem = f.method.keep_problem()
+    if f.empty_partition == "keep" and problem:
+        raise ConfigError(f"federation.empty_partition = 'keep' does not apply to {f.method.name}: {problem}; "
+                          "use 'drop' or leave it out")
 
 
 def _validate_ranks(c: Config) -> None:

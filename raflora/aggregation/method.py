@@ -11,7 +11,10 @@ methods that the runtimes read instead of comparing method names:
   fresh adapter every round (FLoRA, FLoRIST);
 - ``mixed_ranks``: whether one round may mix ranks (FedIT may not);
 - ``private``: the factor each client keeps for itself and never sends (FedSA-LoRA's ``B``);
-- ``keeps_global``: whether :meth:`combine` reads the previous round's global update;
+- ``keeps_global``: its rule for a rank partition that no client of a round reaches: keep the
+  previous round's global component there (:meth:`keep_unreached`; raFLoRA, and any method of
+  this library's own) or lose it (the baselines, as published); the default of
+  ``federation.empty_partition``;
 - ``result_type``: what a client of rank ``r`` starts from next round
   (:mod:`raflora.aggregation.result`);
 - :meth:`refuse` (method-specific checks) and :meth:`combine` (the formula, a pure function of the

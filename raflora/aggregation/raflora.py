@@ -10,7 +10,9 @@ partition, so no partition is diluted by clients that cannot contribute to it:
 
 A client of rank ``r`` starts from the best rank-``r`` approximation of ``delta`` (as FlexLoRA).
 Homogeneous ranks give ``K = 1`` and ``c_ij = p_i``: exactly FlexLoRA. A partition no client
-reaches contributes nothing. An update whose rank is not a level is refused.
+reaches contributes nothing to the round's stack; in a federation (``empty_partition = "keep"``, this
+method's rule) it keeps its previous global component instead (:meth:`Method.keep_unreached`).
+An update whose rank is not a level is refused.
 
 Option ``weighting = "uniform"`` uses ``p_i = 1 / N`` in place of the data share (secondary
 sources of the paper disagree on which it uses; ``"data"`` is the default).
@@ -62,6 +64,7 @@ class RaFLoRA(Method):
 
     name: ClassVar[str] = "raflora"
     result_type: ClassVar[type] = SVDResult
+    keeps_global: ClassVar[bool] = True  # a partition nobody reaches keeps its previous component
 
     rank_levels: list[int] = option(factory=list, help="the federation's rank set, which splits the components "
                                     "into partitions ([]: the clients' ranks; each client rank must be a level)")

@@ -11,6 +11,7 @@ runtimes drive the same code. What a method does is read from its object
 from __future__ import annotations
 
 import math
+import random
 import statistics
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from torch import Tensor
 from raflora.aggregation import NoValidUpdates
 from raflora.client.train import LocalResult, num_local_steps, train_local
 from raflora.federation.diagnostics import round_diagnostics
-from raflora.federation.setup import RunSetup
+from raflora.federation.setup import RunSetup, derived_seed
 from raflora.federation.state import FederationState
 from raflora.federation.transport import Packet, pack, receive, transmit, wire_size
 from raflora.lora import ClientUpdate, LoRAFactors, LowRank
@@ -121,23 +122,40 @@ def run_round(
     the round's metrics."""
     began = time.perf_counter()
     sampled = setup.sample_clients(round_)
-    turns = {client: run_client(setup, state, round_, client, kept, on_step) for client in sampled}
+    dropped = dropped_clients(setup, round_, sampled)
+    turns = {client: run_client(setup, state, round_, client, kept, on_step)
+             for client in sampled if client not in dropped}
     evaluate = None
     if setup.method.private:
-        evaluate = lambda: {c: evaluate_client(setup, state, c, kept[c]) for c in sampled if c in kept}  # noqa: E731
-    return close_round(setup, state, round_, sampled, turns, [], began, evaluate_clients=evaluate)
+        # The clients that took part this round, as the Flower strategy asks them to evaluate.
+        evaluate = lambda: {c: evaluate_client(setup, state, c, kept[c]) for c in turns if c in kept}  # noqa: E731
+    return close_round(setup, state, round_, sampled, turns, [], began, evaluate_clients=evaluate, dropped=dropped)
+
+
+def dropped_clients(setup: RunSetup, round_: int, sampled: list[int]) -> list[int]:
+    """The sampled clients that fail in round ``round_`` (``federation.dropout``, simulated): that
+    share of them, rounded half up, drawn from the run seed and the round alone, so both runtimes
+    and a resumed run drop the same clients."""
+    count = math.floor(setup.config.federation.dropout * len(sampled) + 0.5)
+    if count <= 0:
+        return []
+    rng = random.Random(derived_seed("dropout", setup.config.run.seed, round_))
+    return sorted(rng.sample(sorted(sampled), count))
 
 
 def close_round(
     setup: RunSetup, state: FederationState, round_: int, sampled: list[int], turns: dict[int, ClientTurn],
     refused: list[dict], began: float, bytes_down: int | None = None,
-    evaluate_clients: Callable[[], dict[int, dict[str, float]]] | None = None,
+    evaluate_clients: Callable[[], dict[int, dict[str, float]]] | None = None, dropped: list[int] = (),
 ) -> dict:
     """The server's part of round ``round_`` once the clients' ``turns`` are in: aggregate, merge,
     diagnose, evaluate; update ``state`` in place and return the round's metrics. ``refused`` lists
     clients whose reply never made a turn (``{"client", "module", "reason"}``, reported first);
     ``bytes_down`` defaults to the turns' own. Methods whose clients keep a private part have no
-    global model: ``evaluate_clients`` returns each client's own evaluation (personalised models)."""
+    global model: ``evaluate_clients`` returns each client's own evaluation (personalised models).
+    ``dropped``: the sampled clients that failed (``federation.dropout``), listed in the metrics.
+    With ``federation.empty_partition = "keep"`` the previous global update goes into the
+    aggregation, which keeps its components that no client of this round reaches."""
     config = setup.config
     updates, heads, losses, diverged = [], {}, {}, []
     bytes_up = 0
@@ -153,13 +171,16 @@ def close_round(
     if bytes_down is None:
         bytes_down = sum(turn.bytes_down for turn in turns.values())
     record = {"round": round_, "method": setup.method.name, "clients": sampled,
-              "ranks": [setup.ranks[c] for c in sampled], "diverged": diverged}
+              "ranks": [setup.ranks[c] for c in sampled], "dropped": sorted(dropped), "diverged": diverged}
     rejected = list(refused)
     try:
         # workers: the modules are factorized side by side on run.threads threads (bit-identical
         # to one thread at a time, see raflora.aggregation.workers)
+        keep = config.federation.empty_partition == "keep"
         result = setup.method.aggregate(updates, modules=sorted(setup.shapes), shapes=setup.shapes,
-                                        seed=config.run.seed, workers=config.run.threads)
+                                        seed=config.run.seed, workers=config.run.threads,
+                                        max_norm_ratio=config.federation.max_norm_ratio,
+                                        previous=state.delta if keep else None, top_rank=max(setup.levels))
     except NoValidUpdates as err:
         result = None
         rejected.append({"client": None, "module": None, "reason": str(err)})
@@ -233,6 +254,6 @@ def personal_summary(metric: str, by_client: Mapping[int, Mapping[str, float]]) 
 
 
 def steps_in_round(setup: RunSetup, round_: int) -> int:
-    return sum(
-        num_local_steps(setup.config.train, len(setup.shards[c])) for c in setup.sample_clients(round_)
-    )
+    sampled = setup.sample_clients(round_)
+    dropped = dropped_clients(setup, round_, sampled)
+    return sum(num_local_steps(setup.config.train, len(setup.shards[c])) for c in sampled if c not in dropped)

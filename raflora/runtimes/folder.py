@@ -53,7 +53,7 @@ def prepare_folder(config: Config, out: Path, resume: bool, overwrite: bool) -> 
 
         diff = _differences(config_to_dict(config), config_to_dict(load_config(saved, legacy=True)))
         if diff:
-            raise ConfigError(f"cannot resume {str(out)!r} with a different config: {diff[0]}")
+            raise ConfigError(f"cannot resume {str(out)!r} with a different config: {'; '.join(diff)}")
     elif used and not overwrite:
         raise ConfigError(f"{str(out)!r} already holds a run; resume it with --resume {out} or pass --overwrite")
     elif used:
@@ -119,6 +119,11 @@ def finish_run(setup: RunSetup, state: FederationState, stop_after: int | None, 
     if state.round < config.run.rounds:
         say(f"stopped after round {state.round}; continue with: raflora run --resume {out}")
         return state.metrics
+    if not aggregated_any(state.metrics):
+        say(f"done: no round was aggregated in {config.run.rounds} {plural(config.run.rounds, 'round')} (every "
+            "client's update was refused or every client failed; see the rejected reasons in "
+            f"{out / 'metrics.jsonl'}), so there is no trained model and no adapter")
+        return state.metrics
     if setup.method.private:
         say(f"done: {setup.method.name} keeps each client's {setup.method.private} on the client, so there is no "
             f"global adapter; {_last_metric(state, setup.task.metric)}")
@@ -130,6 +135,21 @@ def finish_run(setup: RunSetup, state: FederationState, stop_after: int | None, 
     if last is not None:
         say(f"done: {metric} {last[metric]:.4f} after round {last['round']}; global adapter in {out / 'adapter'}")
     return state.metrics
+
+
+def aggregated_any(metrics: list[dict]) -> bool:
+    """Whether some round of the run aggregated at least one update."""
+    return any(m.get("accepted") for m in metrics)
+
+
+NOTHING_AGGREGATED = 3  # the exit code of a finished run in which no round was aggregated (2: bad input)
+
+
+def exit_code(config: Config, metrics: list[dict]) -> int:
+    """``raflora run``'s exit code for a run that went through: 3 when it finished every round and
+    none was aggregated (an untrained model must not pass for a result), else 0."""
+    finished = bool(metrics) and metrics[-1].get("round") == config.run.rounds
+    return NOTHING_AGGREGATED if finished and not aggregated_any(metrics) else 0
 
 
 def _last_metric(state: FederationState, metric: str) -> str:

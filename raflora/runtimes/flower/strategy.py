@@ -21,7 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from raflora.federation.round import client_download, close_round, server_fill
+from raflora.federation.round import client_download, close_round, dropped_clients, server_fill
 from raflora.federation.transport import pack
 from raflora.runtimes.folder import record_round
 from raflora.federation.setup import RunSetup
@@ -57,14 +57,16 @@ class RafloraStrategy(Strategy):
         self.grid = grid  # the methods without a global model ask their clients to evaluate (aggregate_train)
         round_ = state.round + 1  # server_round restarts at 1 when a run is resumed
         sampled = setup.sample_clients(round_)
+        dropped = dropped_clients(setup, round_, sampled)  # simulated failures: never asked
         downs, messages = {}, []
-        for client in sampled:
+        for client in (c for c in sampled if c not in dropped):
             start, packet, downs[client] = client_download(setup, state, client)
             dtype = next(iter(start.values())).A.dtype
             content = train_request(round_, client, setup.ranks[client], packet, dtype, state.head, state.base)
             messages.append(Message(content, dst_node_id=self.nodes[client], message_type=MessageType.TRAIN,
                                     group_id=str(round_)))
-        self._round = {"round": round_, "sampled": sampled, "downs": downs, "began": time.perf_counter()}
+        self._round = {"round": round_, "sampled": sampled, "dropped": dropped, "downs": downs,
+                       "began": time.perf_counter()}
         return messages
 
     def aggregate_train(self, server_round: int,
@@ -83,12 +85,13 @@ class RafloraStrategy(Strategy):
             except ReplyError as err:
                 refused[client] = f"client {client!r}: {err}"
         for client in r["sampled"]:
-            if client not in turns and client not in refused:
+            if client not in turns and client not in refused and client not in r["dropped"]:
                 refused[client] = f"client {client!r}: no reply"
         record = close_round(setup, self.state, r["round"], r["sampled"], turns,
                              [{"client": c, "module": None, "reason": why} for c, why in sorted(refused.items())],
                              r["began"], bytes_down=sum(r["downs"].values()),
-                             evaluate_clients=(lambda: self.evaluate_clients(sorted(turns))) if setup.method.private else None)
+                             evaluate_clients=(lambda: self.evaluate_clients(sorted(turns))) if setup.method.private else None,
+                             dropped=r["dropped"])
         record_round(setup, self.state, record, self.say)
         return None, round_metrics(record, setup.task.metric)
 
