@@ -15,7 +15,15 @@ from raflora.config import Config
 from raflora.federation.round import run_round, steps_in_round
 from raflora.federation.setup import RunSetup
 from raflora.federation.state import FederationState
-from raflora.runtimes.folder import finish_run, last_round, open_run, prepare_folder, record_round, resume_kept
+from raflora.runtimes.folder import (
+    finish_run,
+    last_round,
+    open_run,
+    prepare_folder,
+    record_round,
+    resume_kept,
+    settle_replaced,
+)
 
 
 def run_federation(
@@ -35,10 +43,14 @@ def run_federation(
     """
     prepare_folder(config, Path(config.out), resume, overwrite)
     say = log or (lambda line: None)
-    setup, state = open_run(config, resume, say)
-    kept = resume_kept(config, resume)
-    for round_ in range(state.round + 1, last_round(config, stop_after) + 1):
-        record_round(setup, state, _one_round(setup, state, round_, kept, progress), say, kept)
+    try:
+        setup, state = open_run(config, resume, say)
+        kept = resume_kept(config, resume)
+        for round_ in range(state.round + 1, last_round(config, stop_after) + 1):
+            record_round(setup, state, _one_round(setup, state, round_, kept, progress), say, kept)
+    except BaseException:
+        settle_replaced(Path(config.out))  # --overwrite: the old run back, unless a new checkpoint exists
+        raise
     return finish_run(setup, state, stop_after, say)
 
 

@@ -42,9 +42,34 @@ def _differences(a: dict, b: dict) -> list[str]:
     return out
 
 
+RUN_FILES = ("metrics.jsonl", "checkpoints", "adapter", "config.toml")
+REPLACED = ".replaced"  # the old run's files while --overwrite replaces them with a new run
+
+
+def holds_run(out: Path) -> bool:
+    """Whether ``out`` holds a run: a metrics line or a checkpoint folder. ``config.toml`` alone
+    (and an empty ``metrics.jsonl``) is a run killed before its first round: not a run yet."""
+    metrics = out / "metrics.jsonl"
+    if metrics.is_file():
+        with metrics.open("rb") as fh:
+            if any(line.strip() for line in fh):
+                return True
+    return _has_checkpoint(out)
+
+
+def _has_checkpoint(out: Path) -> bool:
+    return (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("round_*"))
+
+
 def prepare_folder(config: Config, out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix runs: a used folder needs ``resume`` (same config) or ``overwrite``."""
-    used = (out / "metrics.jsonl").exists() or (out / "checkpoints").exists()
+    """Refuse to mix runs: a folder holding a run (:func:`holds_run`) needs ``resume`` (same config)
+    or ``overwrite``. With ``overwrite`` the old run stays as it is until the new one has been set
+    up (data read, model loaded: :func:`open_run`), is then moved aside into ``out/.replaced`` and
+    deleted once the new run has written its first checkpoint (:func:`record_round`); a new run
+    that stops before that gives it back (:func:`settle_replaced`: the embedded runtime on its way
+    out, and this function first, for a run that was killed or ran under Flower)."""
+    settle_replaced(out)
+    used = holds_run(out)
     if resume:
         saved = out / "config.toml"
         if not saved.is_file() or latest_checkpoint(out / "checkpoints") is None:
@@ -56,10 +81,33 @@ def prepare_folder(config: Config, out: Path, resume: bool, overwrite: bool) -> 
             raise ConfigError(f"cannot resume {str(out)!r} with a different config: {'; '.join(diff)}")
     elif used and not overwrite:
         raise ConfigError(f"{str(out)!r} already holds a run; resume it with --resume {out} or pass --overwrite")
-    elif used:
-        for name in ("metrics.jsonl", "checkpoints", "adapter", "config.toml"):
-            target = out / name
-            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+
+
+def _move_aside(out: Path) -> None:
+    """The old run's files into ``out/.replaced`` (a new run is about to write the folder)."""
+    aside = out / REPLACED
+    aside.mkdir()
+    for name in RUN_FILES:
+        if (out / name).exists():
+            (out / name).rename(aside / name)
+
+
+def settle_replaced(out: Path) -> None:
+    """Finish an ``--overwrite`` that stopped (failed or was killed): a new run that wrote a
+    checkpoint replaces the old one, which is deleted; otherwise the new run's files are removed
+    and the old run is put back as it was."""
+    aside = out / REPLACED
+    if not aside.is_dir():
+        return
+    if _has_checkpoint(out):
+        shutil.rmtree(aside)
+        return
+    for name in RUN_FILES:
+        target = out / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    for item in aside.iterdir():
+        item.rename(out / item.name)
+    aside.rmdir()
 
 
 def _size(nbytes: int) -> str:
@@ -93,6 +141,8 @@ def open_run(config: Config, resume: bool, say: Callable[[str], None]) -> tuple[
     setup = build_setup(config)
     state = _initial_state(setup, out, resume)
     out.mkdir(parents=True, exist_ok=True)
+    if not resume and holds_run(out):  # prepare_folder let it through: --overwrite
+        _move_aside(out)
     (out / "config.toml").write_text(config_to_toml(config))
     with (out / "metrics.jsonl").open("w") as fh:
         fh.writelines(json.dumps(m) + "\n" for m in state.metrics)
@@ -110,6 +160,8 @@ def record_round(setup: RunSetup, state: FederationState, record: dict, say: Cal
     with (out / "metrics.jsonl").open("a") as fh:
         fh.write(json.dumps(state.metrics[-1]) + "\n")
     save_checkpoint(state, out / "checkpoints", config.run.keep_checkpoints, kept)
+    if (out / REPLACED).is_dir():  # the new run has its first checkpoint: the run it replaces goes
+        shutil.rmtree(out / REPLACED)
     say(format_round(record, config.run.rounds, setup.task.metric))
 
 

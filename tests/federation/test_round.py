@@ -1,0 +1,117 @@
+"""The round protocol's fault handling: simulated dropout (seeded, listed as ``dropped``) and the
+empty-partition rule (a rank partition no client of the round reaches keeps or loses its
+previous global component), on the synthetic task."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raflora.config_io import config_from_dict, config_to_toml, load_config
+from raflora.federation.round import dropped_clients, run_round
+from raflora.federation.setup import build_setup
+from raflora.federation.state import FederationState
+from raflora.runtimes.embedded import run_federation
+
+from runtime.conftest import small_config  # tests/ is on sys.path (it has no __init__.py)
+
+F64 = torch.float64
+
+
+def test_dropout_drops_that_share_of_the_sampled_clients_seeded_by_round(tmp_path):
+    config = config_from_dict(small_config(tmp_path / "r", federation={"num_clients": 10, "dropout": 0.3}))
+    setup = build_setup(config)
+    sampled = list(range(10))
+    rounds = [dropped_clients(setup, r, sampled) for r in range(1, 6)]
+    assert all(len(d) == 3 and set(d) <= set(sampled) and d == sorted(d) for d in rounds)
+    assert rounds == [dropped_clients(setup, r, sampled) for r in range(1, 6)], "seeded: the same every time"
+    assert len({tuple(d) for d in rounds}) > 1, "a different draw each round"
+    # Rounded half up: 0.3 of 5 is 1.5 -> 2; of 1 is 0.3 -> 0.
+    assert len(dropped_clients(setup, 1, [1, 3, 5, 7, 9])) == 2
+    assert dropped_clients(setup, 1, [4]) == []
+
+
+def test_dropped_clients_do_not_train_and_are_listed(tmp_path):
+    config = config_from_dict(small_config(tmp_path / "r", run={"rounds": 3}, federation={"dropout": 0.5}))
+    metrics = run_federation(config)
+    for m in metrics:
+        assert len(m["dropped"]) == 2 and set(m["dropped"]) <= set(m["clients"])
+        assert m["accepted"] == 2 and m["rejected"] == []
+    without = run_federation(config_from_dict(small_config(tmp_path / "none", run={"rounds": 1})))
+    assert without[0]["dropped"] == [] and without[0]["accepted"] == 4
+    assert metrics[0]["bytes_up"] < without[0]["bytes_up"]  # half the clients sent nothing
+
+
+@pytest.mark.parametrize("key, value, word", [("dropout", 1.0, "[0, 1)"), ("dropout", -0.1, "[0, 1)"),
+                                              ("max_norm_ratio", 0.5, ">= 1"), ("empty_partition", "kept", "keep, drop")])
+def test_bad_fault_keys_are_config_errors(tmp_path, key, value, word):
+    from raflora.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"federation.{key}") as info:
+        config_from_dict(small_config(tmp_path / "r", federation={key: value}))
+    assert word in str(info.value)
+
+
+@pytest.mark.parametrize("method, rule", [("raflora", "keep"), ("flexlora", "drop"), ("zero_pad", "drop"),
+                                          ("flora", "drop"), ("fedsa", "drop")])
+def test_the_default_rule_is_the_methods_and_config_toml_records_it(tmp_path, method, rule):
+    config = config_from_dict(small_config(tmp_path / "r", federation={"method": method}))
+    assert config.federation.empty_partition == rule
+    path = tmp_path / "config.toml"
+    path.write_text(config_to_toml(config))
+    assert f'empty_partition = "{rule}"' in path.read_text()
+    assert load_config(path).federation.empty_partition == rule
+
+
+@pytest.mark.parametrize("method", ["flora", "florist", "fedsa", "ffa"])
+def test_keep_is_refused_where_it_cannot_apply(tmp_path, method):
+    from raflora.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"empty_partition = 'keep' does not apply to {method}"):
+        config_from_dict(small_config(tmp_path / "r", federation={"method": method, "empty_partition": "keep"}))
+
+
+def two_rounds(tmp_path, rule: str):
+    """Round 1: clients of ranks 2 and 8; round 2: the rank-2 client alone (sample_count = 1
+    would pick it by chance; here it is picked on purpose). Returns the setup and the state after
+    each round."""
+    data = small_config(tmp_path / rule, run={"rounds": 2},
+                        federation={"num_clients": 2, "empty_partition": rule},
+                        ranks={"policy": "explicit", "ranks": [2, 8], "r_max": 8})
+    setup = build_setup(config_from_dict(data))
+    state = FederationState(starts=setup.fresh_starts(), head=setup.model.get_head(None))
+    run_round(setup, state, 1, {})
+    after_1 = {m: dense64(f.B, f.A) for m, f in state.delta.items()}
+    setup.sample_clients = lambda round_: [0]  # the rank-2 client
+    record = run_round(setup, state, 2, {})
+    assert record["clients"] == [0] and record["accepted"] == 1
+    return setup, after_1, state
+
+
+def dense64(B, A):
+    # The product in float64: a float32 product's rounding would count as rank in float64.
+    return B.to(F64) @ A.to(F64)
+
+
+def best_rank(delta, r):
+    U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
+    return (U[:, :r] * S[:r]) @ Vh[:r]
+
+
+def test_keep_preserves_the_higher_directions_and_drop_loses_them(tmp_path):
+    setup, before, kept = two_rounds(tmp_path, "keep")
+    _, before_d, dropped = two_rounds(tmp_path, "drop")
+    for m in before:
+        assert torch.equal(before[m], before_d[m])  # round 1 is the same under both rules
+        after_keep, after_drop = dense64(*kept.delta[m]), dense64(*dropped.delta[m])
+        # drop: the global update is the rank-2 client's alone; keep: plus directions 3..8 of round 1.
+        assert torch.linalg.matrix_rank(after_drop) == 2
+        tail = best_rank(before[m], 8) - best_rank(before[m], 2)
+        diff = after_keep - after_drop
+        assert float(torch.linalg.norm(diff - tail)) <= 1e-4 * float(torch.linalg.norm(tail))
+        # The rank-8 client's next start: 8 directions with keep, 2 (and seeded padding) with drop.
+        s8 = setup.scales[8]
+        start_keep, start_drop = kept.starts[8][m], dropped.starts[8][m]
+        assert torch.linalg.matrix_rank(dense64(start_keep.B, start_keep.A)) == 8
+        assert torch.linalg.matrix_rank(dense64(start_drop.B, start_drop.A)) == 2
+        assert s8 == start_keep.scale
