@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override one config value, e.g. --set train.lr=0.01 --set ranks.ranks=[4,8] "
                      "(VALUE is read as TOML; repeatable)")
     run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint (DIR is the output folder)")
-    run.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder")
+    run.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder (kept "
+                     "until the new run writes its first checkpoint)")
     run.add_argument("--stop-after", type=_positive, metavar="K", help="stop after round K (checkpoint kept, resumable)")
     run.add_argument("--quiet", action="store_true", help="no progress bar (the per-round lines are still printed)")
     run.add_argument("--runtime", metavar="NAME", help="embedded (this process, the default) or flower (Flower's "

@@ -149,6 +149,8 @@ class Method:
         components this round's updates do not reach are kept (:meth:`keep_unreached`, up to
         ``top_rank``)."""
         ratio = check_ratio(max_norm_ratio)
+        if previous and self.keep_problem():
+            raise ValueError(f"{self.name}: cannot keep the previous global update: {self.keep_problem()}")
         checked = check_updates(updates, modules, shapes)
         refused = self.refuse(checked, seed)
         if refused:

@@ -80,3 +80,11 @@ def test_keep_problem_names_why_a_method_cannot_keep(method):
 def test_keep_unreached_without_previous_is_the_identity():
     f = LowRank(torch.ones(3, 2, dtype=F64), torch.ones(2, 4, dtype=F64))
     assert method_named("raflora").keep_unreached(f, None, 2, 8) is f
+
+
+@pytest.mark.parametrize("method", ["flora", "florist", "fedsa", "ffa"])
+def test_passing_a_previous_update_where_it_cannot_be_kept_is_an_option_error(method):
+    previous, _ = previous_round()
+    shapes = {m: (f.B.shape[0], f.A.shape[1]) for m, f in previous.items()}
+    with pytest.raises(ValueError, match="cannot keep the previous global update"):
+        method_named(method).aggregate(random_updates(5, [2], shapes=shapes), previous=previous)
