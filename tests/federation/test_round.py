@@ -115,3 +115,27 @@ def test_keep_preserves_the_higher_directions_and_drop_loses_them(tmp_path):
         assert torch.linalg.matrix_rank(dense64(start_keep.B, start_keep.A)) == 8
         assert torch.linalg.matrix_rank(dense64(start_drop.B, start_drop.A)) == 2
         assert s8 == start_keep.scale
+
+
+def test_a_poisoned_client_is_refused_by_the_norm_bound_and_the_round_goes_on(tmp_path, monkeypatch):
+    import dataclasses
+
+    from raflora.federation import round as round_module
+    from raflora.lora import ClientUpdate, LoRAFactors
+
+    honest = round_module.run_client
+
+    def poisoned(setup, state, round_, client, kept, on_step=None):
+        turn = honest(setup, state, round_, client, kept, on_step)
+        if client != 1:
+            return turn
+        factors = {m: LoRAFactors(f.A, f.B * 1e6, f.scale) for m, f in turn.update.factors.items()}
+        return dataclasses.replace(turn, update=ClientUpdate(client, factors, turn.update.num_examples))
+
+    monkeypatch.setattr(round_module, "run_client", poisoned)
+    metrics = run_federation(config_from_dict(small_config(tmp_path / "bounded")))
+    for m in metrics:
+        assert m["accepted"] == 3 and [r["client"] for r in m["rejected"]] == [1]
+        assert "times the round's median" in m["rejected"][0]["reason"]
+    unbounded = run_federation(config_from_dict(small_config(tmp_path / "off", federation={"max_norm_ratio": 0})))
+    assert all(m["accepted"] == 4 and m["rejected"] == [] for m in unbounded)
