@@ -304,7 +304,8 @@ def _validate_faults(c: Config) -> None:
     try:
         check_ratio(f.max_norm_ratio)
     except ValueError:
-        raise ConfigError(f"federation.max_norm_ratio must be 0 (off) or a number >= 1, got {f.max_norm_ratio!r}") from None
+        raise ConfigError(f"federation.max_norm_ratio must be 0 (off) or a number >= 1, "
+                          f"got {f.max_norm_ratio!r}") from None
     if not 0.0 <= f.dropout < 1.0:
         raise ConfigError(f"federation.dropout must be in [0, 1), got {f.dropout!r}")
     if f.empty_partition == "":

@@ -42,8 +42,9 @@ def test_dropped_clients_do_not_train_and_are_listed(tmp_path):
     assert metrics[0]["bytes_up"] < without[0]["bytes_up"]  # half the clients sent nothing
 
 
-@pytest.mark.parametrize("key, value, word", [("dropout", 1.0, "[0, 1)"), ("dropout", -0.1, "[0, 1)"),
-                                              ("max_norm_ratio", 0.5, ">= 1"), ("empty_partition", "kept", "keep, drop")])
+@pytest.mark.parametrize("key, value, word", [
+    ("dropout", 1.0, "[0, 1)"), ("dropout", -0.1, "[0, 1)"), ("max_norm_ratio", 0.5, ">= 1"),
+    ("max_norm_ratio", -1.0, ">= 1"), ("empty_partition", "kept", "keep, drop")])
 def test_bad_fault_keys_are_config_errors(tmp_path, key, value, word):
     from raflora.config import ConfigError
 

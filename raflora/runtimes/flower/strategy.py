@@ -87,10 +87,10 @@ class RafloraStrategy(Strategy):
         for client in r["sampled"]:
             if client not in turns and client not in refused and client not in r["dropped"]:
                 refused[client] = f"client {client!r}: no reply"
+        evaluate = (lambda: self.evaluate_clients(sorted(turns))) if setup.method.private else None
         record = close_round(setup, self.state, r["round"], r["sampled"], turns,
                              [{"client": c, "module": None, "reason": why} for c, why in sorted(refused.items())],
-                             r["began"], bytes_down=sum(r["downs"].values()),
-                             evaluate_clients=(lambda: self.evaluate_clients(sorted(turns))) if setup.method.private else None,
+                             r["began"], bytes_down=sum(r["downs"].values()), evaluate_clients=evaluate,
                              dropped=r["dropped"])
         record_round(setup, self.state, record, self.say)
         return None, round_metrics(record, setup.task.metric)
