@@ -56,8 +56,17 @@ def _fails(*outputs: Tensor) -> bool:
     return not all(all_finite(t) for t in outputs)
 
 
+def _usable(value: float) -> bool:
+    # The plain computation's answer, unless it overflowed (inf, NaN) or underflowed (0): only then
+    # are the float64 copy and the rescaling worth their passes over the factors.
+    return math.isfinite(value) and value > 0.0
+
+
 def log2_norm(t: Tensor) -> float:
     """``log2 ||t||_F`` (``-inf`` for zeros), without overflow or underflow."""
+    plain = float(torch.linalg.norm(t))
+    if _usable(plain):
+        return math.log2(plain)
     unit, e = _unit(t)
     norm = float(torch.linalg.norm(unit))
     return math.log2(norm) + e if norm > 0.0 else -math.inf
@@ -66,6 +75,9 @@ def log2_norm(t: Tensor) -> float:
 def log2_product_norm(B: Tensor, A: Tensor, scale: float = 1.0) -> float:
     """``log2 ||scale B A||_F`` from the factors (:func:`raflora.lora.product_frobenius_norm` on the
     rescaled factors), ``-inf`` when the product is zero."""
+    plain = float(product_frobenius_norm(B, A)) * abs(scale)
+    if _usable(plain):
+        return math.log2(plain)
     Bu, eb = _unit(B)
     Au, ea = _unit(A)
     norm = float(product_frobenius_norm(Bu, Au)) * abs(scale)
