@@ -52,7 +52,7 @@ class RunConfig:
 
 @dataclass
 class FederationConfig:
-    num_clients: int = setting(10, "clients in the federation")
+    num_clients: int = setting(10, "clients in the federation; at most 1,000,000")
     sample_fraction: float = setting(1.0, "share of clients per round (rounded, at least 1)")
     sample_count: int = setting(0, "> 0: exactly this many clients per round instead")
     transport_dtype: str = setting("float32", "float32 | bfloat16 | float16: factors are really encoded and decoded")
@@ -82,7 +82,7 @@ class RanksConfig:
 
 @dataclass
 class LoraConfig:
-    alpha: float = setting(16.0, "LoRA alpha")
+    alpha: float = setting(16.0, "LoRA alpha, in (0, 1e4]")
     scaling: str = setting("lora", "lora: s = alpha/r | rslora: alpha/sqrt(r) | sfed: alpha*sqrt(N/r), "
                            "N = clients per round")
     dropout: float = setting(0.0, "LoRA dropout")
@@ -93,10 +93,10 @@ class TrainConfig:
     local_steps: int = setting(10, "optimiser steps per client per round (used when local_epochs = 0)")
     local_epochs: int = setting(0, "> 0: passes over the client's data instead of local_steps")
     optimizer: str = setting("adamw", "adamw | sgd")
-    lr: float = setting(5e-3, "learning rate")
+    lr: float = setting(5e-3, "learning rate, in (0, 10]")
     lr_schedule: str = setting("constant", "constant | cosine | linear, over all rounds (decays to 0)")
-    weight_decay: float = setting(0.0, "optimiser weight decay")
-    momentum: float = setting(0.9, "sgd only")
+    weight_decay: float = setting(0.0, "optimiser weight decay, in [0, 10]")
+    momentum: float = setting(0.9, "sgd only; in [0, 1)")
     batch_size: int = setting(16, "examples per step")
     grad_clip: float = setting(1.0, "max gradient norm, 0 = off")
 
@@ -104,7 +104,7 @@ class TrainConfig:
 @dataclass
 class PartitionConfig:
     scheme: str = setting("dirichlet", "iid | dirichlet (label skew) | by_key (the task's natural key)")
-    alpha: float = setting(0.5, "dirichlet concentration: smaller = fewer classes per client")
+    alpha: float = setting(0.5, "dirichlet concentration: smaller = fewer classes per client; at most 1e6")
     min_examples: int = setting(4, "dirichlet: every client gets at least this many examples")
 
 

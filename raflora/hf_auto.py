@@ -1,9 +1,11 @@
 """Registers raflora's transformers model (``raflora-meanpool``) with the transformers Auto classes.
 
 ``import raflora`` calls :func:`register_when_imported`, which imports nothing: importing
-transformers' model code costs seconds, and the aggregation math must stay torch-only. The
-registration runs as soon as transformers' ``configuration_auto`` module has been imported (which
-``AutoConfig``, every ``AutoModel...`` class and PEFT import), or at once if it already was.
+transformers' model code costs seconds, and the aggregation math must stay torch-only. Both classes
+are registered as soon as transformers' ``modeling_auto`` module has been imported (every
+``AutoModel...`` class and PEFT's ``AutoPeftModel...`` import it), or at once if it already was.
+Not earlier, on ``configuration_auto``: ``modeling_auto`` imports that module, so registering then
+would import raflora's model (which imports ``AutoModel``) while ``modeling_auto`` is half imported.
 After that, ``AutoConfig`` and ``AutoModelForSequenceClassification`` (hence PEFT's
 ``AutoPeftModelForSequenceClassification``) load the folders raflora writes.
 """
@@ -16,30 +18,52 @@ import sys
 import warnings
 from typing import Any, Callable
 
-TRIGGER = "transformers.models.auto.configuration_auto"
+MODEL_TRIGGER = "transformers.models.auto.modeling_auto"
 MODEL_MODULE = "raflora.tasks.meanpool"
 
 
-def register() -> None:
-    """Register ``MeanPoolConfig`` with ``AutoConfig`` and ``MeanPoolForSequenceClassification``
-    with ``AutoModelForSequenceClassification`` (idempotent)."""
+def _model_module_ready() -> bool:
     importing = sys.modules.get(MODEL_MODULE)
-    if importing is not None and not hasattr(importing, "MeanPoolForSequenceClassification"):
-        return  # the trigger fired while that module imports transformers: it registers at its end
-    from transformers.models.auto.configuration_auto import AutoConfig
-    from transformers.models.auto.modeling_auto import AutoModelForSequenceClassification
+    # the trigger fired while that module imports transformers: it registers at its end
+    return importing is None or hasattr(importing, "MeanPoolForSequenceClassification")
 
-    from raflora.tasks.meanpool import MODEL_TYPE, MeanPoolConfig, MeanPoolForSequenceClassification
+
+def register_config() -> None:
+    """Register ``MeanPoolConfig`` with ``AutoConfig`` (idempotent)."""
+    if not _model_module_ready():
+        return
+    from transformers.models.auto.configuration_auto import AutoConfig
+
+    from raflora.tasks.meanpool import MODEL_TYPE, MeanPoolConfig
 
     AutoConfig.register(MODEL_TYPE, MeanPoolConfig, exist_ok=True)
+
+
+def register_model() -> None:
+    """Register ``MeanPoolForSequenceClassification`` with ``AutoModelForSequenceClassification``."""
+    if not _model_module_ready():
+        return
+    from transformers.models.auto.modeling_auto import AutoModelForSequenceClassification
+
+    from raflora.tasks.meanpool import MeanPoolConfig, MeanPoolForSequenceClassification
+
+    register_config()
     AutoModelForSequenceClassification.register(MeanPoolConfig, MeanPoolForSequenceClassification, exist_ok=True)
 
 
-def _register_or_warn() -> None:
-    try:
-        register()
-    except Exception as err:  # a failed registration must never break importing transformers
-        warnings.warn(f"raflora could not register its transformers classes: {err!r}", stacklevel=2)
+def register() -> None:
+    """Both registrations (idempotent); imports transformers' Auto modules."""
+    register_config()
+    register_model()
+
+
+def _or_warn(step: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            step()
+        except Exception as err:  # a failed registration must never break importing transformers
+            warnings.warn(f"raflora could not register its transformers classes: {err!r}", stacklevel=2)
+    return run
 
 
 class _CallAfterExec(importlib.abc.Loader):
@@ -77,8 +101,8 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
 
 def register_when_imported() -> None:
-    """Register now if transformers' Auto classes are loaded, else right after they load."""
-    if TRIGGER in sys.modules:
-        _register_or_warn()
+    """Register now what transformers has loaded, and the rest right after it loads."""
+    if MODEL_TRIGGER in sys.modules:
+        _or_warn(register)()
     elif not any(isinstance(f, _AfterImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _AfterImport(TRIGGER, _register_or_warn))
+        sys.meta_path.insert(0, _AfterImport(MODEL_TRIGGER, _or_warn(register)))

@@ -57,3 +57,25 @@ def test_same_config_same_numbers(tmp_path):
     assert without_time(a) == without_time(b)
     c = run_federation(config_from_dict(small_config(tmp_path / "c", run={"seed": 4}, partition={"scheme": "iid"})))
     assert without_time(a) != without_time(c)
+
+
+def test_a_run_folder_of_the_flat_format_resumes_and_reports(tmp_path):
+    """Run folders written before [federation.method] (method, tau, rank_levels, sfed_alpha flat in
+    [federation]) still resume and report."""
+    import tomllib
+
+    from raflora.report.load import load_run
+
+    sections = {"run": {"rounds": 2}, "federation": {"method": {"name": "florist", "tau": 0.8}}}
+    config = config_from_dict(small_config(tmp_path / "old", **sections))
+    run_federation(config, stop_after=1)
+    saved = tmp_path / "old" / "config.toml"
+    text = saved.read_text()
+    data = tomllib.loads(text)
+    flat = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in data["federation"].items() if k != "method")
+    head, _, _ = text.partition("[federation]")
+    tail = text[text.index("[ranks]"):]
+    saved.write_text(f'{head}[federation]\n{flat}method = "florist"\ntau = 0.8\nrank_levels = []\nsfed_alpha = 0.0\n\n{tail}')
+    metrics = run_federation(config, resume=True)
+    assert [m["round"] for m in metrics] == [1, 2]
+    assert load_run(tmp_path / "old").config["federation"]["method"] == "florist (tau=0.8)"
