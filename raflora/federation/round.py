@@ -15,7 +15,7 @@ import random
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -146,7 +146,7 @@ def dropped_clients(setup: RunSetup, round_: int, sampled: list[int]) -> list[in
 def close_round(
     setup: RunSetup, state: FederationState, round_: int, sampled: list[int], turns: dict[int, ClientTurn],
     refused: list[dict], began: float, bytes_down: int | None = None,
-    evaluate_clients: Callable[[], dict[int, dict[str, float]]] | None = None, dropped: list[int] = (),
+    evaluate_clients: Callable[[], dict[int, dict[str, float]]] | None = None, dropped: Sequence[int] = (),
 ) -> dict:
     """The server's part of round ``round_`` once the clients' ``turns`` are in: aggregate, merge,
     diagnose, evaluate; update ``state`` in place and return the round's metrics. ``refused`` lists
@@ -173,10 +173,10 @@ def close_round(
     record = {"round": round_, "method": setup.method.name, "clients": sampled,
               "ranks": [setup.ranks[c] for c in sampled], "dropped": sorted(dropped), "diverged": diverged}
     rejected = list(refused)
+    keep = config.federation.empty_partition == "keep"  # the previous update fills unreached partitions
     try:
         # workers: the modules are factorized side by side on run.threads threads (bit-identical
         # to one thread at a time, see raflora.aggregation.workers)
-        keep = config.federation.empty_partition == "keep"
         result = setup.method.aggregate(updates, modules=sorted(setup.shapes), shapes=setup.shapes,
                                         seed=config.run.seed, workers=config.run.threads,
                                         max_norm_ratio=config.federation.max_norm_ratio,
