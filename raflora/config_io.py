@@ -237,6 +237,7 @@ def _bounded(where: str, value: float, zero_ok: bool = False) -> None:
 
 def validate(c: Config) -> None:
     """Cross-field checks; the first problem found raises ConfigError."""
+    from raflora.client.device import check_spelling
     from raflora.lora import SCALINGS
     from raflora.ranks import client_ranks
     from raflora.tasks import TASKS, build_task
@@ -246,6 +247,7 @@ def validate(c: Config) -> None:
     _positive("run.threads", c.run.threads)
     _positive("run.keep_checkpoints", c.run.keep_checkpoints)
     _one_of("run.runtime", c.run.runtime, RUNTIMES)
+    check_spelling(c.run.device, c.train.precision)  # whether this machine has the device: when a run starts
     f = c.federation
     _bounded("federation.num_clients", f.num_clients)
     _one_of("federation.transport_dtype", f.transport_dtype, list(TRANSPORT_DTYPES))

@@ -13,7 +13,6 @@ import importlib.util
 import os
 import shutil
 import tempfile
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -122,9 +121,8 @@ class ReasoningGymTask(Task):
         max_length: int = 96        -- tokens per example (the prompt is cut from the left).
         max_new_tokens: int = 8     -- generation budget for exact match.
         target_modules: list[str] = ["q_proj", "v_proj"] -- LoRA targets (never the tied lm_head).
-        bf16_autocast: bool = False -- run loss/evaluate under bfloat16 autocast: 1.4-1.7x faster
-                                       on CPUs with avx512_bf16 (or a GPU), but many times slower
-                                       on CPUs without it; numbers change slightly.
+        bf16_autocast              -- replaced by ``[train] precision = "bf16"`` (every task);
+                                       true is refused with what to write instead.
     """
 
     name = "reasoning"
@@ -147,6 +145,10 @@ class ReasoningGymTask(Task):
         target_modules: Sequence[str] | None = None,
         bf16_autocast: bool = False,
     ):
+        if bf16_autocast:
+            # read, not ignored: a run would otherwise silently train in float32
+            raise ValueError('bf16_autocast is now [train] precision = "bf16" (for every task); '
+                             'remove bf16_autocast from [task] and write precision = "bf16" under [train]')
         if model not in ("smollm2", "tiny"):
             raise ValueError(f"model must be 'smollm2' or 'tiny', got {model!r}")
         datasets = [datasets] if isinstance(datasets, str) else list(datasets)
@@ -169,7 +171,6 @@ class ReasoningGymTask(Task):
         self.max_length = int(max_length)
         self.max_new_tokens = int(max_new_tokens)
         self.target_modules = list(target_modules) if target_modules else ["q_proj", "v_proj"]
-        self.bf16_autocast = bool(bf16_autocast)
         self._tokenizer = None
 
     # --- model -------------------------------------------------------------------------------
@@ -274,15 +275,9 @@ class ReasoningGymTask(Task):
             labels[i, : len(ids)] = torch.tensor(target)
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
-    def _autocast(self, model: nn.Module):
-        if not self.bf16_autocast:
-            return nullcontext()
-        return torch.autocast(model_device(model).type, dtype=torch.bfloat16)
-
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = to_device(batch, model_device(model))
-        with self._autocast(model):
-            return model(**batch).loss.float()
+        return model(**batch).loss.float()
 
     # --- metric ------------------------------------------------------------------------------
     def generate(self, model: nn.Module, questions: Sequence[str]) -> list[str]:
@@ -293,15 +288,14 @@ class ReasoningGymTask(Task):
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         device = model_device(model)
-        with self._autocast(model):
-            out = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad,
-                eos_token_id=self.tokenizer.eos_token_id,
-            )
+        out = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
         replies = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
         return [reply.strip().split("\n")[0].strip() for reply in replies]
 
@@ -314,8 +308,7 @@ class ReasoningGymTask(Task):
             for chunk in batches(examples, batch_size):
                 batch = to_device(self.collate(chunk), device)
                 n = int((batch["labels"][:, 1:] != -100).sum())  # the model shifts labels by one
-                with self._autocast(model):
-                    loss_sum += model(**batch).loss.float().item() * n
+                loss_sum += model(**batch).loss.float().item() * n
                 tokens += n
                 replies = self.generate(model, [ex["question"] for ex in chunk])
                 correct += sum(reply == ex["answer"] for reply, ex in zip(replies, chunk))
