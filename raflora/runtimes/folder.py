@@ -1,6 +1,7 @@
 """The run folder both runtimes write, and the console lines they print.
 
-Output folder: ``config.toml`` (resolved), ``metrics.jsonl`` (one object per round),
+Output folder: ``config.toml`` (resolved), ``run.json`` (code, library versions and machine of
+each session, :mod:`raflora.runtimes.provenance`), ``metrics.jsonl`` (one object per round),
 ``checkpoints/round_<k>/`` (state after round k) and ``adapter/`` (the final global adapter as a
 PEFT folder). :func:`open_run`, :func:`record_round` and :func:`finish_run` are the steps around
 the rounds, the same under every runtime.
@@ -17,6 +18,7 @@ from raflora.config import Config, ConfigError
 from raflora.config_io import config_to_dict, config_to_toml
 from raflora.federation.export import write_adapter
 from raflora.federation.setup import RunSetup, build_setup
+from raflora.runtimes.provenance import record_session
 from raflora.federation.state import (
     FederationState,
     clean_json,
@@ -94,6 +96,7 @@ def open_run(config: Config, resume: bool, say: Callable[[str], None]) -> tuple[
     state = _initial_state(setup, out, resume)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(config_to_toml(config))
+    record_session(out, setup.model.device, state.round)
     with (out / "metrics.jsonl").open("w") as fh:
         fh.writelines(json.dumps(m) + "\n" for m in state.metrics)
     if resume:
