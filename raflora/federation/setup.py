@@ -20,7 +20,7 @@ from raflora.lora import fresh_factors, lora_scale
 from raflora.partition import partition
 from raflora.tasks import build_task
 from raflora.tasks.base import Task, TaskData
-from raflora.tasks.common import subsample
+from raflora.tasks.common import spinner, subsample
 
 
 def sample_size(config: Config) -> int:
@@ -155,7 +155,8 @@ def load_model(task: Task, config: Config):
     """The task's base model; a model that is not available here (a Hub id offline, a missing
     folder, target modules it lacks) is a ConfigError naming the key."""
     try:
-        return task.load_model()
+        with spinner(f"loading model {config.task.options.get('model', config.task.name)}"):
+            return task.load_model()
     except (OSError, ValueError, ImportError) as err:
         model = config.task.options.get("model", getattr(task, "model", None))
         key = f"task.model = {model!r}" if model is not None else f"task {config.task.name!r}"

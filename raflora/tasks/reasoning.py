@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from raflora.tasks.base import Task, TaskData
-from raflora.tasks.common import batches, eval_mode, model_device, offline, seeded, to_device
+from raflora.tasks.common import eval_mode, model_device, offline, progress, seeded, to_device
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_CACHE = "~/.cache/raflora/smollm2-135m-instruct"
@@ -305,7 +305,7 @@ class ReasoningGymTask(Task):
         device = model_device(model)
         correct, loss_sum, tokens = 0, 0.0, 0
         with eval_mode(model):
-            for chunk in batches(examples, batch_size):
+            for chunk in progress(examples, batch_size, "evaluating"):
                 batch = to_device(self.collate(chunk), device)
                 n = int((batch["labels"][:, 1:] != -100).sum())  # the model shifts labels by one
                 loss_sum += model(**batch).loss.float().item() * n
