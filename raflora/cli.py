@@ -148,6 +148,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _print_summary(report: dict, folder: Path) -> None:
     from raflora.report.tables import group_rows, has_seeds, markdown_table, paired_rows, summary_table
+    from raflora.runtimes.folder import plural
 
     log.info("\n".join(summary_table(report)))
     if has_seeds(report):
@@ -161,7 +162,8 @@ def _print_summary(report: dict, folder: Path) -> None:
 
         log.info("\nsweep: one row per grid point")
         log.info("\n".join(markdown_table(*sweep_rows(report))))
-    log.info(f"wrote {folder / 'report.html'}, report.md, report.json and {len(report['plots'])} plots to {folder}")
+    log.info(f"wrote {folder / 'report.html'}, report.md, report.json and {len(report['plots'])} "
+             f"{plural(len(report['plots']), 'plot')} to {folder}")
 
 
 def _comparison_args(args: argparse.Namespace) -> dict:

@@ -41,8 +41,9 @@ def setup_logging(level: str = "INFO", log_file: str | None = None) -> logging.L
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
+    # propagate stays on: with no root handler (a plain command line) nothing is printed twice,
+    # and a host application's or pytest's root handlers still see raflora's records
     logger.setLevel(level)
-    logger.propagate = False
     console = TqdmHandler()
     console.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(console)

@@ -90,7 +90,7 @@ def open_run(config: Config, resume: bool, say: Callable[[str], None]) -> tuple[
     :func:`prepare_folder` has checked; write ``config.toml`` and the metrics so far."""
     out = Path(config.out)
     f = config.federation
-    say(f"raflora run: task {config.task.name}, method {f.method.name}, {f.num_clients} clients, "
+    say(f"raflora run: task {config.task.name}, method {f.method.name}, {f.num_clients} {plural(f.num_clients, 'client')}, "
         f"{config.run.rounds} {plural(config.run.rounds, 'round')} -> {out}")
     setup = build_setup(config)
     state = _initial_state(setup, out, resume)

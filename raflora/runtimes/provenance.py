@@ -30,11 +30,11 @@ def _version(distribution: str) -> str | None:
 
 
 def code_version() -> dict:
-    """raflora's version and, when it runs from a git checkout, the commit and whether files
+    """raflora's version (``version``) and, when it runs from a git checkout, the commit and whether files
     differ from it (``dirty``); an installed wheel has no commit."""
     import raflora
 
-    out: dict = {"raflora": raflora.__version__, "commit": None, "dirty": None}
+    out: dict = {"version": raflora.__version__, "commit": None, "dirty": None}
     root = Path(raflora.__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return out

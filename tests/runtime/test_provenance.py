@@ -26,7 +26,7 @@ def test_a_run_and_its_resume_each_record_a_session(make_config, tmp_path):
     for name in ("torch", "transformers", "peft", "safetensors"):
         assert record["versions"][name] == metadata.version(name)
     assert "flwr" in record["versions"]  # None where Flower is not installed
-    assert record["code"]["raflora"] == raflora.__version__
+    assert record["code"]["version"] == raflora.__version__
     assert record["machine"]["device"] == "cpu" and record["machine"]["gpu"] is None
     assert record["machine"]["cpu"] == cpu_name() and record["machine"]["torch_threads"] == 1
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
