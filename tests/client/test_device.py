@@ -132,3 +132,18 @@ def test_a_run_on_a_missing_gpu_stops_before_it_writes(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="run.device = 'cuda'"):
         _run(tmp_path, "gpu", {"device": "cuda"})
     assert not (tmp_path / "gpu" / "metrics.jsonl").exists()
+
+
+def test_the_reasoning_task_s_bf16_autocast_is_train_precision_now(tmp_path):
+    from raflora.config_io import load_config
+
+    old = {"task": {"name": "reasoning", "model": "tiny", "bf16_autocast": True}}
+    with pytest.raises(ConfigError, match=r'bf16_autocast is now \[train\] precision = "bf16"'):
+        config_from_dict(old)
+    # a run folder written before the change still reads (report, --resume, export), mapped
+    path = tmp_path / "config.toml"
+    path.write_text('[task]\nname = "reasoning"\nmodel = "tiny"\nbf16_autocast = true\n')
+    config = load_config(path, legacy=True)
+    assert config.train.precision == "bf16" and "bf16_autocast" not in config.task.options
+    assert config_from_dict({"task": {"name": "reasoning", "model": "tiny", "bf16_autocast": False}},
+                            legacy=True).train.precision == "float32"
