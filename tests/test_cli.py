@@ -217,3 +217,17 @@ def test_report_writes_its_own_folder_and_never_over_a_report(config_file, tmp_p
     assert not (both / "stale.png").exists() and (both / "report.json").is_file()
     assert main(["report", str(runs[0]), "--out", str(runs[1])]) == 2  # a folder that is no report
     assert "holds no report" in capsys.readouterr().err
+
+
+def test_a_device_this_machine_lacks_is_one_line_before_anything(config_file, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "run"
+    assert main(["run", str(config_file), "--out", str(out), "--set", 'run.device="cuda:1"']) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1  # not even the start line
+    assert captured.err.startswith("error: run.device = 'cuda:1' but torch sees no CUDA GPU here")
+    assert not out.exists()
+    assert main(["run", str(config_file), "--out", str(out), "--set", 'train.precision="fp16"']) == 2
+    assert "train.precision = 'fp16' is not known; choose one of float32, bf16" in capsys.readouterr().err
