@@ -3,7 +3,7 @@
 
 Config problems (unknown key, wrong type, rank above r_max, unknown method or task, missing file)
 print one line ``error: ...`` and exit with code 2 before any work starts. What a command says
-goes to the ``raflora`` logger (:mod:`raflora.cli_logging`: ``--log-level``, ``--log-file``).
+goes to the ``raflora`` logger (:mod:`raflora.cli_output`: ``--log-level``, ``--log-file``).
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ def _run(config_path, *, out=None, method=None, rounds=None, resume=None, overwr
     from raflora.runtimes import check_runtime, run
 
     check_runtime(config)  # a missing extra is reported like a config problem
-    log.debug(f"device {resolve_device(config.run.device)} (run.device = {config.run.device!r})")  # refused here
+    device = resolve_device(config.run.device)  # a device this machine lacks: refused before the start line
+    log.debug(f"device {device} (run.device = {config.run.device!r})")
     from raflora.tasks.common import progress_bars
 
     with progress_bars(not quiet):
