@@ -1,20 +1,26 @@
 """Command line: ``raflora run | export | demo | simulate | compare | sweep | report`` (thin: parse, call, print).
+``python -m raflora`` is the same.
 
 Config problems (unknown key, wrong type, rank above r_max, unknown method or task, missing file)
 print one line ``error: ...`` and exit with code 2 before any work starts. A run that finishes
-without aggregating any round exits with code 3.
+without aggregating any round exits with code 3. What a command says goes to the ``raflora``
+logger (:mod:`raflora.cli_output`: ``--log-level``, ``--log-file``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 from pathlib import Path
 
 from raflora.aggregation import AGGREGATORS
+from raflora.cli_output import LOGGER, output_options, setup_logging, version_action
 from raflora.compare import DEFAULT_METHODS
+
+log = logging.getLogger(LOGGER)
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "bbc_minilm.toml"
 
@@ -55,37 +61,67 @@ def simulates(cls) -> bool:
     return cls.mixed_ranks and cls.trains_a and not cls.private
 
 
+def simulated_methods() -> list[str]:
+    return [name for name, cls in AGGREGATORS.items() if simulates(cls)]
+
+
+def _method_list(text: str) -> list[str]:
+    """``a,b`` (as compare takes them); several such words (``a b``) add up."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from raflora.config import ConfigError
+    from raflora.runtimes.folder import plural
     from raflora.simulate import simulate_collapse
 
-    print(f"rank collapse without training: ranks {args.ranks}, {args.rounds} rounds")
-    print("rho_rmin = share of the global update's energy in its top r_min directions (1.0 = collapsed)")
-    traces = [simulate_collapse(m, args.ranks, rounds=args.rounds, seed=args.seed) for m in args.methods]
-    print("round " + " ".join(f"{t.method:>10}" for t in traces))
+    methods = [m for word in args.methods for m in _method_list(word)]
+    unknown = [m for m in methods if m not in simulated_methods()]
+    if unknown or not methods:
+        raise ConfigError(f"simulate --methods: {', '.join(map(repr, unknown)) or 'no method'} cannot be simulated; "
+                          f"choose from {','.join(simulated_methods())}")
+    log.info(f"rank collapse without training: ranks {args.ranks}, {args.rounds} {plural(args.rounds, 'round')}")
+    log.info("rho_rmin = share of the global update's energy in its top r_min directions (1.0 = collapsed)")
+    traces = [simulate_collapse(m, args.ranks, rounds=args.rounds, seed=args.seed) for m in methods]
+    log.info("round " + " ".join(f"{t.method:>10}" for t in traces))
     for k in range(0, args.rounds + 1):
         if k % max(1, args.rounds // 10) == 0 or k == args.rounds:
-            print(f"{k:5d} " + " ".join(f"{t.rho[k]:10.3f}" for t in traces))
+            log.info(f"{k:5d} " + " ".join(f"{t.rho[k]:10.3f}" for t in traces))
     return 0
 
 
 def _run(config_path, *, out=None, method=None, rounds=None, resume=None, overwrite=False, stop_after=None,
          quiet=False, settings=(), runtime=None) -> int:
+    from raflora.client.device import resolve_device
+    from raflora.config import ConfigError
     from raflora.config_io import load_config, parse_assignment
 
+    legacy = False
+    if config_path is None:
+        if not resume:
+            raise ConfigError("give a config file, or --resume DIR to continue the run in DIR")
+        # the run folder's config.toml is the config, with every override the run was started with
+        config_path, legacy = Path(resume) / "config.toml", True
+        if not config_path.is_file():
+            raise ConfigError(f"cannot resume: {str(resume)!r} holds no config.toml of a run")
     overrides = dict(parse_assignment(text) for text in settings)
     overrides.update({k: v for k, v in {"run.out": str(resume or out) if (resume or out) else None,
                                         "federation.method": method, "run.rounds": rounds,
                                         "run.runtime": runtime}.items() if v is not None})
-    config = load_config(config_path, overrides)  # ConfigError -> exit 2 in main()
+    config = load_config(config_path, overrides, legacy=legacy)  # ConfigError -> exit 2 in main()
+    log.debug(f"config {config_path} with overrides {overrides}")
     from raflora.runtimes import check_runtime, run
 
     check_runtime(config)  # a missing extra is reported like a config problem
-    from tqdm import tqdm
+    device = resolve_device(config.run.device)  # a device this machine lacks: refused before the start line
+    log.debug(f"device {device} (run.device = {config.run.device!r})")
+    from raflora.tasks.common import progress_bars
 
     from raflora.runtimes.folder import exit_code
 
-    metrics = run(config, resume=bool(resume), overwrite=overwrite, stop_after=stop_after, log=tqdm.write,
-                  progress=not quiet)
+    with progress_bars(not quiet):
+        metrics = run(config, resume=bool(resume), overwrite=overwrite, stop_after=stop_after, log=log.info,
+                      progress=not quiet)
     return exit_code(config, metrics)  # 3: no round was aggregated
 
 
@@ -111,64 +147,71 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out or Path(args.run) / ("merged" if merged else "export"))
     written = export_run(args.run, out, merged=merged, rank=args.rank)
     kind = "merged weights (model.safetensors)" if merged else "PEFT adapter"
-    print(f"wrote {kind} to {written}")
+    log.info(f"wrote {kind} to {written}")
     return 0
 
 
 def _print_summary(report: dict, folder: Path) -> None:
     from raflora.report.tables import group_rows, has_seeds, markdown_table, paired_rows, summary_table
+    from raflora.runtimes.folder import plural
 
-    print("\n".join(summary_table(report)))
+    log.info("\n".join(summary_table(report)))
     if has_seeds(report):
-        print("\nover seeds: mean ± std [min, max]")
-        print("\n".join(markdown_table(*group_rows(report))))
+        log.info("\nover seeds: mean ± std [min, max]")
+        log.info("\n".join(markdown_table(*group_rows(report))))
         if report["paired"]:
-            print(f"\npaired differences, reference {report['reference']} minus the other method, seed by seed")
-            print("\n".join(markdown_table(*paired_rows(report))))
+            log.info(f"\npaired differences, reference {report['reference']} minus the other method, seed by seed")
+            log.info("\n".join(markdown_table(*paired_rows(report))))
     if report.get("sweep"):
         from raflora.report.sweep_table import sweep_rows
 
-        print("\nsweep: one row per grid point")
-        print("\n".join(markdown_table(*sweep_rows(report))))
-    print(f"wrote {folder / 'report.html'}, report.md, report.json and {len(report['plots'])} plots to {folder}")
+        log.info("\nsweep: one row per grid point")
+        log.info("\n".join(markdown_table(*sweep_rows(report))))
+    log.info(f"wrote {folder / 'report.html'}, report.md, report.json and {len(report['plots'])} "
+             f"{plural(len(report['plots']), 'plot')} to {folder}")
 
 
 def _comparison_args(args: argparse.Namespace) -> dict:
     """compare's and sweep's shared options, parsed (ConfigError before any run for a bad one)."""
-    from tqdm import tqdm
-
     from raflora.compare import parse_methods, parse_seeds
     from raflora.config_io import parse_assignment
 
     overrides = dict(parse_assignment(text) for text in args.set)
     overrides["run.rounds"] = args.rounds
     return {"methods": parse_methods(args.methods), "seeds": parse_seeds(args.seeds), "reference": args.reference,
-            "overrides": overrides, "overwrite": args.overwrite, "log": tqdm.write, "progress": not args.quiet}
+            "overrides": overrides, "overwrite": args.overwrite, "log": log.info, "progress": not args.quiet}
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from raflora.compare import compare
+    from raflora.tasks.common import progress_bars
 
     options = _comparison_args(args)
-    folder, report = compare(args.config, options.pop("methods"), args.out, **options)
+    with progress_bars(not args.quiet):
+        folder, report = compare(args.config, options.pop("methods"), args.out, **options)
     _print_summary(report, folder)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from raflora.sweep import parse_grid, sweep
+    from raflora.tasks.common import progress_bars
 
     options = _comparison_args(args)
     points = parse_grid(args.grid)
-    folder, report = sweep(args.config, points, options.pop("methods"), args.out, **options)
+    with progress_bars(not args.quiet):
+        folder, report = sweep(args.config, points, options.pop("methods"), args.out, **options)
     _print_summary(report, folder)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from raflora.report import default_folder, write_report
+    from raflora.report import load_runs, write_report
+    from raflora.report.destination import clear_target, report_folder
 
-    folder = Path(args.out) if args.out else default_folder(args.runs)
+    folder = Path(args.out) if args.out else report_folder(args.runs)
+    load_runs(args.runs)  # runs that cannot be reported leave an old report in place
+    clear_target(folder, args.overwrite)
     _print_summary(write_report(args.runs, folder, reference=args.reference), folder)
     return 0
 
@@ -196,12 +239,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="raflora",
         description="Federated LoRA fine-tuning with heterogeneous client ranks (raFLoRA and baselines).",
     )
+    parser.add_argument("--version", action=version_action(), nargs=0,
+                        help="print the versions of raflora, torch, transformers, peft and flwr, and exit")
     sub = parser.add_subparsers(dest="command", required=True)
+    common = output_options()
 
-    run = sub.add_parser("run", help="run a federation from a TOML config",
-                         description="Run a federation (in this process, or under Flower with --runtime flower). Writes config.toml, metrics.jsonl, "
-                         "checkpoints/ and adapter/ to the output folder ([run] out, default runs/<name>).")
-    run.add_argument("config", help="TOML config file (see docs/usage.md)")
+    run = sub.add_parser("run", help="run a federation from a TOML config", parents=[common],
+                         description="Run a federation (in this process, or under Flower with --runtime flower). Writes "
+                         "config.toml, run.json, metrics.jsonl, checkpoints/ and adapter/ to the output folder ([run] "
+                         "out, default runs/<name>). raflora run --resume DIR continues the run in DIR from its own "
+                         "config.toml.")
+    run.add_argument("config", nargs="?", help="TOML config file (see docs/usage.md); optional with --resume, "
+                     "which reads DIR/config.toml (given both, they must agree)")
     run.add_argument("--out", help="output folder (overrides [run] out)")
     run.add_argument("--method", help="aggregation method, with its options at their defaults (overrides "
                      "[federation.method]; set its options with --set federation.method.KEY=VALUE): "
@@ -210,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override one config value, e.g. --set train.lr=0.01 --set ranks.ranks=[4,8] "
                      "(VALUE is read as TOML; repeatable)")
-    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint (DIR is the output folder)")
+    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint (DIR is the "
+                     "output folder; its config.toml is the config unless CONFIG is given)")
     run.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder (kept "
                      "until the new run writes its first checkpoint)")
     run.add_argument("--stop-after", type=_positive, metavar="K", help="stop after round K (checkpoint kept, resumable)")
@@ -220,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     export = sub.add_parser("export", help="write a run's global model as a PEFT adapter folder or merged weights",
+                            parents=[common],
                             description="Export the latest checkpoint of a run folder. Default: a PEFT adapter "
                             "folder (rank [ranks] r_max, the best rank-r approximation of the global update) that "
                             "PeftModel.from_pretrained(task model, folder) loads. --merged: the task model's full "
@@ -232,25 +283,28 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=cmd_export)
 
     demo = sub.add_parser("demo", help="the default run: MiniLM + BBC News, 10 clients, raflora, into runs/demo",
+                          parents=[common],
                           description=f"Runs {DEMO_CONFIG.name} (all-MiniLM-L6-v2 on BBC News, 10 clients with "
                           "Dirichlet 0.5 label skew, ranks 2/4/8/16, raflora) into runs/demo, replacing a previous demo.")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=cmd_demo)
 
     sim = sub.add_parser(
-        "simulate",
+        "simulate", parents=[common],
         help="show rank collapse without training (clients resend their slice with noise)",
         description="Clients repeatedly receive their rank-r slice of the global update and send it back "
         "with small noise; prints rho_rmin per round for each method.",
     )
-    sim.add_argument("--methods", nargs="+", default=["flexlora", "zero_pad", "raflora"],
-                     choices=[name for name, cls in AGGREGATORS.items() if simulates(cls)])
+    sim.add_argument("--methods", nargs="+", default=["flexlora,zero_pad,raflora"], metavar="M1,M2,...",
+                     help="comma-separated methods, as for compare (default flexlora,zero_pad,raflora): "
+                     f"{','.join(simulated_methods())}")
     sim.add_argument("--ranks", type=_ranks, default=_ranks("2,4,4,8,8,16,16,16"), help="comma-separated client ranks")
-    sim.add_argument("--rounds", type=int, default=30)
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--rounds", type=_positive, default=30, help="rounds to simulate (default 30)")
+    sim.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
     sim.set_defaults(func=cmd_simulate)
 
     cmp = sub.add_parser("compare", help="run one config once per method (and seed), then report them side by side",
+                         parents=[common],
                          description="Runs CONFIG once per method (same seed: the same clients, ranks, data and "
                          "sampling) into OUT/<method>/, each a normal run folder, then writes the report of "
                          "the runs into OUT/report/. With --seeds, every method runs once per seed into "
@@ -261,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.set_defaults(func=cmd_compare)
 
     swp = sub.add_parser("sweep", help="compare methods (and seeds) at each point of a grid of config values, one report",
+                         parents=[common],
                          description="Runs every method (and seed) at every grid point into OUT/point-<p>/<method>/ "
                          "(.../seed-<k>/ with --seeds), then one report over all runs in OUT/report/ with a "
                          "table of points x methods. Each --grid is one point that sets one or more keys, "
@@ -275,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     swp.set_defaults(func=cmd_sweep)
 
     rep = sub.add_parser("report", help="tables and plots of finished runs: report.html, report.md, report.json, PNGs",
+                         parents=[common],
                          description="Reads each run folder's config.toml and metrics.jsonl and writes report.html "
                          "(one self-contained page), report.md (summary and per-round tables), report.json (the "
                          "same numbers) and plots (metric, rho_rmin, energy per rank partition and round, bytes "
@@ -282,7 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "over the seeds. The runs must be of one task.")
     rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (each holds config.toml and "
                      "metrics.jsonl); a compare or sweep folder stands for every run below it")
-    rep.add_argument("--out", help="report folder (default: report/ in the folder that holds the runs)")
+    rep.add_argument("--out", help="report folder (default: RUN_DIR/report for one folder, a run or a compare or "
+                     "sweep folder; report-<name>+<name>... beside several runs)")
+    rep.add_argument("--overwrite", action="store_true", help="replace the report already in the report folder "
+                     "(without it, an existing report is never written over)")
     rep.add_argument("--reference", metavar="METHOD", help="paired differences are METHOD minus each other "
                      "method of the same setting, seed by seed (default: the method of the first run)")
     rep.set_defaults(func=cmd_report)
@@ -298,10 +357,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        try:
+            setup_logging(args.log_level, args.log_file)
+        except OSError as err:
+            raise ConfigError(f"--log-file {args.log_file!r}: {err.strerror or err}") from None
         return int(args.func(args) or 0)
     except ConfigError as err:
         # one line, whatever the message quotes (a library's OSError text runs over several)
-        print("error: " + " ".join(line.strip() for line in str(err).splitlines() if line.strip()), file=sys.stderr)
+        line = "error: " + " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(line, file=sys.stderr)
+        log.error(line, extra={"file_only": True})  # the console has it already, on stderr
         return 2
 
 

@@ -48,6 +48,8 @@ class RunConfig:
     keep_checkpoints: int = setting(2, "most recent round checkpoints kept")
     runtime: str = setting("embedded", "embedded (this process) | flower (Flower simulation, same numbers; "
                            "docs/flower.md)")
+    device: str = setting("auto", "auto (the first CUDA GPU when torch sees one, else the CPU) | cpu | cuda | "
+                          "cuda:N | mps: where the model trains and evaluates; one that is missing stops the run")
 
 
 @dataclass
@@ -99,6 +101,9 @@ class TrainConfig:
     momentum: float = setting(0.9, "sgd only; in [0, 1)")
     batch_size: int = setting(16, "examples per step")
     grad_clip: float = setting(1.0, "max gradient norm, 0 = off")
+    precision: str = setting("float32", "float32 | bf16: forward passes (training and evaluation) under bfloat16 "
+                             "autocast; faster on GPUs and on CPUs with avx512_bf16, slower on other CPUs; "
+                             "numbers change slightly")
 
 
 @dataclass

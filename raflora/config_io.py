@@ -105,6 +105,21 @@ def _legacy_federation(table: Mapping[str, Any]) -> dict[str, Any]:
     return table
 
 
+def _legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """An older run folder's config as today's: the flat method keys, and the reasoning task's
+    ``bf16_autocast`` (now ``train.precision``)."""
+    data = dict(data)
+    if isinstance(data.get("federation"), Mapping):
+        data["federation"] = _legacy_federation(data["federation"])
+    task = data.get("task")
+    if isinstance(task, Mapping) and "bf16_autocast" in task:
+        task = dict(task)
+        if task.pop("bf16_autocast") is True:
+            data["train"] = {**data.get("train", {}), "precision": "bf16"}
+        data["task"] = task
+    return data
+
+
 def _section(name: str, cls: type, table: Any) -> Any:
     if not isinstance(table, Mapping):
         raise ConfigError(f"[{name}] must be a table, got {name} = {table!r}")
@@ -137,8 +152,8 @@ def config_from_dict(data: Mapping[str, Any], legacy: bool = False) -> Config:
         if name not in SECTIONS:
             raise ConfigError(f"unknown section [{name}]; sections: {', '.join(SECTIONS)}")
     data = dict(data)
-    if legacy and isinstance(data.get("federation"), Mapping):
-        data["federation"] = _legacy_federation(data["federation"])
+    if legacy:
+        data = _legacy(data)
     config = Config(**{name: _section(name, cls, data.get(name, {})) for name, cls in SECTIONS.items()})
     validate(config)
     return config
@@ -202,8 +217,8 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None, le
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
-    if legacy and isinstance(data.get("federation"), Mapping):
-        data["federation"] = _legacy_federation(data["federation"])
+    if legacy:
+        data = _legacy(data)
     return config_from_dict(apply_overrides(data, overrides or {}))
 
 
@@ -238,6 +253,7 @@ def _bounded(where: str, value: float, zero_ok: bool = False) -> None:
 
 def validate(c: Config) -> None:
     """Cross-field checks; the first problem found raises ConfigError."""
+    from raflora.client.device import check_spelling
     from raflora.lora import SCALINGS
     from raflora.ranks import client_ranks
     from raflora.tasks import TASKS, build_task
@@ -247,6 +263,7 @@ def validate(c: Config) -> None:
     _positive("run.threads", c.run.threads)
     _positive("run.keep_checkpoints", c.run.keep_checkpoints)
     _one_of("run.runtime", c.run.runtime, RUNTIMES)
+    check_spelling(c.run.device, c.train.precision)  # whether this machine has the device: when a run starts
     f = c.federation
     _bounded("federation.num_clients", f.num_clients)
     _one_of("federation.transport_dtype", f.transport_dtype, list(TRANSPORT_DTYPES))

@@ -111,4 +111,123 @@ def test_console_entry_point_exit_code(tmp_path):
     bad.write_text("[run]\nroundz = 1\n")
     done = subprocess.run([sys.executable, "-m", "raflora.cli", "run", str(bad)], capture_output=True, text=True)
     assert done.returncode == 2
-    assert done.stderr.strip() == "error: unknown key run.roundz; [run] takes: keep_checkpoints, name, out, rounds, runtime, seed, threads"
+    assert done.stderr.strip() == ("error: unknown key run.roundz; [run] takes: device, keep_checkpoints, name, out, "
+                                   "rounds, runtime, seed, threads")
+
+
+def test_resume_needs_only_the_run_folder(config_file, tmp_path, capsys):
+    # the method was overridden on the command line: the printed hint, followed literally, resumes
+    out = tmp_path / "run"
+    assert main(["run", str(config_file), "--out", str(out), "--method", "flexlora", "--stop-after", "1",
+                 "--quiet"]) == 0
+    hint = capsys.readouterr().out.splitlines()[-1]
+    assert hint == f"stopped after round 1; continue with: raflora run --resume {out}"
+    assert main(hint.split("raflora ", 1)[1].split() + ["--quiet"]) == 0
+    assert f"resuming {out} after round 1" in capsys.readouterr().out
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2] and {r["method"] for r in records} == {"flexlora"}
+
+
+def test_resume_with_a_config_that_differs_is_refused(config_file, tmp_path, capsys):
+    # a config given as well as --resume is checked against the run's own
+    out = tmp_path / "run"
+    assert main(["run", str(config_file), "--out", str(out), "--method", "flexlora", "--stop-after", "1",
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(config_file), "--resume", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot resume" in err and "federation.method" in err
+
+
+def test_run_without_config_or_resume(tmp_path, capsys):
+    assert main(["run"]) == 2
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["error: give a config file, or --resume DIR to continue the run in DIR",
+                   f"error: cannot resume: {str(tmp_path)!r} holds no config.toml of a run"]
+
+
+def test_version_and_python_m(capsys):
+    from importlib import metadata
+
+    import raflora
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    line = capsys.readouterr().out
+    assert line.count("\n") == 1 and line.startswith(f"raflora {raflora.__version__} (torch ")
+    assert f"peft {metadata.version('peft')}" in line
+    ran = subprocess.run([sys.executable, "-m", "raflora", "--version"], capture_output=True, text=True)
+    assert ran.returncode == 0 and ran.stdout == line
+
+
+def test_simulate_methods_comma_or_space_separated(capsys):
+    assert main(["simulate", "--methods", "flexlora,raflora", "--rounds", "1"]) == 0
+    comma = capsys.readouterr().out
+    assert main(["simulate", "--methods", "flexlora", "raflora", "--rounds", "1"]) == 0
+    assert capsys.readouterr().out == comma
+    assert "ranks [2, 4, 4, 8, 8, 16, 16, 16], 1 round\n" in comma  # not "1 rounds"
+    assert comma.splitlines()[2].split() == ["round", "flexlora", "raflora"]
+    assert main(["simulate", "--methods", "flexlora,fedsa"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'fedsa' cannot be simulated" in err
+
+
+def test_log_file_and_level(config_file, tmp_path, capsys):
+    out, log = tmp_path / "run", tmp_path / "run.log"
+    assert main(["run", str(config_file), "--out", str(out), "--quiet", "--log-file", str(log),
+                 "--log-level", "debug"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    logged = log.read_text().splitlines()
+    rounds = [line for line in printed if line.startswith("round ")]
+    assert len(rounds) == 2
+    for line in rounds:  # the per-round lines, with time and level in front
+        assert any(entry.endswith(" INFO " + line) for entry in logged)
+    assert any(" DEBUG device cpu" in entry for entry in logged)
+    # WARNING: the run is silent; an error still reaches the console (stderr) and the file
+    assert main(["run", str(config_file), "--out", str(out), "--quiet", "--log-level", "WARNING",
+                 "--log-file", str(log)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: ") and "already holds a run" in captured.err
+    assert log.read_text().splitlines()[-1].endswith(" ERROR " + captured.err.strip())
+    assert main(["simulate", "--rounds", "1", "--log-level", "WARNING"]) == 0
+    assert capsys.readouterr().out == ""
+    assert main(["simulate", "--log-file", str(tmp_path / "no" / "such" / "folder.log")]) == 2
+    assert "--log-file" in capsys.readouterr().err
+
+
+def test_report_writes_its_own_folder_and_never_over_a_report(config_file, tmp_path, capsys):
+    runs = []
+    for method in ("flexlora", "raflora"):
+        runs.append(tmp_path / method)
+        assert main(["run", str(config_file), "--out", str(runs[-1]), "--method", method, "--rounds", "1",
+                     "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(runs[0])]) == 0
+    assert (runs[0] / "report" / "report.json").is_file()
+    assert main(["report", *map(str, runs)]) == 0
+    both = tmp_path / "report-flexlora+raflora"
+    assert json.loads((both / "report.json").read_text())["runs"][1]["method"] == "raflora"
+    capsys.readouterr()
+    assert main(["report", *map(str, runs)]) == 2  # never silently over the report already there
+    assert "already holds a report; pass --overwrite" in capsys.readouterr().err
+    (both / "stale.png").write_bytes(b"")
+    assert main(["report", *map(str, runs), "--overwrite"]) == 0
+    assert not (both / "stale.png").exists() and (both / "report.json").is_file()
+    assert main(["report", str(runs[0]), "--out", str(runs[1])]) == 2  # a folder that is no report
+    assert "holds no report" in capsys.readouterr().err
+
+
+def test_a_device_this_machine_lacks_is_one_line_before_anything(config_file, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "run"
+    assert main(["run", str(config_file), "--out", str(out), "--set", 'run.device="cuda:1"']) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1  # not even the start line
+    assert captured.err.startswith("error: run.device = 'cuda:1' but torch sees no CUDA GPU here")
+    assert not out.exists()
+    assert main(["run", str(config_file), "--out", str(out), "--set", 'train.precision="fp16"']) == 2
+    assert "train.precision = 'fp16' is not known; choose one of float32, bf16" in capsys.readouterr().err

@@ -15,7 +15,7 @@ LAYERS = [
     ("tasks", "client", "config_io", "config_doc", "hf_auto"),
     ("federation",),
     ("runtimes", "compare", "sweep", "report"),
-    ("cli", "__main__", "__init__"),
+    ("cli", "cli_output", "__main__", "__init__"),
 ]
 LAYER = {name: k for k, names in enumerate(LAYERS) for name in names}
 

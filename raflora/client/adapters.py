@@ -7,6 +7,10 @@ PEFT's scaling of an adapter is set to the run's scale ``s`` for that rank (``lo
 ``s * B @ A`` exactly as ``LoRAFactors`` does.
 
 Module names are the task model's own (PEFT's ``base_model.model.`` prefix stripped).
+
+The model lives on ``device`` (``run.device``); the factors and heads that go in and out are CPU
+tensors, so that the server's state, the wire and the checkpoints never depend on where clients
+trained. Forward passes run under :meth:`AdapterModel.autocast` (``train.precision``).
 """
 
 from __future__ import annotations
@@ -38,9 +42,13 @@ class AdapterModel:
         ranks: Sequence[int],
         scales: Mapping[int, float],
         dropout: float = 0.0,
+        device: torch.device | str = "cpu",
+        precision: str = "float32",
     ):
         from peft import get_peft_model
 
+        self.device = torch.device(device)
+        self.precision = precision
         self.target_modules = list(target_modules)
         self.head_modules = list(head_modules)
         self.dropout = float(dropout)
@@ -49,11 +57,18 @@ class AdapterModel:
         self.peft = get_peft_model(model, self._lora_config(ranks[0]), adapter_name=adapter_name(ranks[0]))
         for r in ranks[1:]:
             self.peft.add_adapter(adapter_name(r), self._lora_config(r))
+        self.peft.to(self.device)  # a no-op on the CPU: the same tensors, the same numbers
         self.layers = self._lora_layers()
         self.heads = self._head_wrappers()
         for r in ranks:
             self._fix_scaling(r)
         self.ranks = ranks
+
+    def autocast(self):
+        """The context every forward pass runs in (bfloat16 autocast for ``precision = "bf16"``)."""
+        from raflora.client.device import autocast
+
+        return autocast(self.device, self.precision)
 
     def _lora_config(self, rank: int):
         from peft import LoraConfig
@@ -102,6 +117,10 @@ class AdapterModel:
     def base_weight(self, module: str) -> Tensor:
         return self.layers[module].get_base_layer().weight
 
+    def base_weights(self, modules: Sequence[str] | None = None) -> dict[str, Tensor]:
+        """CPU copies of the base weights of ``modules`` (all adapted modules by default)."""
+        return {m: _cpu_copy(self.base_weight(m)) for m in (self.modules if modules is None else modules)}
+
     # -- per-client state ---------------------------------------------------------------------
     def activate(self, rank: int, train_a: bool = True) -> None:
         """Make ``rank``'s adapter the active one; only its factors (``A`` if ``train_a``) and its
@@ -127,9 +146,7 @@ class AdapterModel:
     def get_factors(self, rank: int) -> dict[str, LoRAFactors]:
         name, s = adapter_name(rank), self.scales[rank]
         return {
-            module: LoRAFactors(
-                layer.lora_A[name].weight.detach().clone(), layer.lora_B[name].weight.detach().clone(), s
-            )
+            module: LoRAFactors(_cpu_copy(layer.lora_A[name].weight), _cpu_copy(layer.lora_B[name].weight), s)
             for module, layer in sorted(self.layers.items())
         }
 
@@ -147,7 +164,7 @@ class AdapterModel:
         for module, wrapper in sorted(self.heads.items()):
             source = wrapper.original_module if rank is None else wrapper.modules_to_save[adapter_name(rank)]
             for key, p in source.named_parameters():
-                out[f"{module}.{key}"] = p.detach().clone()
+                out[f"{module}.{key}"] = _cpu_copy(p)
         return out
 
     # -- the global model ---------------------------------------------------------------------
@@ -156,17 +173,18 @@ class AdapterModel:
         with torch.no_grad():
             for module, delta in deltas.items():
                 w = self.base_weight(module)
-                w.add_(delta.to(w.dtype))
+                w.add_(delta.to(w.device, w.dtype))
 
     @contextlib.contextmanager
     def global_model(self, deltas: Mapping[str, Tensor], head: Mapping[str, Tensor]) -> Iterator[nn.Module]:
         """The global model for evaluation: adapters off, ``W + delta`` in the base weights and the
-        global head in place; the base weights are restored bit for bit afterwards."""
+        global head in place; the base weights are restored bit for bit afterwards. The block
+        runs under :meth:`autocast`, so that evaluation computes in the training precision."""
         saved = {m: self.base_weight(m).detach().clone() for m in deltas}
         self.set_head(None, head)
         self.add_to_base(deltas)
         try:
-            with self.peft.disable_adapter():
+            with self.peft.disable_adapter(), self.autocast():
                 yield self.peft
         finally:
             with torch.no_grad():
@@ -235,6 +253,11 @@ class AdapterModel:
         finally:
             self.peft.delete_adapter(name)
         return config.base_model_name_or_path
+
+
+def _cpu_copy(t: Tensor) -> Tensor:
+    """A detached copy on the CPU (on the CPU: the same values as ``clone()``)."""
+    return t.detach().to("cpu", copy=True)
 
 
 def peft_task_type(model: nn.Module) -> str | None:

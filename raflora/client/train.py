@@ -81,7 +81,8 @@ def train_local(
         for group in opt.param_groups:
             group["lr"] = lr_at(step / steps)
         opt.zero_grad(set_to_none=True)
-        loss = task.loss(model.peft, task.collate([examples[i] for i in idx]))
+        with model.autocast():
+            loss = task.loss(model.peft, task.collate([examples[i] for i in idx]))
         loss.backward()
         if train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, train.grad_clip)

@@ -128,7 +128,7 @@ def export_run(run_dir: str | Path, out: str | Path, merged: bool = False, rank:
     rank = rank or config.ranks.r_max
     scale = lora_scale(config.lora.scaling, config.lora.alpha, rank, _clients(config))
     model = AdapterModel(task.load_model(), task.target_modules, task.head_modules, [rank], {rank: scale})
-    base0 = {m: model.base_weight(m).detach().clone() for m in model.modules}
+    base0 = model.base_weights()
     write_adapter(model, base0, state, rank, scale, out, task=task)
     return out
 

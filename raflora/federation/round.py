@@ -216,7 +216,7 @@ def _apply(setup, state, result, heads, weights) -> None:
         state.delta = {m: LowRank(*(t.detach().clone() for t in result.delta_factors(m))) for m in result.modules}
     if method.merges_into_base:
         setup.model.add_to_base({m: result.delta(m) for m in result.modules})
-        state.base = {m: setup.model.base_weight(m).detach().clone() for m in result.modules}
+        state.base = setup.model.base_weights(result.modules)
     state.starts = {
         r: {m: result.client_factors(m, r, setup.scales[r]) for m in result.modules} for r in sorted(set(setup.ranks))
     }

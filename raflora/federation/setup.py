@@ -13,13 +13,14 @@ import torch
 
 from raflora.aggregation import Method
 from raflora.client.adapters import AdapterModel
+from raflora.client.device import resolve_device
 from raflora.config import Config, ConfigError
 from raflora.ranks import client_ranks
 from raflora.lora import fresh_factors, lora_scale
 from raflora.partition import partition
 from raflora.tasks import build_task
 from raflora.tasks.base import Task, TaskData
-from raflora.tasks.common import subsample
+from raflora.tasks.common import spinner, subsample
 
 
 def sample_size(config: Config) -> int:
@@ -85,6 +86,7 @@ class RunSetup:
 
 def build_setup(config: Config) -> RunSetup:
     torch.set_num_threads(config.run.threads)
+    device = resolve_device(config.run.device)  # a missing GPU stops the run before anything loads
     seed = config.run.seed
     task = build_task(config.task.name, **config.task.options)
     data = load_data(task, config)
@@ -99,13 +101,14 @@ def build_setup(config: Config) -> RunSetup:
               for r in sorted(set(ranks) | {config.ranks.r_max})}
     torch.manual_seed(seed)
     model = AdapterModel(
-        load_model(task, config), task.target_modules, task.head_modules, sorted(set(ranks)), scales, lora.dropout
+        load_model(task, config), task.target_modules, task.head_modules, sorted(set(ranks)), scales, lora.dropout,
+        device=device, precision=config.train.precision,
     )
     test = list(data.test)
     if config.eval.max_examples > 0:
         test = subsample(test, config.eval.max_examples, derived_seed("eval", seed))
     task.prepare(list(data.train) + test)
-    base0 = {m: model.base_weight(m).detach().clone() for m in model.modules}
+    base0 = model.base_weights()
     return RunSetup(config, task, data, shards, ranks, levels, scales, model, model.shapes(), test, base0, method)
 
 
@@ -113,6 +116,7 @@ def check_inputs(config: Config) -> None:
     """Read the data, split it and load the model as :func:`build_setup` does, and drop them: a
     runtime that sets the run up elsewhere (Flower's ServerApp, under Ray) refuses bad input here,
     as a ConfigError, before it starts."""
+    resolve_device(config.run.device)
     task = build_task(config.task.name, **config.task.options)
     split_among_clients(config, load_data(task, config))
     load_model(task, config)
@@ -151,7 +155,8 @@ def load_model(task: Task, config: Config):
     """The task's base model; a model that is not available here (a Hub id offline, a missing
     folder, target modules it lacks) is a ConfigError naming the key."""
     try:
-        return task.load_model()
+        with spinner(f"loading model {config.task.options.get('model', config.task.name)}"):
+            return task.load_model()
     except (OSError, ValueError, ImportError) as err:
         model = config.task.options.get("model", getattr(task, "model", None))
         key = f"task.model = {model!r}" if model is not None else f"task {config.task.name!r}"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 from typing import Any, Callable, Sequence
 
-from raflora.report.method_keys import is_method_option
+from raflora.report.method_keys import follows_method
 
 PER_RUN_KEYS = ("run.out", "run.seed")   # what changes between the runs of one group
 STAT_FIELDS = ("final_metric", "best_metric", "rho_rmin_last")
@@ -95,8 +95,7 @@ def build_groups(summaries: Sequence[dict], flats: Sequence[dict[str, Any]],
         seeds = [flats[i].get("run.seed", 0) for i in indices]
         group = {"label": label, "method": method, "runs": [m["label"] for m in members], "seeds": seeds,
                  "r_min": members[0]["r_min"]}
-        pair_settings.append(_setting(flats[indices[0]], lambda key: key in PER_RUN_KEYS
-                                      or key == "federation.method" or is_method_option(key)))
+        pair_settings.append(_setting(flats[indices[0]], lambda key: key in PER_RUN_KEYS or follows_method(key)))
         group.update({field: stats([_value(m, field) for m in members]) for field in STAT_FIELDS})
         for field in ("bytes_up", "bytes_down", "seconds"):
             group[field] = stats([m[field] for m in members])

@@ -10,6 +10,9 @@ options are spelled ``federation.method.KEY``; the method's class lists them
 from __future__ import annotations
 
 METHOD_PREFIX = "federation.method."
+# Federation keys whose resolved value follows the method unless a config sets it (each method's
+# own rule for an unreached rank partition): runs that differ only there are one setting.
+FOLLOWS_METHOD = ("federation.empty_partition",)
 
 
 def option_name(key: str) -> str | None:
@@ -31,3 +34,9 @@ def method_has_option(method: str, key: str) -> bool:
 
     name = option_name(key)
     return name is None or name in AGGREGATORS[method].option_names()
+
+
+def follows_method(key: str) -> bool:
+    """Whether ``key`` is the method's own or resolved from it: pairing runs of different methods
+    ignores it."""
+    return key == "federation.method" or is_method_option(key) or key in FOLLOWS_METHOD

@@ -1,6 +1,7 @@
 """The run folder both runtimes write, and the console lines they print.
 
-Output folder: ``config.toml`` (resolved), ``metrics.jsonl`` (one object per round),
+Output folder: ``config.toml`` (resolved), ``run.json`` (code, library versions and machine of
+each session, :mod:`raflora.runtimes.provenance`), ``metrics.jsonl`` (one object per round),
 ``checkpoints/round_<k>/`` (state after round k) and ``adapter/`` (the final global adapter as a
 PEFT folder). :func:`open_run`, :func:`record_round` and :func:`finish_run` are the steps around
 the rounds, the same under every runtime.
@@ -17,6 +18,7 @@ from raflora.config import Config, ConfigError
 from raflora.config_io import config_to_dict, config_to_toml
 from raflora.federation.export import write_adapter
 from raflora.federation.setup import RunSetup, build_setup
+from raflora.runtimes.provenance import record_session
 from raflora.federation.state import (
     FederationState,
     clean_json,
@@ -136,7 +138,7 @@ def open_run(config: Config, resume: bool, say: Callable[[str], None]) -> tuple[
     :func:`prepare_folder` has checked; write ``config.toml`` and the metrics so far."""
     out = Path(config.out)
     f = config.federation
-    say(f"raflora run: task {config.task.name}, method {f.method.name}, {f.num_clients} clients, "
+    say(f"raflora run: task {config.task.name}, method {f.method.name}, {f.num_clients} {plural(f.num_clients, 'client')}, "
         f"{config.run.rounds} {plural(config.run.rounds, 'round')} -> {out}")
     setup = build_setup(config)
     state = _initial_state(setup, out, resume)
@@ -144,6 +146,7 @@ def open_run(config: Config, resume: bool, say: Callable[[str], None]) -> tuple[
     if not resume and holds_run(out):  # prepare_folder let it through: --overwrite
         _move_aside(out)
     (out / "config.toml").write_text(config_to_toml(config))
+    record_session(out, setup.model.device, state.round)
     with (out / "metrics.jsonl").open("w") as fh:
         fh.writelines(json.dumps(m) + "\n" for m in state.metrics)
     if resume:

@@ -1,11 +1,15 @@
 """Small helpers shared by the task families: seeded splits, seeded head init, batching,
-device placement and classification evaluation."""
+device placement, classification evaluation, and the progress shown while models load and evaluate."""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import itertools
+import math
 import os
 import random
+import threading
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -60,6 +64,58 @@ def batches(items: Sequence[Any], batch_size: int) -> Iterator[Sequence[Any]]:
         yield items[start:start + batch_size]
 
 
+# Whether loading and evaluating show progress: the command line turns it on (off with --quiet);
+# a library caller, a test and a Flower client, which share no terminal, see nothing.
+_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar("raflora_progress", default=False)
+
+
+@contextlib.contextmanager
+def progress_bars(on: bool) -> Iterator[None]:
+    token = _PROGRESS.set(on)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def progress(items: Sequence[Any], batch_size: int, desc: str) -> Iterator[Sequence[Any]]:
+    """``batches(items, batch_size)`` with a tqdm bar (when progress is on) that goes away when done."""
+    chunks = batches(items, batch_size)
+    if not _PROGRESS.get():
+        yield from chunks
+        return
+    from tqdm import tqdm
+
+    with tqdm(chunks, total=math.ceil(len(items) / batch_size), desc=desc, unit="batch", leave=False) as bar:
+        yield from bar
+
+
+@contextlib.contextmanager
+def spinner(desc: str) -> Iterator[None]:
+    """A turning line with the seconds so far while a block runs (loading a model can take a
+    minute and shows no other sign of life); nothing when progress is off."""
+    if not _PROGRESS.get():
+        yield
+        return
+    from tqdm import tqdm
+
+    done = threading.Event()
+    with tqdm(desc=desc, bar_format="{desc} {elapsed}", leave=False) as bar:
+        def turn() -> None:
+            for mark in itertools.cycle("|/-\\"):
+                if done.wait(0.25):
+                    return
+                bar.set_description_str(f"{desc} {mark}")  # refreshes the line
+
+        ticker = threading.Thread(target=turn, daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            done.set()
+            ticker.join()
+
+
 def model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -96,7 +152,7 @@ def evaluate_classifier(task: Any, model: nn.Module, examples: Sequence[Any], ba
     device = model_device(model)
     correct, total_loss = 0, 0.0
     with eval_mode(model):
-        for chunk in batches(examples, batch_size):
+        for chunk in progress(examples, batch_size, "evaluating"):
             batch = to_device(task.collate(chunk), device)
             labels = batch.pop("labels")
             logits = logits_of(model(**batch))

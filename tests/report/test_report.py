@@ -44,7 +44,9 @@ def test_report_json_equals_the_metrics_files(comparison):
     report = json.loads((folder / "report" / "report.json").read_text())
     assert report["task"] == "synthetic" and report["metric"] == "accuracy" and report["r_min"] == [2]
     assert [run["label"] for run in report["runs"]] == list(METHODS)
-    assert report["differences"] == {"federation.method": {m: m for m in METHODS}}
+    # each method's own rule for an unreached rank partition is resolved into its config.toml
+    rule = {m: "keep" if m == "raflora" else "drop" for m in METHODS}
+    assert report["differences"] == {"federation.method": {m: m for m in METHODS}, "federation.empty_partition": rule}
     for run in report["runs"]:
         records = _records(folder / run["label"])
         assert run["method"] == run["label"] and run["r_min"] == 2
@@ -94,8 +96,9 @@ def test_report_of_chosen_runs_and_default_folder(comparison, tmp_path, capsys):
     for method in METHODS:
         shutil.copytree(comparison[0] / method, folder / method, ignore=skip)
     assert main(["report", str(folder / "zero_pad"), str(folder / "raflora")]) == 0
-    assert f"to {folder / 'report'}" in capsys.readouterr().out
-    report = json.loads((folder / "report" / "report.json").read_text())
+    # several runs: a folder named after them, beside them (never one report/ that unrelated reports share)
+    assert f"to {folder / 'report-zero_pad+raflora'}" in capsys.readouterr().out
+    report = json.loads((folder / "report-zero_pad+raflora" / "report.json").read_text())
     assert [run["label"] for run in report["runs"]] == ["zero_pad", "raflora"]
     # a comparison folder stands for the runs in it, in name order
     assert main(["report", str(folder), "--out", str(tmp_path / "all")]) == 0

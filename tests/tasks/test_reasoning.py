@@ -78,7 +78,10 @@ def test_exact_match_counts_correct_replies(task, data, monkeypatch):
 
 def test_options_are_checked():
     with pytest.raises(ValueError, match="model must be"):
-        build_task("reasoning", model="gpt2")
+        build_task("reasoning", model="")
+    # any other name is a folder or a Hub id, looked for when the model loads (tests/tasks/test_hub.py)
+    with pytest.raises(FileNotFoundError, match="'no-such-org/gpt2' is neither a local folder nor a model"):
+        build_task("reasoning", model="no-such-org/gpt2").load_model()
     with pytest.raises(ValueError, match="not in datasets"):
         ReasoningGymTask(model="tiny", dataset_options={"basic_arithmetic": {}})
     with pytest.raises(ValueError, match="'chain_sum'"):
