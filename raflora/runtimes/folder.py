@@ -44,7 +44,7 @@ def _differences(a: dict, b: dict) -> list[str]:
     return out
 
 
-RUN_FILES = ("metrics.jsonl", "checkpoints", "adapter", "config.toml")
+RUN_FILES = ("metrics.jsonl", "checkpoints", "adapter", "config.toml", "run.json")  # run.json: provenance.FILE
 REPLACED = ".replaced"  # the old run's files while --overwrite replaces them with a new run
 
 
