@@ -18,7 +18,7 @@ from raflora.config import Config, ConfigError
 from raflora.config_io import config_to_dict, config_to_toml
 from raflora.federation.export import write_adapter
 from raflora.federation.setup import RunSetup, build_setup
-from raflora.runtimes.provenance import record_session
+from raflora.runtimes.provenance import FILE as PROVENANCE_FILE, record_session
 from raflora.federation.state import (
     FederationState,
     clean_json,
@@ -44,7 +44,7 @@ def _differences(a: dict, b: dict) -> list[str]:
     return out
 
 
-RUN_FILES = ("metrics.jsonl", "checkpoints", "adapter", "config.toml", "run.json")  # run.json: provenance.FILE
+RUN_FILES = ("metrics.jsonl", "checkpoints", "adapter", "config.toml", PROVENANCE_FILE)
 REPLACED = ".replaced"  # the old run's files while --overwrite replaces them with a new run
 
 
