@@ -24,8 +24,9 @@ class UserTextTask(TextClassificationTask):
 
     Data: ``train_file`` (.csv, .tsv, .jsonl or .json) with a text column and a label column.
     Labels may be strings or integers; they become indices in sorted order (numeric order when all
-    are integers) over the labels of the train file; a test file's label that the train file does
-    not hold is refused. Without ``test_file`` a seeded ``test_size`` share of the train file is
+    are integers) over the labels of the train file, or in the order of ``labels`` when the config
+    declares them (a Flower node with its own file numbers classes as the federation does); a label
+    outside that set is refused. Without ``test_file`` a seeded ``test_size`` share of the train file is
     held out. A problem in a file (a short row, a blank text, a NaN label, bytes that are not
     UTF-8, ...) is a ValueError naming the file and the line (see :mod:`raflora.tasks.records`).
 
@@ -35,6 +36,7 @@ class UserTextTask(TextClassificationTask):
         text_column: str = "text", label_column: str = "label" -- column names.
         key_column: str|None = None -- a natural grouping per row (user, site, ...) for by-key
                                         partitioning; ``train_keys`` is None without it.
+        labels: list[str]|None = None -- the class names in index order; default: the train file's.
         test_size: int|float = 0.2 -- held-out share (a count, or a fraction if < 1) when no test_file.
         train_size: int|None = None -- subsample the training rows.
         seed: int = 0, max_length: int = 64 -- as in the text task.
@@ -54,6 +56,7 @@ class UserTextTask(TextClassificationTask):
         text_column: str = "text",
         label_column: str = "label",
         key_column: str | None = None,
+        labels: Sequence[str] | None = None,
         test_size: int | float = 0.2,
         train_size: int | None = None,
         seed: int = 0,
@@ -78,6 +81,9 @@ class UserTextTask(TextClassificationTask):
         self.text_column = text_column
         self.label_column = label_column
         self.key_column = key_column
+        self.labels = [str(name) for name in labels] if labels is not None else None
+        if self.labels is not None and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):
+            raise ValueError(f"task option labels must name at least two distinct classes, got {self.labels}")
         self.test_size = test_size
         self.train_size = train_size
         self._tables: tuple[list[dict], list[dict] | None, list[str]] | None = None
@@ -87,14 +93,19 @@ class UserTextTask(TextClassificationTask):
         if self._tables is None:
             train = self._examples(self.train_file)
             test = self._examples(self.test_file) if self.test_file else None
-            # The classes are the train file's: a test label the model never trained on would
-            # otherwise become a class of its own that no client can learn.
-            names = sorted_labels({ex["label_name"] for ex in train})
+            # The classes are the declared ones, else the train file's: a test label the model never
+            # trained on would otherwise become a class of its own that no client can learn.
+            names = self.labels or sorted_labels({ex["label_name"] for ex in train})
             if len(names) < 2:
                 raise ValueError(
                     f"label column {self.label_column!r} of {str(self.train_file)!r} holds a single class {names}"
                 )
             index = {name: i for i, name in enumerate(names)}
+            if self.labels:
+                for ex, path in [(ex, self.train_file) for ex in train] + [(ex, self.test_file) for ex in test or []]:
+                    if ex["label_name"] not in index:
+                        raise ValueError(f"label {ex['label_name']!r} in {ex['where']} of {str(path)!r} "
+                                         f"is not one of the task's labels {names}")
             for ex in test or []:
                 if ex["label_name"] not in index:
                     raise ValueError(
