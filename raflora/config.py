@@ -57,6 +57,8 @@ class FederationConfig:
     transport_dtype: str = setting("float32", "float32 | bfloat16 | float16: factors are really encoded and decoded")
     method: Method = setting(help="[federation.method]: name = the aggregation method, plus its own options "
                              "(see below)", factory=RaFLoRA)
+    round_timeout: float = setting(3600.0, "Flower runtime: seconds a round waits for the clients' replies; "
+                                   "then it closes with the replies it has")
 
 
 @dataclass

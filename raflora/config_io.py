@@ -253,6 +253,8 @@ def validate(c: Config) -> None:
         raise ConfigError(f"federation.sample_fraction must be in (0, 1], got {f.sample_fraction}")
     if not 0 <= f.sample_count <= f.num_clients:
         raise ConfigError(f"federation.sample_count must be between 0 and num_clients ({f.num_clients}), got {f.sample_count}")
+    if not 0.0 < f.round_timeout <= 86400.0:
+        raise ConfigError(f"federation.round_timeout must be in (0, 86400] seconds, got {f.round_timeout}")
     _validate_ranks(c)
     ranks = sorted(set(client_ranks(c.ranks, f.num_clients, c.run.seed)))
     try:

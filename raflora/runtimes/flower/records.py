@@ -10,20 +10,18 @@ Client -> server (``train_reply``): ``up`` (wire bytes, loss, diverged, examples
 :func:`read_train_reply` turns a reply into the :class:`ClientTurn` the embedded runtime builds
 in-process, or raises :class:`ReplyError` with the reason it is refused. ``evaluate_request`` /
 ``evaluate_reply`` carry a client's own evaluation (methods whose clients keep a private part).
-:func:`run_config_toml` reads the raflora config named in a ``flwr run``'s run config (both apps).
+Every message may also carry ``run``: the federation's class names (:func:`with_labels`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import Tensor
 
-from raflora.config import ConfigError
 from raflora.federation.round import ClientTurn
 from raflora.federation.transport import Fill, Packet, unpack
 from raflora.lora import ClientUpdate, LoRAFactors
@@ -31,15 +29,18 @@ from raflora.lora import ClientUpdate, LoRAFactors
 DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float64, torch.bfloat16, torch.float16)}
 
 
-def run_config_toml(run_config: Mapping[str, Any]) -> str:
-    """The raflora config that a ``flwr run`` names in its run config: the TOML text in
-    ``config-toml``, else the file at the path in ``config`` (read by this process)."""
-    if str(run_config.get("config-toml", "")):
-        return str(run_config["config-toml"])
-    path = str(run_config.get("config", ""))
-    if not path:
-        raise ConfigError("set the run config key `config` to the path of a raflora TOML config")
-    return Path(path).read_text(encoding="utf-8")
+def with_labels(content: RecordDict, labels: Sequence[str] | None) -> RecordDict:
+    """``content`` with the federation's class names (``run``), so that a node reading its own
+    file numbers the classes as the server does; unchanged when the task has none."""
+    if labels:
+        content["run"] = ConfigRecord({"labels": [str(name) for name in labels]})
+    return content
+
+
+def read_labels(content: RecordDict) -> list[str] | None:
+    if "run" not in content or "labels" not in content["run"]:
+        return None
+    return [str(name) for name in content["run"]["labels"]]
 
 
 class ReplyError(ValueError):
