@@ -28,7 +28,7 @@ from raflora.federation.transport import pack
 from raflora.runtimes.flower.node import Node, build_node_setup, node_of
 from raflora.runtimes.flower.records import (
     evaluate_reply,
-    read_labels,
+    read_run,
     read_train_request,
     record_tensors,
     tensors_record,
@@ -119,14 +119,18 @@ def identity(setup: RunSetup, node: Node) -> RecordDict:
 
 
 def build_client_app(config_toml: str | None = None) -> ClientApp:
-    """A ClientApp for the run in ``config_toml`` (the resolved config, as ``config.toml`` of a run
-    folder); ``None`` reads it from the run config (:mod:`.run_config`)."""
+    """A ClientApp that builds its run from the config each message carries (``run``, the server's),
+    else from ``config_toml`` (the resolved config, as ``config.toml`` of a run folder), else from
+    the run config (:mod:`.run_config`)."""
     app = ClientApp()
 
     def setup_for(msg: Message, context: Context) -> tuple[RunSetup, Node]:
-        data = tomllib.loads(config_toml) if config_toml is not None else config_data(context.run_config)
+        # the server's config travels with every message: a node needs no copy of the config file
+        sent, labels = read_run(msg.content)
+        text = sent if sent is not None else config_toml
+        data = tomllib.loads(text) if text is not None else config_data(context.run_config)
         node = node_of(context)
-        return client_setup(data, node, read_labels(msg.content)), node
+        return client_setup(data, node, labels), node
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:

@@ -10,7 +10,7 @@ Client -> server (``train_reply``): ``up`` (wire bytes, loss, diverged, examples
 :func:`read_train_reply` turns a reply into the :class:`ClientTurn` the embedded runtime builds
 in-process, or raises :class:`ReplyError` with the reason it is refused. ``evaluate_request`` /
 ``evaluate_reply`` carry a client's own evaluation (methods whose clients keep a private part).
-Every message may also carry ``run``: the federation's class names (:func:`with_labels`).
+Every server message also carries ``run``: the server's config and class names (:func:`with_run`).
 """
 
 from __future__ import annotations
@@ -29,18 +29,22 @@ from raflora.lora import ClientUpdate, LoRAFactors
 DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float64, torch.bfloat16, torch.float16)}
 
 
-def with_labels(content: RecordDict, labels: Sequence[str] | None) -> RecordDict:
-    """``content`` with the federation's class names (``run``), so that a node reading its own
-    file numbers the classes as the server does; unchanged when the task has none."""
+def with_run(content: RecordDict, config_toml: str, labels: Sequence[str] | None) -> RecordDict:
+    """``content`` with what every node needs to build the run (``run``): the server's raflora config
+    as TOML (so a node needs no copy of the config file) and the federation's class names (so a node
+    reading its own file numbers the classes as the server does; none for tasks without them)."""
+    run = ConfigRecord({"config": config_toml})
     if labels:
-        content["run"] = ConfigRecord({"labels": [str(name) for name in labels]})
+        run["labels"] = [str(name) for name in labels]
+    content["run"] = run
     return content
 
 
-def read_labels(content: RecordDict) -> list[str] | None:
-    if "run" not in content or "labels" not in content["run"]:
-        return None
-    return [str(name) for name in content["run"]["labels"]]
+def read_run(content: RecordDict) -> tuple[str | None, list[str] | None]:
+    """``(config TOML, labels)`` of a message, None for what it does not carry."""
+    run = content["run"] if "run" in content else {}
+    config = str(run["config"]) if "config" in run else None
+    return config, ([str(name) for name in run["labels"]] if "labels" in run else None)
 
 
 class ReplyError(ValueError):

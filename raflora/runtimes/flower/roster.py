@@ -26,7 +26,8 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from raflora.config import Config
-from raflora.runtimes.flower.records import with_labels
+from raflora.config_io import config_to_toml
+from raflora.runtimes.flower.records import with_run
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Roster:
     def __init__(self, config: Config, labels: Sequence[str] | None = None,
                  say: Callable[[str], None] | None = None) -> None:
         self.config, self.labels = config, list(labels) if labels else None
+        self.config_toml = config_to_toml(config)  # what nodes build their run from (before declared ranks)
         self.say = say or (lambda line: None)
         self.members: list[Member] = []
         self.declared: bool | None = None  # None until the first node answers
@@ -61,14 +63,17 @@ class Roster:
     def names(self) -> list[str]:
         return [m.client_id for m in self.members]
 
+    def stamp(self, content: RecordDict) -> RecordDict:
+        """``content`` with the run's config and class names, which every message carries."""
+        return with_run(content, self.config_toml, self.labels)
+
     # -- asking -----------------------------------------------------------------------------------
     def refresh(self, grid: Grid, wait_s: float = 0.0) -> list[int]:
         """Ask the nodes not asked yet, collect the answers that arrive within ``wait_s`` seconds
         (at least one look); the client indices that joined."""
         new = [n for n in grid.get_node_ids() if n not in self._asked]
         if new:
-            queries = [Message(with_labels(RecordDict(), self.labels), dst_node_id=n, message_type=MessageType.QUERY)
-                       for n in new]
+            queries = [Message(self.stamp(RecordDict()), dst_node_id=n, message_type=MessageType.QUERY) for n in new]
             for node, msg_id in zip(new, grid.push_messages(queries)):
                 if msg_id:
                     self._pending[msg_id] = node

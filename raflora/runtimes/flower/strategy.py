@@ -36,7 +36,6 @@ from raflora.runtimes.flower.records import (
     read_evaluate_reply,
     read_train_reply,
     train_request,
-    with_labels,
 )
 from raflora.runtimes.flower.roster import Roster
 
@@ -68,7 +67,7 @@ class RafloraStrategy(Strategy):
             start, packet, downs[client] = client_download(setup, state, client)
             dtype = next(iter(start.values())).A.dtype
             content = train_request(round_, client, setup.ranks[client], packet, dtype, state.head, state.base)
-            messages[client] = Message(with_labels(content, self.roster.labels), dst_node_id=self.roster.node(client),
+            messages[client] = Message(self.roster.stamp(content), dst_node_id=self.roster.node(client),
                                        message_type=MessageType.TRAIN, group_id=str(round_))
         self._round = {"round": round_, "sampled": sampled, "downs": downs, "began": time.perf_counter(),
                        "messages": messages}
@@ -117,7 +116,7 @@ class RafloraStrategy(Strategy):
             packet = pack(start, setup.config.federation.transport_dtype, setup.method.uploads)
             dtype = next(iter(start.values())).A.dtype
             content = evaluate_request(state.round + 1, client, rank, packet, dtype, state.head)
-            messages[client] = Message(with_labels(content, self.roster.labels), dst_node_id=self.roster.node(client),
+            messages[client] = Message(self.roster.stamp(content), dst_node_id=self.roster.node(client),
                                        message_type=MessageType.EVALUATE, group_id=f"{state.round + 1}-evaluate")
         replies = self.grid.send_and_receive(list(messages.values()), timeout=setup.config.federation.round_timeout)
         out = {}

@@ -35,14 +35,14 @@ def serve_declared(monkeypatch):
 
     for key, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
         monkeypatch.setattr(TaskIdentity, key, value)
-    from raflora.runtimes.flower.client_app import build_client_app
+    from raflora.runtimes.flower.client_app import app
     from raflora.runtimes.flower.server_app import serve
-    from raflora.config_io import config_to_toml
 
     def run(data: dict, node_configs: list[dict], tamper=None, nodes: int = 0, grid_hook=None):
         config = config_from_dict(data)
         prepare_folder(config, Path(config.out), False, False)
-        grid = LocalGrid(build_client_app(config_to_toml(config)), 0, tamper, node_configs=node_configs)
+        # the nodes' run config names no config file: each message carries the server's config
+        grid = LocalGrid(app, 0, tamper, node_configs=node_configs, run_config={})
         if grid_hook is not None:
             grid_hook(grid)
         lines: list[str] = []
