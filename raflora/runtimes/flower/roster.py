@@ -147,7 +147,7 @@ class Roster:
         else:
             client = member.partition_id
             self.members[client] = member
-        if self.run_ranks is not None or not declared:
+        if self.run_ranks is not None:  # a late joiner (those present at the start: see wait)
             self.say(f"client {client}: {name!r}, rank {rank}, {member.examples} examples, node {node}")
         return [client]
 
