@@ -36,7 +36,8 @@ def declared_config(config: Config, ranks: Sequence[int]) -> Config:
     roster's order, with its rank (``config.toml`` of the run folder records them). The server's
     own data only serves its test split, so its training rows are dealt out plainly."""
     data = apply_overrides(config_to_dict(config), {
-        "federation.num_clients": len(ranks), "federation.sample_count": 0,
+        "federation.num_clients": len(ranks),
+        "federation.sample_count": min(config.federation.sample_count, len(ranks)),
         "ranks.policy": "explicit", "ranks.ranks": list(ranks),
         "partition.scheme": "iid", "partition.min_examples": 1,
     })
@@ -44,15 +45,20 @@ def declared_config(config: Config, ranks: Sequence[int]) -> Config:
 
 
 def serve(grid: Grid, config: Config, *, resume: bool = False, stop_after: int | None = None,
-          log: Callable[[str], None] | None = None, nodes: int = 0, wait_s: float = 600.0) -> list[dict]:
-    """The whole run on ``grid``, in a run folder that :func:`prepare_folder` has checked. ``nodes``:
-    how many declared nodes round 1 waits for (0: ``federation.num_clients``), at most ``wait_s`` s."""
+          log: Callable[[str], None] | None = None, nodes: int = 0, wait_s: float = 600.0,
+          check_folder: Callable[[Config], None] | None = None) -> list[dict]:
+    """The whole run on ``grid``, in a run folder that :func:`prepare_folder` has checked, or that
+    ``check_folder`` checks once the nodes have declared themselves (a resumed declared run: its
+    ``config.toml`` holds their ranks). ``nodes``: how many declared nodes round 1 waits for (0:
+    ``federation.num_clients``), at most ``wait_s`` s."""
     say = log or (lambda line: None)
     roster = Roster(config, label_names(config), say)
     roster.wait(grid, nodes, wait_s)
     if roster.declared:
         config = declared_config(config, roster.ranks())
         roster.config, roster.run_ranks = config, set(roster.ranks())
+    if check_folder is not None:
+        check_folder(config)
     setup, state = open_run(config, resume, say)
     rounds = last_round(config, stop_after) - state.round
     if rounds > 0:
@@ -89,8 +95,11 @@ def _main(grid: Grid, context: Context) -> None:
             config.run.out = str(run_config["out"])
         config.run.runtime = "flower"  # what config.toml of the run folder records
         resume, overwrite = bool(run_config.get("resume", False)), bool(run_config.get("overwrite", False))
-        prepare_folder(config, Path(config.out), resume, overwrite)
         nodes = min_nodes(run_config)
+        if not resume:
+            prepare_folder(config, Path(config.out), resume, overwrite)
+        # a resumed run is checked against its config.toml once the nodes have said their ranks
+        check = (lambda final: prepare_folder(final, Path(final.out), True, False)) if resume else None
+        serve(grid, config, resume=resume, log=print, nodes=nodes, check_folder=check)
     except ConfigError as err:
         raise SystemExit(f"error: {err}") from None
-    serve(grid, config, resume=resume, log=print, nodes=nodes)

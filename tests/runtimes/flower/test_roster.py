@@ -38,7 +38,7 @@ def serve_declared(monkeypatch):
     from raflora.runtimes.flower.client_app import app
     from raflora.runtimes.flower.server_app import serve
 
-    def run(data: dict, node_configs: list[dict], tamper=None, nodes: int = 0, grid_hook=None):
+    def run(data: dict, node_configs: list[dict], tamper=None, nodes: int = 0, grid_hook=None, stop_after=None):
         config = config_from_dict(data)
         prepare_folder(config, Path(config.out), False, False)
         # the nodes' run config names no config file: each message carries the server's config
@@ -46,7 +46,7 @@ def serve_declared(monkeypatch):
         if grid_hook is not None:
             grid_hook(grid)
         lines: list[str] = []
-        metrics = serve(grid, config, log=lines.append, nodes=nodes, wait_s=5.0)
+        metrics = serve(grid, config, log=lines.append, nodes=nodes, wait_s=5.0, stop_after=stop_after)
         return metrics, lines, grid
 
     return run
@@ -191,3 +191,30 @@ def test_run_config_common_keys(tmp_path):
     with pytest.raises(ConfigError, match="set the run config key `config`"):
         read({})
     json.dumps(data)  # plain data: what the ClientApp keys its cache with
+
+
+def test_a_restarted_server_resumes_a_declared_run(tmp_path, files, serve_declared):
+    from raflora.runtimes.flower.server_app import serve
+
+    nodes = [node("ana", 2, files), node("ben", 4, files), node("chen", 8, files)]
+    data = config_data(tmp_path / "whole", files["server"])
+    data["run"]["rounds"] = 3
+    whole, _, _ = serve_declared(data, nodes)
+    cut = {**data, "run": {**data["run"], "out": str(tmp_path / "cut")}}
+    serve_declared(cut, nodes, stop_after=1)
+    # the ServerApp starts again (resume=true); the nodes come back in another order, under new ids
+    from raflora.runtimes.flower.client_app import app
+    from raflora.runtimes.folder import prepare_folder
+
+    grid = LocalGrid(app, 0, node_configs=list(reversed(nodes)), run_config={})
+    config = config_from_dict(cut)
+    resumed = serve(grid, config, resume=True, wait_s=5.0,
+                    check_folder=lambda final: prepare_folder(final, Path(final.out), True, False))
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "seconds"} for m in ms]  # noqa: E731
+    assert [m["round"] for m in resumed] == [1, 2, 3] and strip(resumed) == strip(whole)
+    assert (tmp_path / "cut" / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (tmp_path / "whole" / "adapter" / "adapter_model.safetensors").read_bytes()
+    # with a node missing, the declared ranks differ from the run's: refused, one line
+    with pytest.raises(ConfigError, match=r"cannot resume .* federation.num_clients: 3 in the run, 2 now"):
+        serve(LocalGrid(app, 0, node_configs=nodes[:2], run_config={}), config, resume=True, wait_s=5.0, nodes=2,
+              check_folder=lambda final: prepare_folder(final, Path(final.out), True, False))
