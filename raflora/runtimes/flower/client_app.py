@@ -38,13 +38,15 @@ from raflora.runtimes.flower.run_config import config_data
 
 KEPT = "raflora-kept"  # context.state key of the client's own kept factors
 
-_SETUPS: dict[str, RunSetup] = {}  # (config, node, labels) -> the run built from them, one per process
+_SETUPS: dict[str, RunSetup] = {}  # (config[, node, labels]) -> the run built from them, one per process
 _MERGED: dict[int, bool] = {}      # id(setup) -> its model holds a merged base
 
 
 def client_setup(data: dict[str, Any], node: Node, labels: list[str] | None = None) -> RunSetup:
     """The node's run, built from the config ``data`` the first time this process needs it."""
-    key = json.dumps([data, node.__dict__, labels], sort_keys=True, default=str)
+    # simulation nodes share one run (a Ray actor serves many of them); a declared node has its own
+    own = [node.__dict__, labels] if node.declared else []
+    key = json.dumps([data, *own], sort_keys=True, default=str)
     if key not in _SETUPS:
         _SETUPS.clear()  # one run per process at a time: a new config replaces the old one
         _MERGED.clear()

@@ -5,7 +5,6 @@ nodes, replies matched by message id, Flower's reasons, the round timeout, a rou
 from __future__ import annotations
 
 import csv
-import json
 import tomllib
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from raflora.runtimes.folder import prepare_folder  # noqa: E402
 
 from .declared_data import config_data, split_reviews  # noqa: E402
 from .local_grid import LocalGrid  # noqa: E402
+
 
 def node(name: str, rank: int, files: dict[str, Path]) -> dict:
     return {"client-id": name, "rank": rank, "data-file": str(files[name])}
@@ -190,7 +190,6 @@ def test_run_config_common_keys(tmp_path):
     assert read({"config": str(path)})["federation"]["method"] == {"name": "florist", "tau": 0.5}
     with pytest.raises(ConfigError, match="set the run config key `config`"):
         read({})
-    json.dumps(data)  # plain data: what the ClientApp keys its cache with
 
 
 def test_a_restarted_server_resumes_a_declared_run(tmp_path, files, serve_declared):
@@ -218,3 +217,17 @@ def test_a_restarted_server_resumes_a_declared_run(tmp_path, files, serve_declar
     with pytest.raises(ConfigError, match=r"cannot resume .* federation.num_clients: 3 in the run, 2 now"):
         serve(LocalGrid(app, 0, node_configs=nodes[:2], run_config={}), config, resume=True, wait_s=5.0, nodes=2,
               check_folder=lambda final: prepare_folder(final, Path(final.out), True, False))
+
+
+def test_simulation_nodes_share_one_built_run_and_declared_nodes_have_their_own(tmp_path, files):
+    # a Ray actor serves many simulated clients: rebuilding the run (model, data) per client would
+    # cost seconds per message
+    from raflora.runtimes.flower.client_app import client_setup
+    from raflora.runtimes.flower.node import Node
+
+    data = config_data(tmp_path / "run", files["server"])
+    first = client_setup(data, Node("partition-0", partition_id=0))
+    assert client_setup(data, Node("partition-2", partition_id=2)) is first
+    ana = client_setup(data, Node("ana", 2, str(files["ana"])), ["negative", "positive"])
+    assert ana is not first and ana.ranks == [2]
+    assert client_setup(data, Node("ana", 2, str(files["ana"])), ["negative", "positive"]) is ana
