@@ -25,7 +25,7 @@ from flwr.clientapp import ClientApp
 from raflora.federation.round import client_fill, evaluate_client, train_client
 from raflora.federation.setup import RunSetup
 from raflora.federation.transport import pack
-from raflora.runtimes.flower.node import Node, build_node_setup, node_of
+from raflora.runtimes.flower.node import Node, build_node_setup, node_examples, node_of
 from raflora.runtimes.flower.records import (
     evaluate_reply,
     read_run,
@@ -111,11 +111,10 @@ def evaluate(setup: RunSetup, content: RecordDict, node: Node, context: Context)
     return evaluate_reply(evaluate_client(setup, state, me, kept))
 
 
-def identity(setup: RunSetup, node: Node) -> RecordDict:
+def identity(node: Node, rank: int, examples: int) -> RecordDict:
     """The QUERY reply: who this node is, its rank and how many training examples it holds."""
-    me = local_client(node)
     return RecordDict({"node": ConfigRecord({
-        "client-id": node.client_id, "rank": setup.ranks[me], "examples": len(setup.shards[me]),
+        "client-id": node.client_id, "rank": rank, "examples": examples,
         "partition-id": node.partition_id, "declared": node.declared,
     })})
 
@@ -126,18 +125,26 @@ def build_client_app(config_toml: str | None = None) -> ClientApp:
     the run config (:mod:`.run_config`)."""
     app = ClientApp()
 
-    def setup_for(msg: Message, context: Context) -> tuple[RunSetup, Node]:
+    def run_for(msg: Message, context: Context) -> tuple[dict[str, Any], Node, list[str] | None]:
         # the server's config travels with every message: a node needs no copy of the config file
         sent, labels = read_run(msg.content)
         text = sent if sent is not None else config_toml
         data = tomllib.loads(text) if text is not None else config_data(context.run_config)
-        node = node_of(context)
+        return data, node_of(context), labels
+
+    def setup_for(msg: Message, context: Context) -> tuple[RunSetup, Node]:
+        data, node, labels = run_for(msg, context)
         return client_setup(data, node, labels), node
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        setup, node = setup_for(msg, context)
-        return Message(identity(setup, node), reply_to=msg)
+        data, node, labels = run_for(msg, context)
+        if node.declared:
+            return Message(identity(node, node.rank, node_examples(data, node, labels)), reply_to=msg)
+        # a simulated node builds its run now: its actor keeps it for the messages that follow
+        setup = client_setup(data, node, labels)
+        me = local_client(node)
+        return Message(identity(node, setup.ranks[me], len(setup.shards[me])), reply_to=msg)
 
     @app.train()
     def train_message(msg: Message, context: Context) -> Message:

@@ -27,7 +27,8 @@ from flwr.app import Context
 
 from raflora.config import ConfigError
 from raflora.config_io import config_from_dict
-from raflora.federation.setup import RunSetup, build_setup, derived_seed
+from raflora.federation.setup import RunSetup, build_setup, derived_seed, load_data, split_among_clients
+from raflora.tasks import build_task
 
 
 @dataclass(frozen=True)
@@ -104,3 +105,12 @@ def build_node_setup(data: Mapping[str, Any], node: Node, labels: Sequence[str] 
     own = NodeSetup(**{name: getattr(setup, name) for name in RunSetup.__dataclass_fields__})
     own.client_id = node.client_id
     return own
+
+
+def node_examples(data: Mapping[str, Any], node: Node, labels: Sequence[str] | None) -> int:
+    """How many training examples a declared node holds, with its config checked and its file read
+    but no model built: a deployed node answers the server's QUERY in a process of its own, and
+    building the model there (importing transformers) would cost seconds for nothing."""
+    config = config_from_dict(node_config_data(data, node, labels))
+    task = build_task(config.task.name, **config.task.options)
+    return len(split_among_clients(config, load_data(task, config))[0])
