@@ -30,6 +30,10 @@ from raflora.config_io import config_to_toml
 from raflora.runtimes.flower.records import with_run
 
 
+class NodesMissing(RuntimeError):
+    """The nodes a run waits for did not all answer in time."""
+
+
 @dataclass
 class Member:
     client_id: str
@@ -92,11 +96,11 @@ class Roster:
 
     def wait(self, grid: Grid, min_nodes: int, wait_s: float = 600.0) -> None:
         """Until the run can start: simulation, nodes ``0 .. num_clients - 1``; declared, ``min_nodes``
-        of them (0: ``federation.num_clients``). RuntimeError after ``wait_s`` seconds."""
+        of them (0: ``federation.num_clients``). :class:`NodesMissing` after ``wait_s`` seconds."""
         deadline = time.monotonic() + wait_s
         while not self._ready(min_nodes):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"waited {wait_s:.0f} s for nodes: {self._missing(min_nodes)}")
+                raise NodesMissing(f"waited {wait_s:.0f} s for nodes: {self._missing(min_nodes)}")
             if not self.refresh(grid, wait_s=1.0):
                 time.sleep(1.0)
         if self.declared:
@@ -124,9 +128,13 @@ class Roster:
         if reply.has_error():
             self.say(f"node {node} did not join: {reply.error.reason}")
             return []
-        who = reply.content["node"]
-        name, rank, declared = str(who["client-id"]), int(who["rank"]), bool(who["declared"])
-        member = Member(name, rank, int(who["examples"]), node, int(who["partition-id"]))
+        try:
+            who = reply.content["node"]
+            name, rank, declared = str(who["client-id"]), int(who["rank"]), bool(who["declared"])
+            member = Member(name, rank, int(who["examples"]), node, int(who["partition-id"]))
+        except (KeyError, TypeError, ValueError) as err:  # e.g. a node running another raflora version
+            self.say(f"node {node} did not join: unreadable answer ({type(err).__name__}: {err})")
+            return []
         known = next((k for k, m in enumerate(self.members) if m is not None and m.client_id == name), None)
         if known is not None:
             old = self.members[known].node

@@ -14,7 +14,7 @@ from raflora.config import Config, ConfigError
 from raflora.config_io import apply_overrides, config_from_dict, config_to_dict
 from raflora.federation.setup import load_data
 from raflora.runtimes.folder import finish_run, last_round, open_run, prepare_folder
-from raflora.runtimes.flower.roster import Roster
+from raflora.runtimes.flower.roster import NodesMissing, Roster
 from raflora.runtimes.flower.run_config import config_data, min_nodes
 from raflora.runtimes.flower.strategy import RafloraStrategy
 from raflora.tasks import build_task
@@ -101,5 +101,5 @@ def _main(grid: Grid, context: Context) -> None:
         # a resumed run is checked against its config.toml once the nodes have said their ranks
         check = (lambda final: prepare_folder(final, Path(final.out), True, False)) if resume else None
         serve(grid, config, resume=resume, log=print, nodes=nodes, check_folder=check)
-    except ConfigError as err:
+    except (ConfigError, NodesMissing) as err:
         raise SystemExit(f"error: {err}") from None

@@ -46,7 +46,7 @@ def serve_declared(monkeypatch):
         if grid_hook is not None:
             grid_hook(grid)
         lines: list[str] = []
-        metrics = serve(grid, config, log=lines.append, nodes=nodes, wait_s=5.0, stop_after=stop_after)
+        metrics = serve(grid, config, log=lines.append, nodes=nodes, wait_s=2.0, stop_after=stop_after)
         return metrics, lines, grid
 
     return run
@@ -231,3 +231,27 @@ def test_simulation_nodes_share_one_built_run_and_declared_nodes_have_their_own(
     ana = client_setup(data, Node("ana", 2, str(files["ana"])), ["negative", "positive"])
     assert ana is not first and ana.ranks == [2]
     assert client_setup(data, Node("ana", 2, str(files["ana"])), ["negative", "positive"]) is ana
+
+
+def test_too_few_nodes_and_unreadable_answers(tmp_path, files, serve_declared):
+    from flwr.app import ConfigRecord, RecordDict
+
+    from raflora.runtimes.flower.roster import NodesMissing, Roster
+
+    class OldNodes(LocalGrid):  # nodes that answer the QUERY in a shape this server does not know
+        def push_messages(self, messages):
+            ids = super().push_messages(messages)
+            for i in ids:
+                self.replies[i].content = RecordDict({"node": ConfigRecord({"partition-id": 0})})
+            return ids
+
+    from raflora.runtimes.flower.client_app import app
+
+    lines: list[str] = []
+    roster = Roster(config_from_dict(config_data(tmp_path / "run", files["server"])), say=lines.append)
+    with pytest.raises(NodesMissing, match=r"waited 2 s for nodes: no SuperNode with partition-id \[0, 1, 2\]"):
+        roster.wait(OldNodes(app, 0, node_configs=[node("ana", 2, files)], run_config={}), 0, wait_s=2.0)
+    assert lines[0].startswith("node 7000 did not join: unreadable answer (KeyError")
+    with pytest.raises(NodesMissing, match=r"waited 2 s for nodes: 1 of 2 declared \(ana\); set the run config "
+                                           "key min-nodes to start with fewer"):
+        serve_declared(config_data(tmp_path / "run", files["server"]), [node("ana", 2, files)], nodes=2)
