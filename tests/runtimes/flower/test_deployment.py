@@ -1,7 +1,8 @@
 """A real Flower deployment on 127.0.0.1, as a user runs it: a SuperLink with TLS and node
 authentication, three separately started SuperNodes that declare their ranks (2, 4, 8) and their
 own data files, runs started with ``flwr run``; an unregistered node is refused; a node killed
-after round 1 is recorded with Flower's reason and the run finishes.
+after round 1 is recorded with Flower's reason and the run finishes; restarted, it takes part again
+when a finished run is resumed (``resume=true``) for one more round.
 
 Certificates and keys come from scripts/flower_certs.sh. Every process is started in its own
 process group and killed with it at the end, also when a test fails; every wait is bounded.
@@ -130,14 +131,15 @@ def deployment(tmp_path_factory):
         d.stop()
 
 
-def flwr_run(d: Deployment, name: str, rounds: int, timeout: float, **federation) -> tuple[Path, subprocess.Popen]:
+def flwr_run(d: Deployment, name: str, rounds: int, resume: bool = False, **federation) -> tuple[Path, subprocess.Popen]:
     out = d.folder / name
     data = config_data(d.folder / "unused", d.files["server"], **federation)
     path = d.folder / f"{name}.toml"
     path.write_text(tomli_w.dumps(data))
-    run_config = f"config='{path}' out='{out}' num-server-rounds={rounds} min-nodes={len(NODES)}"
-    proc = d.start(f"flwr-run-{name}", str(BIN / "flwr"), "run", str(ROOT / "examples" / "flower_app"), "loopback",
-                   "--stream", "--run-config", run_config)
+    run_config = (f"config='{path}' out='{out}' num-server-rounds={rounds} min-nodes={len(NODES)} "
+                  f"resume={str(resume).lower()}")
+    proc = d.start(f"flwr-run-{name}{'-resumed' if resume else ''}", str(BIN / "flwr"), "run",
+                   str(ROOT / "examples" / "flower_app"), "loopback", "--stream", "--run-config", run_config)
     return out, proc
 
 
@@ -148,7 +150,7 @@ def metrics_of(out: Path) -> list[dict]:
 
 def test_tls_node_auth_declared_ranks_and_own_data(deployment):
     d = deployment
-    out, proc = flwr_run(d, "declared", rounds=2, timeout=600)
+    out, proc = flwr_run(d, "declared", rounds=2)
     try:
         proc.wait(timeout=600)
     except subprocess.TimeoutExpired:
@@ -180,7 +182,7 @@ def test_tls_node_auth_declared_ranks_and_own_data(deployment):
 
 def test_a_node_killed_after_round_1_is_recorded_with_flowers_reason(deployment):
     d = deployment
-    out, proc = flwr_run(d, "killed", rounds=2, timeout=600, round_timeout=300.0)
+    out, proc = flwr_run(d, "killed", rounds=2, round_timeout=300.0)
     try:
         wait_until(lambda: len(metrics_of(out)) >= 1 or proc.poll() is not None, 600, "round 1")
         d.kill("chen")
@@ -192,3 +194,23 @@ def test_a_node_killed_after_round_1_is_recorded_with_flowers_reason(deployment)
     assert second["accepted"] == 2 and [r["client"] for r in second["rejected"]] == [2]
     assert "Node Unavailable" in second["rejected"][0]["reason"], second["rejected"]
     assert second["accuracy"] is not None
+
+
+def test_the_killed_node_restarts_and_a_finished_run_resumes_for_one_more_round(deployment):
+    # runs after the kill above: chen comes back with its key and client id; a new `flwr run` with
+    # resume=true continues the first test's run folder from its last checkpoint
+    d = deployment
+    d.start("chen-again", str(BIN / "flower-supernode"), "--root-certificates", str(d.certs / "ca.crt"),
+            "--superlink", f"127.0.0.1:{d.port}", "--auth-supernode-private-key", str(d.certs / "chen"),
+            "--host", "127.0.0.1", "--port", str(free_port()),
+            "--node-config", f"rank=8 data-file='{d.files['chen']}' client-id='chen'")
+    before = metrics_of(d.folder / "declared")
+    out, proc = flwr_run(d, "declared", rounds=3, resume=True)
+    try:
+        proc.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("flwr run did not finish:\n" + d.log("flwr-run-declared-resumed")[-3000:]) from None
+    metrics = metrics_of(out)
+    assert [m["round"] for m in metrics] == [1, 2, 3], d.log("flwr-run-declared-resumed")[-3000:]
+    assert metrics[:2] == before and metrics[2]["accepted"] == 3 and metrics[2]["ranks"] == [2, 4, 8]
+    assert "resuming" in d.log("flwr-run-declared-resumed")
