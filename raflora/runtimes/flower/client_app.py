@@ -25,7 +25,7 @@ from flwr.clientapp import ClientApp
 from raflora.federation.round import client_fill, evaluate_client, train_client
 from raflora.federation.setup import RunSetup
 from raflora.federation.transport import pack
-from raflora.runtimes.flower.node import Node, build_node_setup, node_examples, node_of
+from raflora.runtimes.flower.node import Node, build_node_setup, node_identity, node_of
 from raflora.runtimes.flower.records import (
     evaluate_reply,
     read_run,
@@ -139,12 +139,7 @@ def build_client_app(config_toml: str | None = None) -> ClientApp:
     @app.query()
     def query(msg: Message, context: Context) -> Message:
         data, node, labels = run_for(msg, context)
-        if node.declared:
-            return Message(identity(node, node.rank, node_examples(data, node, labels)), reply_to=msg)
-        # a simulated node builds its run now: its actor keeps it for the messages that follow
-        setup = client_setup(data, node, labels)
-        me = local_client(node)
-        return Message(identity(node, setup.ranks[me], len(setup.shards[me])), reply_to=msg)
+        return Message(identity(node, *node_identity(data, node, labels)), reply_to=msg)
 
     @app.train()
     def train_message(msg: Message, context: Context) -> Message:

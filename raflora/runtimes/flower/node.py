@@ -27,6 +27,7 @@ from flwr.app import Context
 
 from raflora.config import ConfigError
 from raflora.config_io import config_from_dict
+from raflora.ranks import client_ranks
 from raflora.federation.setup import RunSetup, build_setup, derived_seed, load_data, split_among_clients
 from raflora.tasks import build_task
 
@@ -107,10 +108,16 @@ def build_node_setup(data: Mapping[str, Any], node: Node, labels: Sequence[str] 
     return own
 
 
-def node_examples(data: Mapping[str, Any], node: Node, labels: Sequence[str] | None) -> int:
-    """How many training examples a declared node holds, with its config checked and its file read
-    but no model built: a deployed node answers the server's QUERY in a process of its own, and
-    building the model there (importing transformers) would cost seconds for nothing."""
-    config = config_from_dict(node_config_data(data, node, labels))
-    task = build_task(config.task.name, **config.task.options)
-    return len(split_among_clients(config, load_data(task, config))[0])
+def node_identity(data: Mapping[str, Any], node: Node, labels: Sequence[str] | None) -> tuple[int, int]:
+    """``(rank, training examples)`` of a node, with its config checked and its data read but no
+    model built: a deployed node answers the server's QUERY in a process of its own, and building
+    the model there (importing transformers) would cost seconds for nothing."""
+    config = config_from_dict(node_config_data(data, node, labels) if node.declared else data)
+    shards = split_among_clients(config, load_data(build_task(config.task.name, **config.task.options), config))
+    if node.declared:
+        return node.rank, len(shards[0])
+    n = config.federation.num_clients
+    if not 0 <= node.partition_id < n:
+        raise ConfigError(f"--node-config: partition-id {node.partition_id} is not in 0..{n - 1} "
+                          f"(federation.num_clients = {n})")
+    return client_ranks(config.ranks, n, config.run.seed)[node.partition_id], len(shards[node.partition_id])

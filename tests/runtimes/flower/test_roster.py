@@ -255,3 +255,24 @@ def test_too_few_nodes_and_unreadable_answers(tmp_path, files, serve_declared):
     with pytest.raises(NodesMissing, match=r"waited 2 s for nodes: 1 of 2 declared \(ana\); set the run config "
                                            "key min-nodes to start with fewer"):
         serve_declared(config_data(tmp_path / "run", files["server"]), [node("ana", 2, files)], nodes=2)
+
+
+def test_a_node_answers_the_query_without_building_a_model(tmp_path, files, monkeypatch):
+    from raflora.config_io import config_to_dict
+    from raflora.federation.setup import build_setup
+    from raflora.runtimes.flower.node import Node, node_identity
+    from raflora.tasks import UserTextTask
+
+    data = config_data(tmp_path / "run", files["server"])
+    data["ranks"] = {"policy": "cycle", "ranks": [2, 4, 8], "r_max": 8}
+    whole = build_setup(config_from_dict(data))  # what a simulated node trains with
+
+    def no_model(self):
+        raise AssertionError("a QUERY built the model")
+
+    monkeypatch.setattr(UserTextTask, "load_model", no_model)
+    for k in range(3):
+        assert node_identity(data, Node(f"partition-{k}", partition_id=k), None) == (whole.ranks[k], len(whole.shards[k]))
+    assert node_identity(data, Node("ana", 4, str(files["ana"])), ["negative", "positive"]) == (4, 10)
+    with pytest.raises(ConfigError, match=r"partition-id 3 is not in 0..2 \(federation.num_clients = 3\)"):
+        node_identity(config_to_dict(config_from_dict(data)), Node("partition-3", partition_id=3), None)
