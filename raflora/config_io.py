@@ -272,6 +272,8 @@ def validate(c: Config) -> None:
     if not 0 <= f.sample_count <= f.num_clients:
         raise ConfigError(f"federation.sample_count must be between 0 and num_clients ({f.num_clients}), got {f.sample_count}")
     _validate_faults(c)
+    if not 0.0 < f.round_timeout <= 86400.0:
+        raise ConfigError(f"federation.round_timeout must be in (0, 86400] seconds, got {f.round_timeout}")
     _validate_ranks(c)
     ranks = sorted(set(client_ranks(c.ranks, f.num_clients, c.run.seed)))
     try:

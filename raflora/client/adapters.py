@@ -101,6 +101,12 @@ class AdapterModel:
             if isinstance(module, ModulesToSaveWrapper)
         }
 
+    def set_scale(self, rank: int, scale: float) -> None:
+        """Train ``rank``'s adapter with scale ``scale`` from now on (a deployed Flower node takes
+        the scale the server's factors carry: it depends on the whole federation)."""
+        self.scales[int(rank)] = float(scale)
+        self._fix_scaling(int(rank))
+
     def _fix_scaling(self, rank: int) -> None:
         for layer in self.layers.values():
             layer.scaling[adapter_name(rank)] = self.scales[rank]

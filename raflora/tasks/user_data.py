@@ -30,8 +30,9 @@ class UserTextTask(TextClassificationTask):
     whose ``train_split`` is the training data and ``test_split`` (default: "test" when there is
     one) the test data.
     Labels may be strings or integers; they become indices in sorted order (numeric order when all
-    are integers) over the labels of the train file; a test file's label that the train file does
-    not hold is refused. Without ``test_file`` a seeded ``test_size`` share of the train file is
+    are integers) over the labels of the train file, or in the order of ``labels`` when the config
+    declares them (a Flower node with its own file numbers classes as the federation does); a label
+    outside that set is refused. Without ``test_file`` a seeded ``test_size`` share of the train file is
     held out. A problem in a file (a short row, a blank text, a NaN label, bytes that are not
     UTF-8, ...) is a ValueError naming the file and the line (see :mod:`raflora.tasks.records`).
 
@@ -44,6 +45,7 @@ class UserTextTask(TextClassificationTask):
         text_column: str = "text", label_column: str = "label" -- column names.
         key_column: str|None = None -- a natural grouping per row (user, site, ...) for by-key
                                         partitioning; ``train_keys`` is None without it.
+        labels: list[str]|None = None -- the class names in index order; default: the train file's.
         test_size: int|float = 0.2 -- held-out share (a count, or a fraction if < 1) when no test_file.
         train_size: int|None = None -- subsample the training rows.
         seed: int = 0, max_length: int = 64 -- as in the text task.
@@ -67,6 +69,7 @@ class UserTextTask(TextClassificationTask):
         dataset: str | None = None,
         train_split: str = "train",
         test_split: str | None = None,
+        labels: Sequence[str] | None = None,
         test_size: int | float = 0.2,
         train_size: int | None = None,
         seed: int = 0,
@@ -100,6 +103,9 @@ class UserTextTask(TextClassificationTask):
         self.text_column = text_column
         self.label_column = label_column
         self.key_column = key_column
+        self.labels = [str(name) for name in labels] if labels is not None else None
+        if self.labels is not None and (len(self.labels) < 2 or len(set(self.labels)) != len(self.labels)):
+            raise ValueError(f"task option labels must name at least two distinct classes, got {self.labels}")
         self.test_size = test_size
         self.train_size = train_size
         self._tables: tuple[list[dict], list[dict] | None, list[str]] | None = None
@@ -110,12 +116,19 @@ class UserTextTask(TextClassificationTask):
             (train_rows, train_name), test_table = self._sources()
             train = self._examples(train_rows, train_name)
             test = self._examples(*test_table) if test_table else None
-            # The classes are the train file's: a test label the model never trained on would
-            # otherwise become a class of its own that no client can learn.
-            names = sorted_labels({ex["label_name"] for ex in train})
+            # The classes are the declared ones, else the train file's: a test label the model never
+            # trained on would otherwise become a class of its own that no client can learn.
+            names = self.labels or sorted_labels({ex["label_name"] for ex in train})
             if len(names) < 2:
                 raise ValueError(f"label column {self.label_column!r} of {train_name!r} holds a single class {names}")
             index = {name: i for i, name in enumerate(names)}
+            if self.labels:
+                sources = [(train, train_name)] + ([(test, test_table[1])] if test else [])
+                for examples, name in sources:
+                    for ex in examples:
+                        if ex["label_name"] not in index:
+                            raise ValueError(f"label {ex['label_name']!r} in {ex['where']} of {name!r} "
+                                             f"is not one of the task's labels {names}")
             for ex in test or []:
                 if ex["label_name"] not in index:
                     raise ValueError(

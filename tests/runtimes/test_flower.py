@@ -19,6 +19,8 @@ from raflora.config_io import config_from_dict, config_to_toml, load_config
 from raflora.runtimes.embedded import run_federation
 from raflora.runtimes.folder import prepare_folder
 
+from runtimes.flower.local_grid import LocalGrid
+
 from .conftest import read_metrics, small_config, without_time
 
 SYNTHETIC = Path(__file__).resolve().parents[2] / "configs" / "synthetic.toml"
@@ -79,32 +81,6 @@ def _same_outputs(a: Path, b: Path) -> None:
 
 
 # -- in-process: the ServerApp and ClientApp code without Ray ------------------------------------
-
-class LocalGrid:
-    """A Grid whose nodes are this process's ClientApp; ``tamper(client, reply)`` may break a reply."""
-
-    def __init__(self, client_app, num_clients: int, tamper=None, run_config=None) -> None:
-        from flwr.app import Context, RecordDict
-
-        self.app, self.tamper = client_app, tamper
-        self.clients = {7000 + 13 * i: i for i in range(num_clients)}  # node ids are not client indices
-        self.contexts = {n: Context(run_id=1, node_id=n, node_config={"partition-id": i, "num-partitions": num_clients},
-                                    state=RecordDict(), run_config=dict(run_config or {}))
-                         for n, i in self.clients.items()}
-
-    def get_node_ids(self):
-        return list(self.clients)
-
-    def send_and_receive(self, messages, timeout=None):
-        replies = []
-        for msg in reversed(list(messages)):  # replies come back in any order
-            node = msg.metadata.dst_node_id
-            reply = self.app(msg, self.contexts[node])
-            if self.tamper is not None and msg.metadata.message_type == "train":
-                reply = self.tamper(self.clients[node], msg, reply)
-            replies.append(reply)
-        return replies
-
 
 @pytest.fixture
 def flower_in_process(monkeypatch):

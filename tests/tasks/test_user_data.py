@@ -119,3 +119,16 @@ def test_wrong_target_names_list_the_linear_layers(tmp_path):
     task = UserTextTask(**options(write_csv(tmp_path / "r.csv", ROWS), target_modules=["q_lin"]))
     with pytest.raises(ValueError, match=r"target_modules \['q_lin'\] not found.*'query'"):
         task.load_model()
+
+
+def test_declared_labels_fix_the_class_order_for_every_file(tmp_path):
+    # a Flower node whose own file holds only some classes numbers them as the federation does
+    only_low = write_csv(tmp_path / "low.csv", [r for r in ROWS if r["stars"] != "10"])
+    declared = UserTextTask(**options(only_low, labels=[10, 5, 1])).load_data()
+    assert declared.info["label_names"] == ["10", "5", "1"]
+    assert {ex["label_name"]: ex["label"] for ex in declared.train + declared.test} == {"5": 1, "1": 2}
+    assert UserTextTask(**options(only_low)).load_data().info["label_names"] == ["1", "5"]
+    with pytest.raises(ValueError, match=r"label '1' in .* of '.*low.csv' is not one of the task's labels \['5', '10'\]"):
+        UserTextTask(**options(only_low, labels=["5", "10"])).load_data()
+    with pytest.raises(ValueError, match="at least two distinct classes"):
+        UserTextTask(**options(only_low, labels=["5", "5"]))

@@ -10,20 +10,18 @@ Client -> server (``train_reply``): ``up`` (wire bytes, loss, diverged, examples
 :func:`read_train_reply` turns a reply into the :class:`ClientTurn` the embedded runtime builds
 in-process, or raises :class:`ReplyError` with the reason it is refused. ``evaluate_request`` /
 ``evaluate_reply`` carry a client's own evaluation (methods whose clients keep a private part).
-:func:`run_config_toml` reads the raflora config named in a ``flwr run``'s run config (both apps).
+Every server message also carries ``run``: the server's config and class names (:func:`with_run`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import Tensor
 
-from raflora.config import ConfigError
 from raflora.federation.round import ClientTurn
 from raflora.federation.transport import Fill, Packet, unpack
 from raflora.lora import ClientUpdate, LoRAFactors
@@ -31,15 +29,22 @@ from raflora.lora import ClientUpdate, LoRAFactors
 DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float64, torch.bfloat16, torch.float16)}
 
 
-def run_config_toml(run_config: Mapping[str, Any]) -> str:
-    """The raflora config that a ``flwr run`` names in its run config: the TOML text in
-    ``config-toml``, else the file at the path in ``config`` (read by this process)."""
-    if str(run_config.get("config-toml", "")):
-        return str(run_config["config-toml"])
-    path = str(run_config.get("config", ""))
-    if not path:
-        raise ConfigError("set the run config key `config` to the path of a raflora TOML config")
-    return Path(path).read_text(encoding="utf-8")
+def with_run(content: RecordDict, config_toml: str, labels: Sequence[str] | None) -> RecordDict:
+    """``content`` with what every node needs to build the run (``run``): the server's raflora config
+    as TOML (so a node needs no copy of the config file) and the federation's class names (so a node
+    reading its own file numbers the classes as the server does; none for tasks without them)."""
+    run = ConfigRecord({"config": config_toml})
+    if labels:
+        run["labels"] = [str(name) for name in labels]
+    content["run"] = run
+    return content
+
+
+def read_run(content: RecordDict) -> tuple[str | None, list[str] | None]:
+    """``(config TOML, labels)`` of a message, None for what it does not carry."""
+    run = content["run"] if "run" in content else {}
+    config = str(run["config"]) if "config" in run else None
+    return config, ([str(name) for name in run["labels"]] if "labels" in run else None)
 
 
 class ReplyError(ValueError):

@@ -1,57 +1,69 @@
-"""The Flower ServerApp: open the run folder, find which node plays which client, run the rounds
-with :class:`RafloraStrategy`, write the adapter -- the embedded runner's steps around Flower's loop."""
+"""The Flower ServerApp: find which node plays which client (:mod:`.roster`), open the run folder,
+run the rounds with :class:`RafloraStrategy`, write the adapter -- the embedded runner's steps
+around Flower's loop."""
 
 from __future__ import annotations
 
-import time
-import tomllib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
-from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from raflora.config import Config, ConfigError
-from raflora.config_io import config_from_dict
+from raflora.config_io import apply_overrides, config_from_dict, config_to_dict
+from raflora.federation.setup import load_data
 from raflora.runtimes.folder import finish_run, last_round, open_run, prepare_folder
-from raflora.runtimes.flower.records import run_config_toml
+from raflora.runtimes.flower.roster import NodesMissing, Roster
+from raflora.runtimes.flower.run_config import config_data, min_nodes
 from raflora.runtimes.flower.strategy import RafloraStrategy
+from raflora.tasks import build_task
 
 
-def discover_clients(grid: Grid, num_clients: int, wait_s: float = 600.0) -> dict[int, int]:
-    """``{client index: node id}``: every connected node is asked (a QUERY message) for its
-    ``partition-id``; waits up to ``wait_s`` for nodes 0..num_clients-1 to be connected."""
-    nodes: dict[int, int] = {}
-    deadline = time.monotonic() + wait_s
-    asked: set[int] = set()
-    while len(nodes) < num_clients:
-        new = [n for n in grid.get_node_ids() if n not in asked]
-        if new:
-            queries = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in new]
-            for reply in grid.send_and_receive(queries, timeout=max(1.0, deadline - time.monotonic())):
-                asked.add(reply.metadata.src_node_id)
-                if reply.has_error():
-                    continue
-                client = int(reply.content["node"]["partition-id"])
-                if 0 <= client < num_clients:
-                    nodes.setdefault(client, reply.metadata.src_node_id)
-        if len(nodes) < num_clients:
-            if time.monotonic() > deadline:
-                missing = sorted(set(range(num_clients)) - set(nodes))
-                raise RuntimeError(f"no SuperNode with partition-id {missing[:10]} connected in {wait_s:.0f} s")
-            time.sleep(1.0)
-    return nodes
+def label_names(config: Config) -> list[str] | None:
+    """The federation's classes, for nodes that bring their own data file: the config's ``labels``
+    or the server's own files' (None for tasks that read no file: every node builds the same data)."""
+    options = config.task.options
+    if "train_file" not in options:
+        return None
+    if options.get("labels"):
+        return [str(name) for name in options["labels"]]
+    return load_data(build_task(config.task.name, **options), config).info.get("label_names")
+
+
+def declared_config(config: Config, ranks: Sequence[int]) -> Config:
+    """The config of a federation whose nodes declared their ranks: one client per node, in the
+    roster's order, with its rank (``config.toml`` of the run folder records them). The server's
+    own data only serves its test split, so its training rows are dealt out plainly."""
+    data = apply_overrides(config_to_dict(config), {
+        "federation.num_clients": len(ranks),
+        "federation.sample_count": min(config.federation.sample_count, len(ranks)),
+        "ranks.policy": "explicit", "ranks.ranks": list(ranks),
+        "partition.scheme": "iid", "partition.min_examples": 1,
+    })
+    return config_from_dict(data)
 
 
 def serve(grid: Grid, config: Config, *, resume: bool = False, stop_after: int | None = None,
-          log: Callable[[str], None] | None = None, timeout: float = 3600.0) -> list[dict]:
-    """The whole run on ``grid``, in a run folder that :func:`prepare_folder` has checked."""
+          log: Callable[[str], None] | None = None, nodes: int = 0, wait_s: float = 600.0,
+          check_folder: Callable[[Config], None] | None = None) -> list[dict]:
+    """The whole run on ``grid``, in a run folder that :func:`prepare_folder` has checked, or that
+    ``check_folder`` checks once the nodes have declared themselves (a resumed declared run: its
+    ``config.toml`` holds their ranks). ``nodes``: how many declared nodes round 1 waits for (0:
+    ``federation.num_clients``), at most ``wait_s`` s."""
     say = log or (lambda line: None)
+    roster = Roster(config, label_names(config), say)
+    roster.wait(grid, nodes, wait_s)
+    if roster.declared:
+        config = declared_config(config, roster.ranks())
+        roster.config, roster.run_ranks = config, set(roster.ranks())
+    if check_folder is not None:
+        check_folder(config)
     setup, state = open_run(config, resume, say)
     rounds = last_round(config, stop_after) - state.round
     if rounds > 0:
-        strategy = RafloraStrategy(setup, state, discover_clients(grid, config.federation.num_clients), say)
-        strategy.start(grid, ArrayRecord(), num_rounds=rounds, timeout=timeout)
+        strategy = RafloraStrategy(setup, state, roster, say)
+        strategy.start(grid, ArrayRecord(), num_rounds=rounds, timeout=config.federation.round_timeout)
     return finish_run(setup, state, stop_after, say)
 
 
@@ -67,29 +79,27 @@ def build_server_app(config: Config, *, resume: bool = False, stop_after: int | 
     return app
 
 
-def _config_from_run_config(run_config: dict) -> Config:
-    try:
-        text = run_config_toml(run_config)
-    except ConfigError as err:
-        raise SystemExit(f"error: {err}") from None
-    return config_from_dict(tomllib.loads(text))
-
-
-# The entry point for `flwr run` / a SuperLink: run config keys `config` (a TOML path readable by
-# the ServerApp's process) or `config-toml` (its text), `out` (overrides run.out when not empty)
-# and the booleans `resume` and `overwrite` (examples/flower_app/pyproject.toml lists them).
+# The entry point for `flwr run` / a SuperLink: the run config (:mod:`.run_config`) names the raflora
+# config (`config`, a TOML path readable by the ServerApp's process, or `config-toml`, its text) and
+# may set the common keys; `out` overrides run.out when not empty, `resume` and `overwrite` are
+# booleans, `min-nodes` the declared nodes round 1 waits for (examples/flower_app/pyproject.toml).
 app = ServerApp()
 
 
 @app.main()
 def _main(grid: Grid, context: Context) -> None:
-    config = _config_from_run_config(dict(context.run_config))
-    if str(context.run_config.get("out", "")):
-        config.run.out = str(context.run_config["out"])
-    config.run.runtime = "flower"  # what config.toml of the run folder records
-    resume, overwrite = bool(context.run_config.get("resume", False)), bool(context.run_config.get("overwrite", False))
+    run_config = dict(context.run_config)
     try:
-        prepare_folder(config, Path(config.out), resume, overwrite)
-    except ConfigError as err:
+        config = config_from_dict(config_data(run_config))
+        if str(run_config.get("out", "")):
+            config.run.out = str(run_config["out"])
+        config.run.runtime = "flower"  # what config.toml of the run folder records
+        resume, overwrite = bool(run_config.get("resume", False)), bool(run_config.get("overwrite", False))
+        nodes = min_nodes(run_config)
+        if not resume:
+            prepare_folder(config, Path(config.out), resume, overwrite)
+        # a resumed run is checked against its config.toml once the nodes have said their ranks
+        check = (lambda final: prepare_folder(final, Path(final.out), True, False)) if resume else None
+        serve(grid, config, resume=resume, log=print, nodes=nodes, check_folder=check)
+    except (ConfigError, NodesMissing) as err:
         raise SystemExit(f"error: {err}") from None
-    serve(grid, config, resume=resume, log=print)

@@ -8,6 +8,10 @@ makes, in the same order, so both write the same ``metrics.jsonl``.
 
 Evaluation is the server's (the global model on the task's test split), so the client-side
 evaluation round of :meth:`Strategy.start` is empty.
+
+Replies are matched to the messages sent by the message id Flower gave each message, never by the
+sender: when a node is gone, the SuperLink answers for it, with its own reason, which the round
+records. A round waits ``federation.round_timeout`` seconds, then closes with the replies it has.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from raflora.runtimes.flower.records import (
     read_train_reply,
     train_request,
 )
+from raflora.runtimes.flower.roster import Roster
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +45,13 @@ logger = logging.getLogger(__name__)
 class RafloraStrategy(Strategy):
     """Drives ``setup``/``state`` one round per ``configure_train`` + ``aggregate_train``.
 
-    ``nodes`` maps each client index to the Flower node that plays it (see
-    :func:`raflora.runtimes.flower.server_app.discover_clients`).
+    ``roster`` knows which Flower node plays each client (:mod:`.roster`); nodes that join during
+    the run become clients of the next round.
     """
 
-    def __init__(self, setup: RunSetup, state: FederationState, nodes: dict[int, int],
+    def __init__(self, setup: RunSetup, state: FederationState, roster: Roster,
                  say: Callable[[str], None] | None = None) -> None:
-        self.setup, self.state, self.nodes = setup, state, nodes
-        self.clients = {node: client for client, node in nodes.items()}
+        self.setup, self.state, self.roster = setup, state, roster
         self.say = say or (lambda line: None)
         self._round: dict = {}
 
@@ -55,38 +59,47 @@ class RafloraStrategy(Strategy):
                         grid: Grid) -> Iterable[Message]:
         setup, state = self.setup, self.state
         self.grid = grid  # the methods without a global model ask their clients to evaluate (aggregate_train)
+        self.admit(self.roster.refresh(grid))
         round_ = state.round + 1  # server_round restarts at 1 when a run is resumed
         sampled = setup.sample_clients(round_)
         dropped = dropped_clients(setup, round_, sampled)  # simulated failures: never asked
-        downs, messages = {}, []
+        downs, messages = {}, {}
         for client in (c for c in sampled if c not in dropped):
             start, packet, downs[client] = client_download(setup, state, client)
             dtype = next(iter(start.values())).A.dtype
             content = train_request(round_, client, setup.ranks[client], packet, dtype, state.head, state.base)
-            messages.append(Message(content, dst_node_id=self.nodes[client], message_type=MessageType.TRAIN,
-                                    group_id=str(round_)))
+            messages[client] = Message(self.roster.stamp(content), dst_node_id=self.roster.node(client),
+                                       message_type=MessageType.TRAIN, group_id=str(round_))
         self._round = {"round": round_, "sampled": sampled, "dropped": dropped, "downs": downs,
-                       "began": time.perf_counter()}
-        return messages
+                       "began": time.perf_counter(), "messages": messages}
+        return list(messages.values())
+
+    def admit(self, joined: list[int]) -> None:
+        """Clients that joined after the run was set up take part from this round on."""
+        for client in joined:
+            if client == len(self.setup.ranks):
+                self.setup.ranks.append(self.roster.members[client].rank)
+                self.setup.config.federation.num_clients = len(self.setup.ranks)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         setup, r = self.setup, self._round
         turns, refused = {}, {}
-        for reply in replies:
-            client = self.clients.get(reply.metadata.src_node_id)
-            if client not in r["downs"] or client in turns:
-                continue  # not asked this round, or a second answer
+        for client, reply in matched(r["messages"], replies).items():
             try:
                 if reply.has_error():
-                    raise ReplyError(f"the client failed: {reply.error.reason}")
+                    raise ReplyError(f"Flower error {reply.error.code}: {reply.error.reason}")
                 turns[client] = read_train_reply(reply.content, client, self.state.head, r["downs"][client],
                                                  server_fill(setup))
             except ReplyError as err:
                 refused[client] = f"client {client!r}: {err}"
+        timeout = setup.config.federation.round_timeout
         for client in r["sampled"]:
             if client not in turns and client not in refused and client not in r["dropped"]:
-                refused[client] = f"client {client!r}: no reply"
+                refused[client] = f"client {client!r}: no reply within federation.round_timeout = {timeout:g} s"
+        if not turns:
+            self.say(f"round {r['round']}: no client replied, the global model is unchanged "
+                     f"({'; '.join(refused[c] for c in sorted(refused))})")
         evaluate = (lambda: self.evaluate_clients(sorted(turns))) if setup.method.private else None
         record = close_round(setup, self.state, r["round"], r["sampled"], turns,
                              [{"client": c, "module": None, "reason": why} for c, why in sorted(refused.items())],
@@ -98,23 +111,24 @@ class RafloraStrategy(Strategy):
     def evaluate_clients(self, clients: list[int]) -> dict[int, dict[str, float]]:
         """Each client's evaluation of its own model (the new global part with what it kept)."""
         setup, state = self.setup, self.state
-        messages = []
+        messages = {}
         for client in clients:
             rank = setup.ranks[client]
             start = state.starts[rank]
             packet = pack(start, setup.config.federation.transport_dtype, setup.method.uploads)
             dtype = next(iter(start.values())).A.dtype
             content = evaluate_request(state.round + 1, client, rank, packet, dtype, state.head)
-            messages.append(Message(content, dst_node_id=self.nodes[client], message_type=MessageType.EVALUATE,
-                                    group_id=f"{state.round + 1}-evaluate"))
+            messages[client] = Message(self.roster.stamp(content), dst_node_id=self.roster.node(client),
+                                       message_type=MessageType.EVALUATE, group_id=f"{state.round + 1}-evaluate")
+        replies = self.grid.send_and_receive(list(messages.values()), timeout=setup.config.federation.round_timeout)
         out = {}
-        for reply in self.grid.send_and_receive(messages, timeout=3600.0):
-            client = self.clients.get(reply.metadata.src_node_id)
-            if client in clients and not reply.has_error():
-                try:
-                    out[client] = read_evaluate_reply(reply.content)
-                except ReplyError as err:
-                    self.say(f"client {client}: {err}")
+        for client, reply in matched(messages, replies).items():
+            try:
+                if reply.has_error():
+                    raise ReplyError(f"Flower error {reply.error.code}: {reply.error.reason}")
+                out[client] = read_evaluate_reply(reply.content)
+            except ReplyError as err:
+                self.say(f"client {client}: no evaluation: {err}")
         return {c: out[c] for c in sorted(out)}
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -127,7 +141,19 @@ class RafloraStrategy(Strategy):
     def summary(self) -> None:
         c = self.setup.config
         logger.info("raflora strategy: method %s, %d clients, ranks %s", c.federation.method.name,
-                    c.federation.num_clients, sorted(set(self.setup.ranks)))
+                    len(self.setup.ranks), sorted(set(self.setup.ranks)))
+
+
+def matched(sent: dict[int, Message], replies: Iterable[Message]) -> dict[int, Message]:
+    """``{client: its reply}``: each reply goes to the message it answers (Flower's message id; the
+    grid set it on each sent message); a second answer or one to no message of ours is dropped."""
+    by_id = {msg.metadata.message_id: client for client, msg in sent.items()}
+    out: dict[int, Message] = {}
+    for reply in replies:
+        client = by_id.get(reply.metadata.reply_to_message_id)
+        if client is not None and client not in out:
+            out[client] = reply
+    return out
 
 
 def round_metrics(record: dict, metric: str) -> MetricRecord:
