@@ -89,55 +89,50 @@ def fits(log2_value: float, dtype: torch.dtype) -> bool:
     return log2_value < math.log2(torch.finfo(dtype).max)
 
 
-def stable_svd(B: Tensor, A: Tensor, top: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`raflora.lora.product_svd`, with the rescaled float64 fallback (``S`` scales back)."""
+def _plain_or_rescaled(compute, *factors: Tensor) -> tuple[tuple, int | None]:
+    """``(compute(*factors), None)``; when that raises a LinAlgError or gives a non-finite value,
+    ``(compute(*unit copies), e)``: the factors rescaled to unit scale in float64, ``2**e`` the
+    scale the outputs that carry it must be multiplied back by (:func:`_back`)."""
     try:
-        U, S, V = product_svd(B, A, top)
-        if not _fails(U, S, V):
-            return U, S, V
+        out = compute(*factors)
+        out = out if isinstance(out, tuple) else (out,)
+        if not _fails(*out):
+            return out, None
     except torch.linalg.LinAlgError:
         pass
-    (Bu, eb), (Au, ea) = _unit(B), _unit(A)
-    U, S, V = product_svd(Bu, Au, top)
-    return U.to(B.dtype), _back(S, eb + ea, B.dtype), V.to(B.dtype)
+    units = [_unit(t) for t in factors]
+    out = compute(*(u for u, _ in units))
+    return (out if isinstance(out, tuple) else (out,)), sum(e for _, e in units)
+
+
+def stable_svd(B: Tensor, A: Tensor, top: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`raflora.lora.product_svd`, with the rescaled float64 fallback (``S`` scales back)."""
+    (U, S, V), e = _plain_or_rescaled(lambda b, a: product_svd(b, a, top), B, A)
+    if e is None:
+        return U, S, V
+    return U.to(B.dtype), _back(S, e, B.dtype), V.to(B.dtype)
 
 
 def stable_top_svd(B: Tensor, A: Tensor, top: int) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`raflora.lora.product_top_svd`, with the rescaled float64 fallback (``B A V`` and ``S``
     scale back, ``V`` does not)."""
-    try:
-        BAV, S, V = product_top_svd(B, A, top)
-        if not _fails(BAV, S, V):
-            return BAV, S, V
-    except torch.linalg.LinAlgError:
-        pass
-    (Bu, eb), (Au, ea) = _unit(B), _unit(A)
-    BAV, S, V = product_top_svd(Bu, Au, top)
-    return _back(BAV, eb + ea, B.dtype), _back(S, eb + ea, B.dtype), V.to(B.dtype)
+    (BAV, S, V), e = _plain_or_rescaled(lambda b, a: product_top_svd(b, a, top), B, A)
+    if e is None:
+        return BAV, S, V
+    return _back(BAV, e, B.dtype), _back(S, e, B.dtype), V.to(B.dtype)
 
 
 def stable_singular_values(B: Tensor, A: Tensor) -> Tensor:
     """:func:`raflora.lora.product_singular_values`, with the rescaled float64 fallback."""
-    try:
-        S = product_singular_values(B, A)
-        if not _fails(S):
-            return S
-    except torch.linalg.LinAlgError:
-        pass
-    (Bu, eb), (Au, ea) = _unit(B), _unit(A)
-    return _back(product_singular_values(Bu, Au), eb + ea, B.dtype)
+    (S,), e = _plain_or_rescaled(product_singular_values, B, A)
+    return S if e is None else _back(S, e, B.dtype)
 
 
 def stable_svdvals(A: Tensor) -> Tensor:
     """``torch.linalg.svdvals(A)``, with the rescaled float64 fallback."""
-    try:
-        S = torch.linalg.svdvals(A)
-        if not _fails(S):
-            return S
-    except torch.linalg.LinAlgError:
-        pass
-    Au, e = _unit(A)
-    return _back(torch.linalg.svdvals(Au), e, A.dtype)
+    (S,), e = _plain_or_rescaled(torch.linalg.svdvals, A)
+    return S if e is None else _back(S, e, A.dtype)
+
 
 
 __all__ = [
