@@ -1,12 +1,15 @@
 """Run one experiment's raflora command and keep what docs/results.md is built from.
 
-    python scripts/run_experiment.py EXPERIMENT -- compare CONFIG --methods ... --out runs/exp/EXPERIMENT ...
+    python scripts/run_experiment.py EXPERIMENT [--part NAME] -- compare CONFIG --methods ... --out runs/exp/EXPERIMENT ...
 
 runs ``python -m raflora.cli`` with the arguments after ``--`` (they must include ``--out``), then
 copies every run's ``config.toml`` and ``metrics.jsonl`` (and a sweep's ``sweep.json``) from the
-output folder into ``results/EXPERIMENT/`` with the same relative paths, and writes
-``results/EXPERIMENT/run.json``: the command, the git commit it ran on (and whether the tree had
-uncommitted changes), the start time and the wall time. Checkpoints and adapters stay in runs/:
+output folder into ``results/EXPERIMENT/`` (``results/EXPERIMENT/NAME/`` with ``--part``: an
+experiment made of several commands, e.g. a comparison and its reference run) with the same
+relative paths, replacing what an earlier run of the same part left there, and records in
+``results/EXPERIMENT/run.json`` the command, the git commit it ran on (and whether the tree had
+uncommitted changes), the start time and the wall time (one entry per part; ``about.toml`` and the
+other parts are left alone). Checkpoints and adapters stay in runs/:
 the repository keeps the numbers, not the weights.
 """
 
@@ -57,12 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     split = argv.index("--")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("experiment")
+    parser.add_argument("--part", default="", help="a sub-folder for one of the experiment's commands")
     args = parser.parse_args(argv[:split])
     cli_args = argv[split + 1:]
     out = out_folder(cli_args)
-    dest = ROOT / "results" / args.experiment
+    folder = ROOT / "results" / args.experiment
+    dest = folder / args.part if args.part else folder
     record = {
-        "experiment": args.experiment,
+        "part": args.part,
         "command": "raflora " + " ".join(cli_args),
         "commit": git("rev-parse", "HEAD"),
         "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
@@ -72,11 +77,19 @@ def main(argv: list[str] | None = None) -> int:
     code = subprocess.call([sys.executable, "-m", "raflora.cli", *cli_args], cwd=ROOT)
     record["wall_seconds"] = round(time.monotonic() - start, 1)
     record["exit_code"] = code
-    if dest.exists():
+    previous = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+    parts = [p for p in previous.get("parts", []) if p["part"] != args.part]
+    if args.part and (dest).exists():
         shutil.rmtree(dest)
+    elif not args.part:
+        parts = []
+        for path in folder.glob("*"):
+            if path.name != "about.toml":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
     record["files"] = keep_numbers(ROOT / out, dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "run.json").write_text(json.dumps(record, indent=1) + "\n")
+    folder.mkdir(parents=True, exist_ok=True)
+    run = {"experiment": args.experiment, "parts": parts + [record]}
+    (folder / "run.json").write_text(json.dumps(run, indent=1) + "\n")
     print(f"run_experiment: {args.experiment}: exit {code}, {record['wall_seconds']} s, "
           f"{record['files']} files -> {dest.relative_to(ROOT)}")
     return code
