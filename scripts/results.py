@@ -10,7 +10,8 @@ Each folder ``results/<experiment>/`` holds
   tables to show: ``tables`` from "groups", "paired", "sweep", "energy", "rho_rounds",
   "metric_rounds"; ``[[contrast]]`` tables (``a``, ``b``: group labels; the per-seed difference
   a - b of the final metric, for comparisons the report does not pair, like rank 16 vs rank 2);
-  ``heatmap``: a file name under the image folder for the energy heatmap (rank partition x round).
+  ``heatmap``: a file name under the image folder for the energy heatmap (rank partition x round);
+  ``trace``: run labels whose rounds are listed (sampled ranks, energy per rank partition).
 Experiments are listed in the order of ``about.toml``'s ``order``, then by name.
 """
 
@@ -96,6 +97,17 @@ def per_round_table(report: dict, field: str, digits: int) -> list[str]:
     return markdown_table(["round"] + [g["label"] for g in groups], rows)
 
 
+def trace_table(folder: Path, label: str) -> list[str]:
+    """One run's rounds: the ranks of the sampled clients and the energy per rank partition
+    (``energy_by_partition`` of metrics.jsonl), to show what a round without high-rank clients does."""
+    run = next(r for r in load_runs([folder]) if r.label == label)
+    keys = sorted({k for rec in run.records for k in rec.get("energy_by_partition") or {}},
+                  key=lambda k: int(k.split("-")[0].rstrip("+")))
+    rows = [[str(rec["round"]), " ".join(str(r) for r in sorted(rec.get("ranks", [])))]
+            + [f"{(rec.get('energy_by_partition') or {}).get(k, 0.0):.3f}" for k in keys] for rec in run.records]
+    return markdown_table(["round", "ranks sampled"] + [f"directions {k}" for k in keys], rows)
+
+
 def experiment_report(folder: Path) -> dict:
     runs = load_runs([folder])
     report = build_report(runs, _about(folder).get("reference"))
@@ -160,6 +172,9 @@ def experiment_section(folder: Path, img: Path, doc: Path) -> list[str]:
         elif table == "metric_rounds":
             lines += [f"{report['metric']} per evaluated round (mean over seeds):", ""]
             lines += per_round_table(report, report["metric"], 4) + [""]
+    for label in about.get("trace", []):
+        lines += [f"Round by round, run `{label}`: the sampled clients' ranks and the energy per rank partition:", ""]
+        lines += trace_table(folder, label) + [""]
     if about.get("contrast"):
         lines += contrast_table(report, about["contrast"]) + [""]
     if about.get("heatmap"):
