@@ -190,7 +190,8 @@ def experiment_section(folder: Path, img: Path, doc: Path) -> list[str]:
 
 
 def experiments(results: Path) -> list[Path]:
-    folders = [f for f in results.iterdir() if f.is_dir() and ((f / "run.json").is_file() or (f / "about.toml").is_file())]
+    # a folder with about.toml but no run.json yet is an experiment still running: left out
+    folders = [f for f in results.iterdir() if f.is_dir() and (f / "run.json").is_file()]
     return sorted(folders, key=lambda f: (_about(f).get("order", 1000), f.name))
 
 
