@@ -195,10 +195,31 @@ def experiments(results: Path) -> list[Path]:
     return sorted(folders, key=lambda f: (_about(f).get("order", 1000), f.name))
 
 
-def build(results: Path, out: Path, img: Path) -> str:
+PAPER_HEADER = """## Paper configs (not measured here)
+
+`configs/paper/` mirrors the raFLoRA paper's setups as third-party sources describe them (the
+paper's own tables could not be read) for users with a GPU. None of them was run for this page;
+`tests/configs/test_paper.py` checks that each validates here or is refused with one line naming
+what this machine lacks. Each file's header says what it needs:
+"""
+
+
+def paper_section(folder: Path) -> list[str]:
+    """One line per config of ``folder``: its name and its header's first sentence after the mark."""
+    lines = [PAPER_HEADER]
+    for path in sorted(folder.glob("*.toml")):
+        header = " ".join(line[1:].strip() for line in path.read_text().splitlines() if line.startswith("#"))
+        needs = header.split("NEEDS:", 1)[1].strip() if "NEEDS:" in header else "-"
+        lines.append(f"- `{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}`: needs {needs}")
+    return lines + [""]
+
+
+def build(results: Path, out: Path, img: Path, paper: Path | None = ROOT / "configs" / "paper") -> str:
     lines = [HEADER]
     for folder in experiments(results):
         lines += experiment_section(folder, img, out)
+    if paper is not None and paper.is_dir():
+        lines += paper_section(paper)
     text = "\n".join(lines).rstrip() + "\n"
     out.write_text(text, encoding="utf-8")
     return text
