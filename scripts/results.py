@@ -128,6 +128,9 @@ def _about(folder: Path) -> dict:
     return tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+TABLES = ("groups", "paired", "sweep", "energy", "rho_rounds", "metric_rounds")
+
+
 def _parts(folder: Path) -> list[dict]:
     """run.json's commands (one per part of the experiment); an older one-command record is one part."""
     path = folder / "run.json"
@@ -161,6 +164,8 @@ def experiment_section(folder: Path, img: Path, doc: Path) -> list[str]:
              ("reduced", about.get("reduced", "-").strip())]
     lines += [f"- **{name}**: {value}" for name, value in facts] + [""]
     for table in about.get("tables", ["groups", "paired"]):
+        if table not in TABLES:
+            raise SystemExit(f"error: {folder / 'about.toml'}: unknown table {table!r}; choose from {', '.join(TABLES)}")
         if table == "groups":
             lines += group_table(report) + [""]
         elif table == "paired" and report["paired"]:
