@@ -106,7 +106,10 @@ def per_round_table(report: dict, field: str, digits: int) -> list[str]:
 def trace_table(folder: Path, label: str) -> list[str]:
     """One run's rounds: the ranks of the sampled clients and the energy per rank partition
     (``energy_by_partition`` of metrics.jsonl), to show what a round without high-rank clients does."""
-    run = next(r for r in load_runs([folder]) if r.label == label)
+    runs = {r.label: r for r in load_runs([folder])}
+    if label not in runs:
+        raise SystemExit(f"error: {folder / 'about.toml'}: trace {label!r} is not a run; the runs are {', '.join(runs)}")
+    run = runs[label]
     keys = sorted({k for rec in run.records for k in rec.get("energy_by_partition") or {}},
                   key=lambda k: int(k.split("-")[0].rstrip("+")))
     rows = [[str(rec["round"]), " ".join(str(r) for r in sorted(rec.get("ranks", [])))]
