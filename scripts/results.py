@@ -228,8 +228,49 @@ def paper_section(folder: Path) -> list[str]:
     return lines + [""]
 
 
+def report_method(report: dict, group_label: str) -> str:
+    return next(g["method"] for g in report["groups"] if g["label"] == group_label)
+
+
+def _seed_signs(pair: dict) -> str:
+    diffs = list(pair["final_metric"]["per_seed"].values())
+    ahead, level = sum(d > 0 for d in diffs), sum(d == 0 for d in diffs)
+    return f"{ahead} / {level} / {len(diffs) - ahead - level}"
+
+
+def headline_rows(folder: Path, report: dict) -> list[list[str]]:
+    """For each raflora group of an experiment whose reference is raflora: the other method of the
+    same setting it trails most (the most negative paired difference of the final metric), and on
+    how many seeds raflora is ahead / level / behind it."""
+    rows = []
+    if report["reference"] != "raflora":
+        return rows
+    title = _about(folder).get("title", folder.name).split(" ", 1)[0].rstrip(".")
+    by_reference: dict[str, list[dict]] = {}
+    for pair in report["paired"]:
+        if pair["final_metric"] is not None:
+            by_reference.setdefault(pair["reference"], []).append(pair)
+    for ref, pairs in by_reference.items():
+        worst = min(pairs, key=lambda p: p["final_metric"]["mean"])
+        flexlora = [p for p in pairs if report_method(report, p["other"]) == "flexlora"]
+        rows.append([title, ref, worst["other"], _signed(worst["final_metric"]), _seed_signs(worst),
+                     _signed(flexlora[0]["final_metric"]) if flexlora else "-",
+                     _seed_signs(flexlora[0]) if flexlora else "-"])
+    return rows
+
+
 def build(results: Path, out: Path, img: Path, paper: Path | None = ROOT / "configs" / "paper") -> str:
     lines = [HEADER]
+    rows = [row for folder in experiments(results) for row in headline_rows(folder, experiment_report(folder))]
+    if rows:
+        lines += ["## At a glance", "",
+                  "For every raflora group of the experiments below: the method of the same setting it trails "
+                  "most on the final metric and the paired difference raflora - that method over seeds, the "
+                  "same against flexlora (the baseline the paper is built against), and on how many seeds "
+                  "raflora is ahead / level / behind.", ""]
+        lines += markdown_table(["experiment", "raflora group", "best other method", "raflora - it",
+                                 "seeds ahead / level / behind", "raflora - flexlora",
+                                 "seeds ahead / level / behind"], rows) + [""]
     for folder in experiments(results):
         lines += experiment_section(folder, img, out)
     if paper is not None and paper.is_dir():
