@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.raflora-installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test test-fast bench clean
+.PHONY: setup data demo test test-fast bench results clean
 
 setup: $(STAMP) data
 
@@ -41,6 +41,11 @@ test-fast: setup
 
 bench: setup
 	$(PY) -m benchmarks.run_all
+
+# docs/results.md from the experiments kept under results/ (nothing is rerun; see docs/results.md
+# for each experiment's command, run through scripts/run_experiment.py).
+results: setup
+	$(PY) scripts/results.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -1,0 +1,105 @@
+"""scripts/results.py builds docs/results.md's tables from a results folder: a tiny fake one here
+(two methods x two seeds of a 2-round synthetic run, numbers chosen so the means are known)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CONFIG = """
+[run]
+name = "fake"
+seed = {seed}
+rounds = 2
+[federation]
+num_clients = 4
+[federation.method]
+name = "{method}"
+[ranks]
+policy = "cycle"
+ranks = [2, 4]
+r_max = 4
+[task]
+name = "synthetic"
+"""
+
+# final accuracy per (method, seed): raflora - flexlora is +0.10 on seed 0 and +0.20 on seed 1
+ACCURACY = {("raflora", 0): 0.70, ("raflora", 1): 0.80, ("flexlora", 0): 0.60, ("flexlora", 1): 0.60}
+RHO = {"raflora": 0.6, "flexlora": 0.9}
+
+
+def _write_run(folder: Path, method: str, seed: int) -> None:
+    folder.mkdir(parents=True)
+    (folder / "config.toml").write_text(CONFIG.format(seed=seed, method=method))
+    lines = []
+    for round_ in (1, 2):
+        rho = RHO[method]
+        lines.append(json.dumps({
+            "round": round_, "method": method, "rho_rmin": rho,
+            "energy_by_partition": {"1-2": rho, "3-4": 1 - rho}, "train_loss": 1.0,
+            "bytes_up": 1000, "bytes_down": 3000, "seconds": 1.0,
+            "accuracy": ACCURACY[(method, seed)] if round_ == 2 else None, "loss": 0.5 if round_ == 2 else None}))
+    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def results(tmp_path):
+    folder = tmp_path / "results" / "exp-fake"
+    for method in ("raflora", "flexlora"):
+        for seed in (0, 1):
+            _write_run(folder / method / f"seed-{seed}", method, seed)
+    (folder / "run.json").write_text(json.dumps({"experiment": "exp-fake", "parts": [{
+        "part": "", "command": "raflora compare fake.toml --seeds 0,1", "commit": "0123456789abcdef",
+        "dirty": False, "wall_seconds": 90.0}]}))
+    (folder / "about.toml").write_text(
+        'title = "Fake experiment"\nconfig = "fake.toml"\nreduced = "nothing"\nreference = "raflora"\n'
+        'tables = ["groups", "paired", "rho_rounds"]\nheatmap = "fake_heatmap.png"\n'
+        'conclusion = "raflora wins on both seeds."\n'
+        '[[contrast]]\na = "raflora"\nb = "flexlora"\nlabel = "raflora - flexlora"\n')
+    return tmp_path
+
+
+def _row(text: str, start: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith(start))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_tables_come_from_the_metrics(results):
+    out, img = results / "docs" / "results.md", results / "docs" / "img"
+    out.parent.mkdir()
+    text = _load("results").build(results / "results", out, img)
+    assert out.read_text() == text
+    assert "## Fake experiment" in text and "raflora compare fake.toml --seeds 0,1" in text
+    assert "`0123456789`" in text and "1.5 min" in text and "**Conclusion.** raflora wins" in text
+    raflora = _row(text, "| raflora | raflora |")
+    assert raflora[2] == "0,1"
+    assert raflora[3] == "0.7500 ± 0.0707 [0.7000, 0.8000]"   # mean, sample std, range of 0.70 and 0.80
+    assert raflora[5].startswith("0.600")
+    assert raflora[6] == "3.0 kB"                               # 6000 bytes down over 2 rounds
+    flexlora = _row(text, "| flexlora | flexlora |")
+    assert flexlora[3] == "0.6000 ± 0.0000 [0.6000, 0.6000]"
+    paired = _row(text, "| raflora - flexlora | 2 | +0.1500")
+    assert "0: +0.1000, 1: +0.2000" in paired
+    contrast = text.split("| difference |")[1]
+    assert _row(contrast, "| raflora - flexlora |")[2:] == ["+0.1500 ± 0.0707 [+0.1000, +0.2000]",
+                                                         "0: +0.1000, 1: +0.2000"]
+    columns = _row(text, "| round | ")[1:]
+    assert dict(zip(columns, _row(text, "| 2 | ")[1:])) == {"raflora": "0.600", "flexlora": "0.900"}
+    glance = text.split("## At a glance")[1].split("## Fake experiment")[0]
+    assert _row(glance, "| Fake |") == ["Fake", "raflora", "flexlora", "+0.1500 ± 0.0707 [+0.1000, +0.2000]",
+                                        "2 / 0 / 0", "+0.1500 ± 0.0707 [+0.1000, +0.2000]", "2 / 0 / 0"]
+    assert (img / "fake_heatmap.png").stat().st_size > 1000
+    assert "](img/fake_heatmap.png)" in text
