@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from raflora.aggregation import aggregate
+from raflora.aggregation import AGGREGATORS, aggregate
 from raflora.lora import ClientUpdate, LoRAFactors, energy_ratio
 
 
@@ -60,6 +60,8 @@ def simulate_collapse(
             A = f.A + noise * torch.randn(f.A.shape, generator=g, dtype=dtype)
             B = f.B + noise * torch.randn(f.B.shape, generator=g, dtype=dtype)
             updates.append(ClientUpdate(i, {"w": LoRAFactors(A, B, 1.0)}, size))
-        result = aggregate(method, updates, **options)
+        # a method that reads the previous global update (keeps_global) gets it, as in a federation
+        previous = {"w": result.delta_factors("w")} if AGGREGATORS[method].keeps_global else None
+        result = aggregate(method, updates, previous=previous, top_rank=r_max, **options)
         trace.rho.append(energy_ratio(result.singular_values("w"), r_min))
     return trace

@@ -12,6 +12,7 @@ import dataclasses
 import numbers
 from typing import Mapping, Sequence
 
+from raflora.aggregation.carryover import Carryover
 from raflora.aggregation.fedit import FedIT
 from raflora.aggregation.fedsa import FedSALoRA
 from raflora.aggregation.ffa import FFALoRA
@@ -25,11 +26,12 @@ from raflora.aggregation.replication import Replication
 from raflora.aggregation.result import AggregationResult
 from raflora.aggregation.validate import NoValidUpdates
 from raflora.aggregation.zero_pad import ZeroPad
-from raflora.lora import ClientUpdate
+from raflora.lora import ClientUpdate, LowRank
 
 AGGREGATORS: dict[str, type[Method]] = {
     cls.name: cls
-    for cls in (FedIT, ZeroPad, HetLoRA, Replication, FFALoRA, FedSALoRA, FLoRA, FlexLoRA, FLoRIST, RaFLoRA)
+    for cls in (FedIT, ZeroPad, HetLoRA, Replication, FFALoRA, FedSALoRA, FLoRA, FlexLoRA, FLoRIST, RaFLoRA,
+                Carryover)
 }
 
 
@@ -55,6 +57,8 @@ def aggregate(
     seed: int = 0,
     workers: int | None = None,
     max_norm_ratio: float = MAX_NORM_RATIO,
+    previous: Mapping[str, LowRank] | None = None,
+    top_rank: int | None = None,
     **options,
 ) -> AggregationResult:
     """Aggregate one round of client updates with ``method``: a name in ``AGGREGATORS`` (with its
@@ -68,6 +72,9 @@ def aggregate(
     ``max_norm_ratio``: refuse an update whose norm in a module (``||s B A||_F``, or the uploaded
     factor's for methods that upload one) exceeds this many times the round's median there
     (the lower median, applied from 3 updates on; 0: off).
+    ``previous``: the previous round's global update per module, which a method carries on
+    (:meth:`Method.carry`: the components no update reached, or carryover's share), up to
+    ``top_rank`` directions.
     Malformed updates land in ``result.rejected``; raises ``NoValidUpdates`` when none is left,
     and nothing else but ``ValueError``/``TypeError`` for a bad option: on finite input a failing
     SVD is redone in rescaled float64, and an aggregate that still overflows refuses its largest
@@ -81,7 +88,7 @@ def aggregate(
     else:
         method = method_named(method, **options)
     return method.aggregate(updates, modules=modules, shapes=shapes, seed=seed, workers=workers,
-                            max_norm_ratio=max_norm_ratio)
+                            max_norm_ratio=max_norm_ratio, previous=previous, top_rank=top_rank)
 
 
 def _methods_doc() -> str:

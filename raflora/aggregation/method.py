@@ -160,8 +160,7 @@ class Method:
             checked = checked.without(outliers)
         checked, factors = self.combine_safely(checked, seed)
         if previous:
-            factors = {m: self.keep_unreached(f, previous.get(m), max(checked.ranks(m)), top_rank)
-                       for m, f in factors.items()}
+            factors = {m: self.carry(f, previous.get(m), checked, m, top_rank) for m, f in factors.items()}
         result = self.result_type(self, checked, factors, seed)
         return result if workers is None else result.precompute(workers)
 
@@ -190,6 +189,14 @@ class Method:
             cid = checked.updates[worst].client_id
             checked = checked.without({worst: (module, f"client {cid!r}: module {module!r}: {why} in float64; "
                                                "this update has the largest norm")})
+
+    def carry(self, factors: LowRank, previous: LowRank | None, checked: Checked, module: str,
+              top_rank: int | None) -> LowRank:
+        """What of the previous round's global update ``previous`` this round's ``factors`` of
+        ``module`` carry on (only when the round passes it: ``keeps_global`` methods, or
+        ``federation.empty_partition = "keep"``). Default: the components no update reached
+        (:meth:`keep_unreached`)."""
+        return self.keep_unreached(factors, previous, max(checked.ranks(module)), top_rank)
 
     def keep_unreached(self, factors: LowRank, previous: LowRank | None, reached: int,
                        top_rank: int | None) -> LowRank:

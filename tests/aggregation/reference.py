@@ -193,12 +193,25 @@ def dense_global(result, module: str) -> Tensor:
     return result.shared_a(module) if hasattr(result, "shared_a") else result.delta(module)
 
 
+def ref_carryover(updates, module: str, previous: Tensor, top: int) -> Tensor:
+    """``sum_i p_i s_i B_i A_i + sum_{j <= top} (1 - q_j) sigma_j u_j v_j^T`` from the dense SVD of the
+    previous global update, ``q_j = sum_{i: r_i >= j} p_i``."""
+    weights = p(updates)
+    ranks = [u.factors[module].rank for u in updates]
+    U, S, Vh = torch.linalg.svd(previous.to(F64), full_matrices=False)
+    carried = torch.zeros_like(previous, dtype=F64)
+    for j in range(min(top, S.shape[0])):
+        q = sum(w for w, r in zip(weights, ranks) if r >= j + 1)
+        carried += (1.0 - q) * S[j] * torch.outer(U[:, j], Vh[j])
+    return product_sum(updates, module, weights) + carried
+
+
 def ref_delta(method: str, updates, module: str, seed: int = 0, **options) -> Tensor:
     """Dense float64 global update of ``method`` (FedSA: its shared ``A``)."""
     if method in TRUNCATION:
         B, A = ref_factors(method, updates, module, seed)
         return B @ A
-    if method in ("flora", "flexlora"):
+    if method in ("flora", "flexlora", "carryover"):  # carryover without a previous update: flexlora
         return product_sum(updates, module, p(updates))
     if method == "raflora":
         return ref_raflora(updates, module, options.get("rank_levels"))
