@@ -222,11 +222,13 @@ NOT_YET = """## Not measured yet
 
 - Experiment 3 of issue 14 (SmolLM2-135M on reasoning-gym) and Fashion-MNIST + EfficientNet-Lite0
   as a second setting where rank may pay: not run in this budget.
-- A variant of raflora that keeps the previous global component of a rank partition that no
-  sampled client reaches (the failure shown in experiments 1, 2, 2c and 4), or the "third way" of
-  notes 1.8b (global low-rank state at weight 1, each client's change weighted by p_i): both need
-  the previous round's global update inside the method's `combine` (`Method.keeps_global` is
-  declared, but the round protocol does not pass that update yet); not built.
+- Keeping the previous global component of a rank partition that no sampled client reaches (the
+  failure shown in experiments 1, 2, 2c and 4) is now raflora's own rule
+  (`federation.empty_partition = "keep"`, its default; the baselines `drop`): experiments 2e
+  measure it. Experiments 1, 2, 2c and 4 ran before it, under `drop`, and show that rule; they were
+  not all rerun.
+- The "third way" of notes 1.8b (the global low-rank state kept at weight 1, each client's change
+  weighted by p_i), a variant of this library's own: not built yet.
 """
 
 
