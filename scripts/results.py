@@ -224,11 +224,11 @@ NOT_YET = """## Not measured yet
   as a second setting where rank may pay: not run in this budget.
 - Keeping the previous global component of a rank partition that no sampled client reaches (the
   failure shown in experiments 1, 2, 2c and 4) is now raflora's own rule
-  (`federation.empty_partition = "keep"`, its default; the baselines `drop`): experiments 2e
-  measure it. Experiments 1, 2, 2c and 4 ran before it, under `drop`, and show that rule; they were
-  not all rerun.
-- The "third way" of notes 1.8b (the global low-rank state kept at weight 1, each client's change
-  weighted by p_i), a variant of this library's own: not built yet.
+  (`federation.empty_partition = "keep"`, its default; the baselines `drop`): experiments 1e, 2e,
+  2f and 4e measure it. Experiments 1, 2, 2c and 4 ran before it, under `drop`, and show that rule.
+- The "third way" of the project's notes (the global low-rank state kept at weight 1, each client's
+  change weighted by p_i) is built as `carryover`, this library's own method (docs/methods.md),
+  and measured in experiments 1e, 2f, 6 and 6b; not yet on the reasoning task.
 """
 
 
@@ -252,12 +252,15 @@ def _seed_signs(pair: dict) -> str:
     return f"{ahead} / {level} / {len(diffs) - ahead - level}"
 
 
+HEADLINED = ("raflora", "carryover")  # the methods an experiment may be built around
+
+
 def headline_rows(folder: Path, report: dict) -> list[list[str]]:
-    """For each raflora group of an experiment whose reference is raflora: the other method of the
-    same setting it trails most (the most negative paired difference of the final metric), and on
-    how many seeds raflora is ahead / level / behind it."""
+    """For each group of an experiment whose reference is raflora or carryover: the other method of
+    the same setting it trails most (the most negative paired difference of the final metric), and
+    on how many seeds the reference is ahead / level / behind it."""
     rows = []
-    if report["reference"] != "raflora":
+    if report["reference"] not in HEADLINED:
         return rows
     title = _about(folder).get("title", folder.name).split(" ", 1)[0].rstrip(".")
     by_reference: dict[str, list[dict]] = {}
@@ -278,12 +281,13 @@ def build(results: Path, out: Path, img: Path, paper: Path | None = ROOT / "conf
     rows = [row for folder in experiments(results) for row in headline_rows(folder, experiment_report(folder))]
     if rows:
         lines += ["## At a glance", "",
-                  "For every raflora group of the experiments below: the method of the same setting it trails "
-                  "most on the final metric and the paired difference raflora - that method over seeds, the "
-                  "same against flexlora (the baseline the paper is built against), and on how many seeds "
-                  "raflora is ahead / level / behind.", ""]
-        lines += markdown_table(["experiment", "raflora group", "best other method", "raflora - it",
-                                 "seeds ahead / level / behind", "raflora - flexlora",
+                  "For every group of the method an experiment is built around (its reference: raflora, or "
+                  "carryover, this library's own method): the method of the same setting it trails most on "
+                  "the final metric (the best other method when it trails none) and the paired difference "
+                  "reference - that method over seeds, the same against flexlora (the baseline the paper is "
+                  "built against), and on how many seeds the reference is ahead / level / behind.", ""]
+        lines += markdown_table(["experiment", "reference group", "best other method", "reference - it",
+                                 "seeds ahead / level / behind", "reference - flexlora",
                                  "seeds ahead / level / behind"], rows) + [""]
     for folder in experiments(results):
         lines += experiment_section(folder, img, out)
