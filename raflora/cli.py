@@ -146,7 +146,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         args.out = args.merged
     out = Path(args.out or Path(args.run) / ("merged" if merged else "export"))
     written = export_run(args.run, out, merged=merged, rank=args.rank)
-    kind = "merged weights (model.safetensors)" if merged else "PEFT adapter"
+    kind = "the merged model" if merged else "a PEFT adapter"
     log.info(f"wrote {kind} to {written}")
     return 0
 
@@ -271,10 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="write a run's global model as a PEFT adapter folder or merged weights",
                             parents=[common],
-                            description="Export the latest checkpoint of a run folder. Default: a PEFT adapter "
-                            "folder (rank [ranks] r_max, the best rank-r approximation of the global update) that "
-                            "PeftModel.from_pretrained(task model, folder) loads. --merged: the task model's full "
-                            "state dict with the exact global update and head merged in (model.safetensors).")
+                            description="Export the newest valid checkpoint of a run folder. Default: a PEFT "
+                            "adapter folder with a model card (rank [ranks] r_max, the best rank-r approximation of "
+                            "the global update): AutoPeftModelForSequenceClassification (after import raflora) or "
+                            "AutoPeftModelForCausalLM loads it, raflora.tasks.vision.load_adapter for vision. "
+                            "--merged: the exact merged model, a save_pretrained folder that AutoModelFor... loads "
+                            "(text, reasoning; raflora.tasks.vision.load_merged for vision).")
     export.add_argument("run", help="run folder (holds config.toml and checkpoints/)")
     export.add_argument("out", nargs="?", help="folder to write (default: RUN/export, or RUN/merged with --merged)")
     export.add_argument("--merged", nargs="?", const=True, metavar="OUT",
