@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "(.../seed-<k>/ with --seeds), then one report over all runs in OUT/report/ with a "
                          "table of points x methods. Each --grid is one point that sets one or more keys, "
                          "e.g. --grid \"ranks.policy=groups ranks.ranks=[16,4,2] ranks.shares=[0.1,0.4,0.5]\"; "
-                         "KEY=V1,V2,... is one point per value. A method option (federation.tau: florist) "
+                         "KEY=V1,V2,... is one point per value. A method option (federation.method.tau: florist) "
                          "applies only to the methods that have it; the others are not run again for it. "
                          "Every config is checked before the first run.")
     _comparison_options(swp, "sweep folder (default runs/<run.name>-sweep)")

@@ -8,7 +8,7 @@ comma-separated list of values is one point per value::
     --grid "ranks.policy=groups ranks.ranks=[16,4,2] ranks.shares=[0.1,0.4,0.5]"
     --grid "train.lr=0.01,0.003,0.001"          # three points
 
-A method's own option (``federation.tau``: florist's) applies only to the methods that have it
+A method's own option (``federation.method.tau``: florist's) applies only to the methods that have it
 (:func:`raflora.report.method_keys.method_has_option`); a method for which a point sets nothing new
 is not run again there: the sweep reuses its runs from the first point with the same settings for
 it (flora does not depend on tau). Runs go to ``OUT/point-<p>/<method>/`` (``.../seed-<k>/`` with
