@@ -220,15 +220,15 @@ what this machine lacks. Each file's header says what it needs:
 
 NOT_YET = """## Not measured yet
 
-- Experiment 3 of issue 14 (SmolLM2-135M on reasoning-gym) and Fashion-MNIST + EfficientNet-Lite0
-  as a second setting where rank may pay: not run in this budget.
+- Experiment 3 of issue 14 (SmolLM2-135M on reasoning-gym): not run in this budget. Fashion-MNIST +
+  EfficientNet-Lite0 (experiment 7) ran for carryover, raflora and flexlora only, at a reduced budget.
 - Keeping the previous global component of a rank partition that no sampled client reaches (the
   failure shown in experiments 1, 2, 2c and 4) is now raflora's own rule
   (`federation.empty_partition = "keep"`, its default; the baselines `drop`): experiments 1e, 2e,
   2f and 4e measure it. Experiments 1, 2, 2c and 4 ran before it, under `drop`, and show that rule.
 - The "third way" of the project's notes (the global low-rank state kept at weight 1, each client's
   change weighted by p_i) is built as `carryover`, this library's own method (docs/methods.md),
-  and measured in experiments 1e, 2f, 6 and 6b; not yet on the reasoning task.
+  and measured in experiments 1e, 2f, 6, 6b and 7; not yet on the reasoning task.
 """
 
 
