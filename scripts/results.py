@@ -56,12 +56,7 @@ one example moves the accuracy by 0.002-0.005.
 
 
 def _signed(stat: dict | None, digits: int = 4) -> str:
-    if stat is None:
-        return "-"
-    text = f"{stat['mean']:+.{digits}f}"
-    if stat["std"] is not None:
-        text += f" ± {stat['std']:.{digits}f}"
-    return text + (f" [{stat['min']:+.{digits}f}, {stat['max']:+.{digits}f}]" if stat["n"] > 1 else "")
+    return spread(stat, digits, signed=True)
 
 
 def group_table(report: dict) -> list[str]:

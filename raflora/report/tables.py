@@ -52,14 +52,16 @@ def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def spread(stat: dict | None, digits: int = 4) -> str:
-    """``0.8800 ± 0.0120 [0.8700, 0.9000]``: mean ± sample std [min, max]; no ± for one seed."""
+def spread(stat: dict | None, digits: int = 4, signed: bool = False) -> str:
+    """``0.8800 ± 0.0120 [0.8700, 0.9000]``: mean ± sample std [min, max]; no ± for one seed.
+    ``signed``: mean, min and max with their sign (paired differences: ``+0.0400 ± ...``)."""
     if stat is None:
         return "-"
-    text = f"{stat['mean']:.{digits}f}"
+    sign = "+" if signed else ""
+    text = f"{stat['mean']:{sign}.{digits}f}"
     if stat["std"] is not None:
         text += f" ± {stat['std']:.{digits}f}"
-    return text + (f" [{stat['min']:.{digits}f}, {stat['max']:.{digits}f}]" if stat["n"] > 1 else "")
+    return text + (f" [{stat['min']:{sign}.{digits}f}, {stat['max']:{sign}.{digits}f}]" if stat["n"] > 1 else "")
 
 
 def has_seeds(report: dict) -> bool:
