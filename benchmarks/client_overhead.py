@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from benchmarks.client_setup import demo_config
 from benchmarks.common import machine_line, markdown_table, median, spread
 from raflora.tasks.common import logits_of
-from raflora.federation.round import run_client, server_fill
+from raflora.federation.round import fill_missing, run_client
 from raflora.federation.setup import build_setup
 from raflora.federation.state import FederationState
 from raflora.federation.transport import transmit
@@ -138,8 +138,8 @@ def _components(setup, state, client: int, repeats: int) -> dict[str, float]:
         model.get_head(rank)
 
     def wire():
-        down, _ = transmit(start, fed.transport_dtype, setup.method.uploads, server_fill(setup))
-        transmit(model.get_factors(rank), fed.transport_dtype, setup.method.uploads, server_fill(setup))
+        down, _ = transmit(start, fed.transport_dtype, setup.method.uploads, fill_missing(setup))
+        transmit(model.get_factors(rank), fed.transport_dtype, setup.method.uploads, fill_missing(setup))
 
     def collate():
         for b in idx:

@@ -56,10 +56,6 @@ class Checked:
             raise NoValidUpdates(_nothing_left(rejected))
         return replace(self, updates=updates, rejected=rejected)
 
-    def with_updates(self, updates: Sequence[ClientUpdate]) -> Checked:
-        """The same round with the updates replaced one for one (e.g. rescaled)."""
-        return replace(self, updates=tuple(updates))
-
     def cast(self, dtype: torch.dtype) -> Checked:
         """The same round with every factor in ``dtype`` (the float64 retry of a failed combine)."""
         return replace(self, dtype=dtype, updates=tuple(

@@ -58,13 +58,12 @@ class ClientTurn:
     bytes_up: int
 
 
-def server_fill(setup: RunSetup):
-    """How the server fills a part that a client did not upload (the method decides)."""
+def fill_missing(setup: RunSetup):
+    """How a receiver, server or client, fills a factor that did not travel (the method decides:
+    :meth:`~raflora.aggregation.method.Method.missing_part`)."""
     seed = setup.config.run.seed
     return lambda module, part, rank, shape: setup.method.missing_part(module, part, rank, shape, seed)
 
-
-client_fill = server_fill  # the same rule on the client's side: what the server did not send
 
 
 def client_download(setup: RunSetup, state: FederationState, client: int) -> tuple[dict[str, LoRAFactors], Packet, int]:
@@ -78,7 +77,7 @@ def client_download(setup: RunSetup, state: FederationState, client: int) -> tup
 
 def client_receive(setup: RunSetup, packet: Packet, sent: Mapping[str, LoRAFactors]) -> dict[str, LoRAFactors]:
     """The start factors as the client decodes them (in-process: ``sent`` when the round trip is exact)."""
-    return receive(packet, sent, setup.config.federation.transport_dtype, setup.method.uploads, client_fill(setup))
+    return receive(packet, sent, setup.config.federation.transport_dtype, setup.method.uploads, fill_missing(setup))
 
 
 def train_client(
@@ -109,7 +108,7 @@ def run_client(
                          kept.get(client), on_step)
     if setup.method.private:
         kept[client] = setup.method.client_keeps(local.factors)
-    factors, nbytes = transmit(local.factors, fed.transport_dtype, setup.method.uploads, server_fill(setup))
+    factors, nbytes = transmit(local.factors, fed.transport_dtype, setup.method.uploads, fill_missing(setup))
     return ClientTurn(ClientUpdate(client, factors, local.num_examples), local.head, local.loss, local.diverged,
                       bytes_down=bytes_down, bytes_up=nbytes)
 

@@ -22,7 +22,7 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from raflora.federation.round import client_fill, evaluate_client, train_client
+from raflora.federation.round import evaluate_client, fill_missing, train_client
 from raflora.federation.setup import RunSetup
 from raflora.federation.transport import pack
 from raflora.runtimes.flower.node import Node, build_node_setup, node_identity, node_of
@@ -66,7 +66,7 @@ def _kept(context: Context) -> dict | None:
 def train(setup: RunSetup, content: RecordDict, node: Node, context: Context | None = None) -> RecordDict:
     """Train as ``node`` on the request ``content``; the reply's content. ``context``: the node's,
     whose ``state`` holds what this client keeps between rounds."""
-    request = read_train_request(content, client_fill(setup))
+    request = read_train_request(content, fill_missing(setup))
     me = _check_request(setup, request, node)
     # flora/florist: the server's merged base; otherwise the pretrained one (put back only if this
     # process's model still holds a merged base from an earlier message)
@@ -102,7 +102,7 @@ def _check_request(setup: RunSetup, request: dict, node: Node) -> int:
 
 def evaluate(setup: RunSetup, content: RecordDict, node: Node, context: Context) -> RecordDict:
     """Evaluate the node's own model (the global part it was sent with the part it kept) on its test data."""
-    request = read_train_request(content, client_fill(setup))
+    request = read_train_request(content, fill_missing(setup))
     me = _check_request(setup, request, node)
     from raflora.federation.state import FederationState
 

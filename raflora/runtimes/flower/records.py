@@ -24,7 +24,7 @@ from torch import Tensor
 
 from raflora.federation.round import ClientTurn
 from raflora.federation.transport import Fill, Packet, unpack
-from raflora.lora import ClientUpdate, LoRAFactors
+from raflora.lora import ClientUpdate
 
 DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float64, torch.bfloat16, torch.float16)}
 

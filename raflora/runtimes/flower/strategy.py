@@ -25,7 +25,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from raflora.federation.round import client_download, close_round, dropped_clients, server_fill
+from raflora.federation.round import client_download, close_round, dropped_clients, fill_missing
 from raflora.federation.transport import pack
 from raflora.runtimes.folder import record_round
 from raflora.federation.setup import RunSetup
@@ -90,7 +90,7 @@ class RafloraStrategy(Strategy):
                 if reply.has_error():
                     raise ReplyError(f"Flower error {reply.error.code}: {reply.error.reason}")
                 turns[client] = read_train_reply(reply.content, client, self.state.head, r["downs"][client],
-                                                 server_fill(setup))
+                                                 fill_missing(setup))
             except ReplyError as err:
                 refused[client] = f"client {client!r}: {err}"
         timeout = setup.config.federation.round_timeout
