@@ -69,6 +69,19 @@ class LowRank(NamedTuple):
         """``B @ A`` as an ``(m, n)`` matrix (for checks and small models only)."""
         return self.B @ self.A
 
+    @property
+    def rank(self) -> int:
+        """``k``, the number of components."""
+        return int(self.A.shape[0])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.A.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.A.device
+
 
 @dataclass(frozen=True)
 class ClientUpdate:

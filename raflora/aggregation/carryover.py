@@ -35,7 +35,7 @@ import torch
 from raflora.aggregation.method import Method
 from raflora.aggregation.numerics import stable_svd
 from raflora.aggregation.result import SVDResult
-from raflora.aggregation.stacking import fedavg_stacks
+from raflora.aggregation.stacking import append_components, fedavg_stacks
 from raflora.aggregation.validate import Checked
 from raflora.lora import LowRank
 
@@ -62,9 +62,8 @@ class Carryover(Method):
             return factors
         ranks = checked.ranks(module)
         top = top_rank if top_rank is not None else max(ranks)
-        prev = LowRank(previous.B.to(factors.B), previous.A.to(factors.A))
-        U, S, V = stable_svd(*prev, top=top)
+        like = {"dtype": factors.dtype, "device": factors.device}
+        U, S, V = stable_svd(previous.B.to(**like), previous.A.to(**like), top=top)
         k = min(top, S.shape[0])
         w = carried_weights(ranks, checked.weights, k).to(dtype=S.dtype, device=S.device)
-        return LowRank(torch.cat([factors.B, U[:, :k] * (S[:k] * w)], dim=1),
-                       torch.cat([factors.A, V[:, :k].T], dim=0))
+        return append_components(factors, U[:, :k] * (S[:k] * w), V[:, :k].T)

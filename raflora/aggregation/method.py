@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from raflora.aggregation.result import AggregationResult
+from raflora.aggregation.stacking import Stack, append_components
 from raflora.aggregation.numerics import NumericalFailure, all_finite, fits, log2_product_norm, log2_norm, stable_svd
 from raflora.aggregation.validate import (
     Checked,
@@ -52,6 +53,11 @@ def fits_dtype(factors: LowRank, dtype: torch.dtype) -> bool:
     """Whether a global update's factors are finite and its product's norm (so every value of
     ``B @ A`` and every singular value) is finite in ``dtype``; ``||B A|| <= ||B|| ||A||`` spares
     the Gram products whenever the factors are far from the range's end."""
+    if isinstance(factors, Stack):
+        # Its parts are accepted (finite) updates: bounds from the parts spare forming the stack.
+        norm_b, norm_a = factors.log2_norm_bounds()
+        if fits(norm_b, dtype) and fits(norm_a, dtype) and fits(norm_b + norm_a, dtype):
+            return True
     B, A = factors
     if not (all_finite(B) and all_finite(A)):
         return False
@@ -210,11 +216,10 @@ class Method:
         top = top_rank if top_rank is not None else previous.A.shape[0]
         if top <= reached:
             return factors
-        prev = LowRank(previous.B.to(factors.B), previous.A.to(factors.A))
-        U, S, V = stable_svd(*prev, top=top)
+        like = {"dtype": factors.dtype, "device": factors.device}
+        U, S, V = stable_svd(previous.B.to(**like), previous.A.to(**like), top=top)
         tail = slice(reached, min(top, S.shape[0]))
-        return LowRank(torch.cat([factors.B, U[:, tail] * S[tail]], dim=1),
-                       torch.cat([factors.A, V[:, tail].T], dim=0))
+        return append_components(factors, U[:, tail] * S[tail], V[:, tail].T)
 
     @classmethod
     def keep_problem(cls) -> str | None:

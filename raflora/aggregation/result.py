@@ -182,13 +182,14 @@ class SVDResult(AggregationResult):
         if module in self._svd:
             U, S, V = self._svd[module]
             t = min(need, numerical_rank(S, m, n))
-            BAV, V = U[:, :t] * S[:t], V[:, :t]
+            BAV, V = U[:, :t] * S[:t], V[:, :t].T.contiguous().T  # a copy: the cached V stays
         else:
             BAV, S, V = stable_top_svd(*self.delta_factors(module), top=need)
             t = BAV.shape[1]
         root = S[:t].sqrt()
-        # V.T is row-major (product_top_svd), so At = root V^T comes out row-major.
-        balanced = (BAV / root, S, root[:, None] * V.T)
+        # In place: BAV and V are this call's own tensors (no second copy of them, issue 13).
+        # V.T is row-major (product_top_svd), so At = root V^T is row-major too.
+        balanced = (BAV.div_(root), S, V.T.mul_(root[:, None]))
         self._top[module] = (need, *balanced)
         return balanced
 
@@ -211,14 +212,14 @@ class MergeResult(AggregationResult):
 
     def _hand_back(self, module, rank, scale):
         m, n = self.shapes[module]
-        B, _ = self._factors[module]
-        fresh = fresh_factors(module, m, n, rank, scale, self.seed, B.dtype)
+        factors = self._factors[module]
+        fresh = fresh_factors(module, m, n, rank, scale, self.seed, factors.dtype)
         # fresh_factors draws on the CPU; hand back on the device the round ran on.
-        return LoRAFactors(fresh.A.to(B.device), fresh.B.to(B.device), scale)
+        return LoRAFactors(fresh.A.to(factors.device), fresh.B.to(factors.device), scale)
 
     def global_rank(self, module: str) -> int:
         """Rank of the broadcast global adapter (``sum r_i`` for flora, ``p`` for florist)."""
-        return int(self.delta_factors(module)[0].shape[1])
+        return self.delta_factors(module).rank
 
     def download_values(self, module, rank):
         m, n = self.shapes[self._module(module)]

@@ -1,31 +1,125 @@
 """Stacked factors: ``sum_i s_i B_i diag(c_i) A_i`` as one ``(m, R) @ (R, n)`` product, ``R = sum r_i``.
 
-This is how FLoRA, FlexLoRA, FLoRIST and raFLoRA combine clients without forming the dense
-``m x n`` sum: the weights go into the rows of the stacked ``A``.
+This is how FLoRA, FlexLoRA, FLoRIST, carryover and raFLoRA combine clients without forming the
+dense ``m x n`` sum: the weights go into the rows of the stacked ``A``.
+
+A :class:`Stack` keeps the clients' own factors and the per-column weights, not the stacked copy:
+the stacked ``B`` and ``A`` are formed when they are read (by the SVD of one module, then dropped),
+so a round's result holds no second copy of the uploads (issue 13: peak memory <= 1.5x the uploads
+with every client's factors kept). It reads as a :class:`~raflora.lora.LowRank` (``.B``, ``.A``,
+``B, A = stack``, ``.dense()``, ``.rank``, ``.dtype``, ``.device``).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
+from raflora.aggregation.numerics import log2_norm
 from raflora.lora import LoRAFactors, LowRank
 
 
-def stack_factors(factors: Sequence[LoRAFactors], column_weights: Sequence[Tensor]) -> LowRank:
-    """``LowRank(B_st, A_st)`` with ``B_st @ A_st = sum_i s_i B_i diag(c_i) A_i``.
+class Stack:
+    """``sum_i B_i diag(w_i) A_i`` kept as its parts; ``w_i`` (client scale times column weights,
+    in ``A``'s dtype) multiplies the rows of ``A_i`` when the stacked ``A`` is formed."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: Sequence[tuple[Tensor, Tensor, Tensor | None]]):
+        # (B_i, A_i, w_i); w_i None: weight 1 (components appended as they are, e.g. kept ones)
+        self.parts = tuple(parts)
+
+    @property
+    def rank(self) -> int:
+        return sum(int(A.shape[0]) for _, A, _ in self.parts)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.parts[0][1].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.parts[0][1].device
+
+    @property
+    def B(self) -> Tensor:
+        """The stacked ``(m, R)`` B, formed now (a new tensor on every read)."""
+        return torch.cat([B for B, _, _ in self.parts], dim=1)
+
+    @property
+    def A(self) -> Tensor:
+        """The stacked, weighted ``(R, n)`` A, formed now: each part's rows scaled as they are
+        copied in (one pass; the same products as scaling the concatenation)."""
+        first = self.parts[0][1]
+        out = torch.empty((self.rank, first.shape[1]), dtype=first.dtype, device=first.device)
+        low = 0
+        for _, A, w in self.parts:
+            rows = out[low:low + A.shape[0]]
+            if w is None:
+                rows.copy_(A)
+            else:
+                torch.mul(A, w[:, None], out=rows)
+            low += A.shape[0]
+        return out
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter(self.pair())
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.pair()[index]
+
+    def __len__(self) -> int:
+        return 2
+
+    def pair(self) -> LowRank:
+        """The stacked ``LowRank(B, A)``, formed now."""
+        return LowRank(self.B, self.A)
+
+    def dense(self) -> Tensor:
+        return self.B @ self.A
+
+    def log2_norm_bounds(self) -> tuple[float, float]:
+        """Upper bounds of ``log2 ||B||_F`` and ``log2 ||A||_F`` from the parts, without forming
+        the stack (``||A_i diag(w_i)|| <= ||A_i|| max |w_i|``); never overflow."""
+        def total(logs: list[float]) -> float:
+            top = max(logs)
+            if top == -math.inf:
+                return top
+            return top + 0.5 * math.log2(sum(2.0 ** (2 * (x - top)) for x in logs))
+
+        b = total([log2_norm(B) for B, _, _ in self.parts])
+        a = total([log2_norm(A) + (0.0 if w is None else _log2_peak(w)) for _, A, w in self.parts])
+        return b, a
+
+    def appended(self, B: Tensor, A: Tensor) -> Stack:
+        """This stack with the components ``B @ A`` added after its own (weight 1)."""
+        return Stack(self.parts + ((B, A, None),))
+
+
+def _log2_peak(w: Tensor) -> float:
+    peak = float(w.abs().max()) if w.numel() else 0.0
+    return math.log2(peak) if peak > 0.0 else -math.inf
+
+
+def append_components(factors: LowRank | Stack, B: Tensor, A: Tensor) -> LowRank | Stack:
+    """``factors`` with the components ``B @ A`` appended (a kept or carried part of the previous
+    update): a :class:`Stack` gains a part, a pair is concatenated."""
+    if isinstance(factors, Stack):
+        return factors.appended(B, A)
+    return LowRank(torch.cat([factors.B, B], dim=1), torch.cat([factors.A, A], dim=0))
+
+
+def stack_factors(factors: Sequence[LoRAFactors], column_weights: Sequence[Tensor]) -> Stack:
+    """The :class:`Stack` of ``sum_i s_i B_i diag(c_i) A_i``.
 
     ``column_weights[i]`` is a length-``r_i`` tensor ``c_i`` (a constant ``p_i`` for FedAvg-style
     weighting, raFLoRA's partition weights otherwise).
     """
-    B_st = torch.cat([f.B for f in factors], dim=1)
-    # One in-place scaling of the stacked rows: the same products as scaling each client's A
-    # first, without a temporary per client.
-    rows = torch.cat([f.scale * c.to(dtype=f.A.dtype, device=f.A.device) for f, c in zip(factors, column_weights)])
-    A_st = torch.cat([f.A for f in factors], dim=0).mul_(rows[:, None])
-    return LowRank(B_st, A_st)
+    return Stack([(f.B, f.A, f.scale * c.to(dtype=f.A.dtype, device=f.A.device))
+                  for f, c in zip(factors, column_weights)])
 
 
 def constant_weights(factors: Sequence[LoRAFactors], weights: Sequence[float]) -> list[Tensor]:
@@ -33,7 +127,7 @@ def constant_weights(factors: Sequence[LoRAFactors], weights: Sequence[float]) -
     return [torch.full((f.rank,), float(w), dtype=torch.float64) for f, w in zip(factors, weights)]
 
 
-def fedavg_stacks(checked) -> dict[str, LowRank]:
+def fedavg_stacks(checked) -> dict[str, Stack]:
     """Per module, the stack of ``sum_i p_i s_i B_i A_i`` over the accepted updates."""
     weights = checked.weights
     stacks = {}
