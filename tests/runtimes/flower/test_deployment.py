@@ -2,7 +2,9 @@
 authentication, three separately started SuperNodes that declare their ranks (2, 4, 8) and their
 own data files, runs started with ``flwr run``; an unregistered node is refused; a node killed
 after round 1 is recorded with Flower's reason and the run finishes; restarted, it takes part again
-when a finished run is resumed (``resume=true``) for one more round.
+when a finished run is resumed (``resume=true``) for one more round; the SuperLink, killed in the
+middle of a run and restarted with its database, gets its nodes back by themselves, and the run
+resumed with ``resume=true`` continues from its last checkpoint.
 
 Certificates and keys come from scripts/flower_certs.sh. Every process is started in its own
 process group and killed with it at the end, also when a test fails; every wait is bounded.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -90,6 +93,25 @@ class Deployment:
         for name in reversed(list(self.procs)):
             self.kill(name, signal.SIGTERM)
 
+    def start_superlink(self, name: str) -> None:
+        """The SuperLink on ``self.port``; its state (registered node keys, nodes, runs) lives in
+        superlink.db, so that a restarted SuperLink knows the nodes (in memory, the default, a
+        restart forgets every registration)."""
+        certs = self.certs
+        self.start(name, str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
+                   "--ssl-certfile", str(certs / "server.pem"), "--ssl-keyfile", str(certs / "server.key"),
+                   "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(self.port),
+                   "--database", str(self.folder / "superlink.db"), "--disable-runtime-dependency-installation")
+        wait_until(lambda: "Uvicorn running" in self.log(name) or self.procs[name].poll() is not None,
+                   120, "the SuperLink to listen")
+        assert self.procs[name].poll() is None, self.log(name)
+
+    def restart_superlink(self) -> None:
+        """A crash and a restart: SIGKILL to the SuperLink's process group, then the SuperLink again on
+        the same port with the same database and certificates."""
+        self.kill("superlink")
+        self.start_superlink("superlink-restarted")
+
     def flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "flwr"), *args], cwd=self.folder, env=self.env, capture_output=True,
                               text=True, timeout=timeout)
@@ -105,13 +127,8 @@ def deployment(tmp_path_factory):
     d = Deployment(folder)
     try:
         port = free_port()
-        d.start("superlink", str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
-                "--ssl-certfile", str(certs / "server.pem"), "--ssl-keyfile", str(certs / "server.key"),
-                "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(port),
-                "--disable-runtime-dependency-installation")
-        wait_until(lambda: "Uvicorn running" in d.log("superlink") or d.procs["superlink"].poll() is not None,
-                   120, "the SuperLink to listen")
-        assert d.procs["superlink"].poll() is None, d.log("superlink")
+        d.port, d.certs = port, certs
+        d.start_superlink("superlink")
         home = folder / "flwr-home"
         home.mkdir(exist_ok=True)
         (home / "config.toml").write_text(tomli_w.dumps({"superlink": {
@@ -125,7 +142,7 @@ def deployment(tmp_path_factory):
                     "--superlink", f"127.0.0.1:{port}", "--auth-supernode-private-key", str(certs / name),
                     "--host", "127.0.0.1", "--port", str(free_port()),
                     "--node-config", f"rank={rank} data-file='{files[name]}' client-id='{name}'")
-        d.files, d.port, d.certs = files, port, certs
+        d.files = files
         yield d
     finally:
         d.stop()
@@ -214,3 +231,54 @@ def test_the_killed_node_restarts_and_a_finished_run_resumes_for_one_more_round(
     assert [m["round"] for m in metrics] == [1, 2, 3], d.log("flwr-run-declared-resumed")[-3000:]
     assert metrics[:2] == before and metrics[2]["accepted"] == 3 and metrics[2]["ranks"] == [2, 4, 8]
     assert "resuming" in d.log("flwr-run-declared-resumed")
+
+
+
+
+def server_apps_of(d: Deployment) -> list[str]:
+    """The command lines of the ServerApp processes of this deployment's SuperLink."""
+    ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, timeout=30, check=True).stdout
+    return [line for line in ps.splitlines() if "flwr-serverapp" in line and f":{d.port}" in line]
+
+
+def run_status(d: Deployment, run_id: str) -> str:
+    listed = d.flwr("ls", "loopback", "--format", "json")
+    runs = json.loads(listed.stdout).get("runs", []) if listed.returncode == 0 else []
+    return next((r["status"] for r in runs if r["run-id"] == run_id), "")
+
+
+def test_a_superlink_killed_mid_run_restarts_and_the_run_resumes_from_its_checkpoint(deployment):
+    # runs last (ana, ben and the restarted chen are up). The SuperLink is killed once round 1 is
+    # recorded and started again with its database: the running nodes reconnect by themselves under
+    # their node ids, the killed run ends as failed and its ServerApp exits, and a new `flwr run` with
+    # resume=true continues the run folder from round 1's checkpoint
+    d = deployment
+    out, proc = flwr_run(d, "relinked", rounds=3)
+    wait_until(lambda: metrics_of(out) or proc.poll() is not None, 600, "round 1")
+    assert server_apps_of(d), d.log("flwr-run-relinked")[-3000:]
+    d.restart_superlink()
+    try:
+        proc.wait(timeout=120)  # it loses its SuperLink and exits with an error (measured: at once)
+    except subprocess.TimeoutExpired:
+        d.kill("flwr-run-relinked")
+    started = re.search(r"Successfully started run (\d+)", d.log("flwr-run-relinked"))
+    assert started, d.log("flwr-run-relinked")[-3000:]
+    run_id = started.group(1)
+    wait_until(lambda: run_status(d, run_id).startswith("finished"), 120, "the killed run to be marked finished")
+    assert run_status(d, run_id) == "finished:failed"
+    # no ServerApp of the killed run may still write to the run folder when the resumed one starts
+    wait_until(lambda: not server_apps_of(d), 60, "the killed run's ServerApp to exit")
+    before = metrics_of(out)
+    assert [m["round"] for m in before] == [1], d.log("flwr-run-relinked")[-3000:]
+    out, proc = flwr_run(d, "relinked", rounds=3, resume=True)
+    try:
+        proc.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("flwr run did not finish:\n" + d.log("flwr-run-relinked-resumed")[-3000:]) from None
+    log = d.log("flwr-run-relinked-resumed")
+    metrics = metrics_of(out)
+    assert [m["round"] for m in metrics] == [1, 2, 3], log[-3000:]
+    assert metrics[:1] == before and "resuming" in log
+    for m in metrics[1:]:
+        assert m["accepted"] == 3 and m["ranks"] == [2, 4, 8] and m["rejected"] == [], m
+    assert (out / "adapter" / "adapter_model.safetensors").stat().st_size > 0
