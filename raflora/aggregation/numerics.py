@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from raflora.lora import product_frobenius_norm, product_singular_values, product_svd, product_top_svd
+from raflora.lora import numerical_rank, product_frobenius_norm, product_singular_values, product_svd, product_top_svd
 
 
 class NumericalFailure(ArithmeticError):
@@ -122,6 +122,22 @@ def stable_top_svd(B: Tensor, A: Tensor, top: int) -> tuple[Tensor, Tensor, Tens
     return _back(BAV, e, B.dtype), _back(S, e, B.dtype), V.to(B.dtype)
 
 
+def dense_top_svd(D: Tensor, top: int) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`raflora.lora.product_top_svd`'s ``(B A V, S, V)`` for a dense ``D`` (one SVD of
+    ``D``; ``V.T`` comes out row-major)."""
+    U, S, Vh = torch.linalg.svd(D, full_matrices=False)
+    t = min(top, numerical_rank(S, *D.shape))
+    return U[:, :t] * S[:t], S, Vh[:t].T
+
+
+def stable_dense_top_svd(D: Tensor, top: int) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`dense_top_svd`, with the rescaled float64 fallback."""
+    (BAV, S, V), e = _plain_or_rescaled(lambda d: dense_top_svd(d, top), D)
+    if e is None:
+        return BAV, S, V
+    return _back(BAV, e, D.dtype), _back(S, e, D.dtype), V.to(D.dtype)
+
+
 def stable_singular_values(B: Tensor, A: Tensor) -> Tensor:
     """:func:`raflora.lora.product_singular_values`, with the rescaled float64 fallback."""
     (S,), e = _plain_or_rescaled(product_singular_values, B, A)
@@ -141,6 +157,7 @@ __all__ = [
     "fits",
     "log2_norm",
     "log2_product_norm",
+    "stable_dense_top_svd",
     "stable_singular_values",
     "stable_svd",
     "stable_svdvals",

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Hashable
 import torch
 from torch import Tensor
 
-from raflora.aggregation.numerics import stable_singular_values, stable_svd, stable_svdvals, stable_top_svd
+from raflora.aggregation.numerics import (
+    stable_dense_top_svd,
+    stable_singular_values,
+    stable_svd,
+    stable_svdvals,
+    stable_top_svd,
+)
+from raflora.aggregation.stacking import DenseUpdate
 from raflora.aggregation.validate import Checked, Rejection
 from raflora.aggregation.workers import for_each_module
 from raflora.lora import (
@@ -86,7 +93,9 @@ class AggregationResult:
         if module in self._svd:
             return self._svd[module][1]
         if module not in self._sv:
-            self._sv[module] = stable_singular_values(*self.delta_factors(module))
+            factors = self.delta_factors(module)
+            dense = isinstance(factors, DenseUpdate)
+            self._sv[module] = stable_svdvals(factors.matrix) if dense else stable_singular_values(*factors)
         return self._sv[module]
 
     def precompute(self, workers: int = 1) -> AggregationResult:
@@ -184,7 +193,11 @@ class SVDResult(AggregationResult):
             t = min(need, numerical_rank(S, m, n))
             BAV, V = U[:, :t] * S[:t], V[:, :t].T.contiguous().T  # a copy: the cached V stays
         else:
-            BAV, S, V = stable_top_svd(*self.delta_factors(module), top=need)
+            factors = self.delta_factors(module)
+            if isinstance(factors, DenseUpdate):
+                BAV, S, V = stable_dense_top_svd(factors.matrix, need)
+            else:
+                BAV, S, V = stable_top_svd(*factors, top=need)
             t = BAV.shape[1]
         root = S[:t].sqrt()
         # In place: BAV and V are this call's own tensors (no second copy of them, issue 13).

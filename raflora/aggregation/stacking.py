@@ -135,3 +135,74 @@ def fedavg_stacks(checked) -> dict[str, Stack]:
         fs = [u.factors[m] for u in checked.updates]
         stacks[m] = stack_factors(fs, constant_weights(fs, weights))
     return stacks
+
+
+class DenseUpdate:
+    """A global update kept as its dense ``(m, n)`` matrix: what a stack becomes when its rank
+    ``R = sum r_i`` makes ``R (m + n)`` values more than ``m n`` (many clients, see
+    :mod:`raflora.aggregation.streamed`). Reads as a ``LowRank(D, I)``; :meth:`dense` is ``D``."""
+
+    __slots__ = ("matrix",)
+
+    def __init__(self, matrix: Tensor):
+        self.matrix = matrix
+
+    @classmethod
+    def of(cls, stack: Stack) -> DenseUpdate:
+        """``sum_i B_i diag(w_i) A_i`` accumulated a few hundred components at a time (a product per
+        client would pass over the ``m x n`` sum once per client; the whole stack is never formed)."""
+        (B0, A0, _), *_ = stack.parts
+        m, n = B0.shape[0], A0.shape[1]
+        out = torch.zeros((m, n), dtype=A0.dtype, device=A0.device)
+        chunk = max(64, min(m, n) // 2)
+        group: list = []
+        for i, part in enumerate(stack.parts):
+            group.append(part)
+            if sum(A.shape[0] for _, A, _ in group) >= chunk or i == len(stack.parts) - 1:
+                piece = Stack(group)
+                out.addmm_(piece.B, piece.A)
+                group = []
+        return cls(out)
+
+    @property
+    def rank(self) -> int:
+        return int(self.matrix.shape[1])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.matrix.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.matrix.device
+
+    @property
+    def B(self) -> Tensor:
+        return self.matrix
+
+    @property
+    def A(self) -> Tensor:
+        return torch.eye(self.matrix.shape[1], dtype=self.matrix.dtype, device=self.matrix.device)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter((self.B, self.A))
+
+    def __getitem__(self, index: int) -> Tensor:
+        return (self.B, self.A)[index]
+
+    def __len__(self) -> int:
+        return 2
+
+    def dense(self) -> Tensor:
+        return self.matrix
+
+
+def compact(factors, shape: tuple[int, int]):
+    """The cheaper exact form of a global update once its parts may go: a :class:`Stack` becomes
+    its stacked pair, or its dense matrix when that has fewer values; anything else is kept."""
+    if not isinstance(factors, Stack):
+        return factors
+    m, n = shape
+    if factors.rank * (m + n) >= m * n:
+        return DenseUpdate.of(factors)
+    return factors.pair()

@@ -1,0 +1,222 @@
+"""Aggregation with the uploads on disk, read one module at a time.
+
+A server with many clients need not hold every upload at once. Each client's factors are a
+:mod:`raflora.wire` file (the bytes that crossed the wire, :func:`write_upload`), and
+:func:`aggregate_files` reads one module's factors from every file, aggregates that module, keeps its
+result in the smaller exact form (the stacked pair, or the dense ``m x n`` matrix when
+``R (m + n) > m n``, ``R = sum r_i``) and drops the factors before reading the next module. Peak
+memory is one module's uploads and working set plus the result, not all uploads.
+
+The rules are :func:`raflora.aggregate`'s: validation, the method's own refusals and the norm bound
+(``max_norm_ratio``), each decided on the clients still in the round, in that order, in one pass
+over the files each; a client refused in any module is refused in all, and the weights are the
+accepted clients' shares of the examples. On the same uploads the numbers are ``aggregate``'s (a
+test checks it) except for a module made dense, whose SVD comes from the dense matrix (the same
+update; the singular vectors agree to float32 rounding). ``result.rejected`` lists the refusals
+pass by pass.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Hashable, Mapping, Sequence
+
+import torch
+from safetensors import safe_open
+
+from raflora.aggregation.method import MAX_NORM_RATIO, Method
+from raflora.aggregation.result import AggregationResult
+from raflora.aggregation.stacking import compact
+from raflora.aggregation.validate import Checked, NoValidUpdates, Rejection, check_updates, norm_outliers
+from raflora.lora import ClientUpdate, LoRAFactors, LowRank
+from raflora.wire import encode_factors
+
+
+@dataclass(frozen=True)
+class UploadFile:
+    """One client's upload kept on disk: its id, the :mod:`raflora.wire` file, its example count."""
+
+    client_id: Hashable
+    path: str | Path
+    num_examples: int
+
+    def modules(self) -> tuple[str, ...]:
+        with safe_open(str(self.path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return tuple(sorted(k[: -len(".scale")] for k in meta if k.endswith(".scale")))
+
+    def load(self, modules: Sequence[str]) -> ClientUpdate:
+        """The client's update for ``modules`` only (float32, as :func:`raflora.wire.decode_factors`
+        gives it); a module the file lacks is left out (validation then names it)."""
+        factors = {}
+        with safe_open(str(self.path), framework="pt") as f:
+            meta, names = f.metadata() or {}, set(f.keys())
+            for m in modules:
+                a, b = f"{m}.lora_A", f"{m}.lora_B"
+                if a in names and b in names and f"{m}.scale" in meta:
+                    factors[m] = LoRAFactors(f.get_tensor(a).to(torch.float32), f.get_tensor(b).to(torch.float32),
+                                             float(meta[f"{m}.scale"]))
+        return ClientUpdate(self.client_id, factors, self.num_examples)
+
+
+def write_upload(path: str | Path, update: ClientUpdate, dtype: str = "float32") -> UploadFile:
+    """Write ``update``'s factors as a :mod:`raflora.wire` file; the :class:`UploadFile` that reads it."""
+    Path(path).write_bytes(encode_factors(update.factors, dtype))
+    return UploadFile(update.client_id, path, update.num_examples)
+
+
+class ModuleResults:
+    """What :func:`aggregate_files` returns: the :class:`AggregationResult` interface, each module
+    answered by the result of its own pass. ``modules``, ``rejected``, ``weights``, ``shapes``,
+    ``method`` and ``seed`` are the round's; every per-module call (``client_factors``,
+    ``singular_values``, ``delta_factors``, ...) goes to that module's result."""
+
+    def __init__(self, method: Method, results: Mapping[str, AggregationResult], rejected: Sequence[Rejection],
+                 seed: int):
+        self.method = method
+        self.seed = seed
+        self._results = dict(results)
+        self.modules = tuple(self._results)
+        first = next(iter(self._results.values()))
+        self.weights = dict(first.weights)
+        self.rejected = list(rejected)
+        self.shapes = {m: r.shapes[m] for m, r in self._results.items()}
+
+    def __repr__(self) -> str:
+        return (f"<ModuleResults of {self.method!r}: {len(self.modules)} modules, {len(self.weights)} clients, "
+                f"{len(self.rejected)} rejected>")
+
+    def precompute(self, workers: int = 1) -> ModuleResults:
+        return self  # every module's spectrum and top factors were computed in its pass
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        first = next(iter(self._results.values()))
+        if not callable(getattr(first, name, None)):
+            raise AttributeError(f"{type(first).__name__} has no method {name!r}")
+
+        def per_module(module: str, *args, **kwargs):
+            if module not in self._results:
+                raise KeyError(f"module {module!r} is not in this result; modules: {', '.join(self.modules)}")
+            return getattr(self._results[module], name)(module, *args, **kwargs)
+
+        return per_module
+
+
+def _load_all(uploads: Sequence[UploadFile], module: str, refused: Mapping, rejected: list) -> list[ClientUpdate]:
+    out = []
+    for u in uploads:
+        if u.client_id in refused:
+            continue
+        try:
+            out.append(u.load([module]))
+        except Exception as err:  # an unreadable file refuses its client, the round goes on
+            reason = f"client {u.client_id!r}: upload {str(u.path)!r} cannot be read ({str(err).splitlines()[0]})"
+            refused[u.client_id] = reason
+            rejected.append((u.client_id, None, reason))
+    return out
+
+
+def _checked(uploads, module, shapes, refused, rejected) -> Checked | None:
+    """The module's updates of the clients still in the round, validated; the ones validation
+    refuses are recorded (and refused for every module)."""
+    updates = _load_all(uploads, module, refused, rejected)
+    if not updates:
+        return None
+    try:
+        checked = check_updates(updates, [module], {module: shapes[module]} if module in shapes else None)
+    except NoValidUpdates as err:
+        for u in updates:
+            refused.setdefault(u.client_id, str(err))
+        rejected.extend((u.client_id, module, f"client {u.client_id!r}: module {module!r}: no valid update")
+                        for u in updates)
+        return None
+    shapes.setdefault(module, checked.shapes[module])
+    for cid, mod, reason in checked.rejected:
+        if cid not in refused:
+            refused[cid] = reason
+            rejected.append((cid, mod, reason))
+    return checked
+
+
+def _refuse(checked: Checked, found: Mapping[int, tuple[str | None, str]], refused: dict, rejected: list) -> None:
+    for i, (module, reason) in sorted(found.items()):
+        cid = checked.updates[i].client_id
+        if cid not in refused:
+            refused[cid] = reason
+            rejected.append((cid, module, reason))
+
+
+def aggregate_files(
+    method: str | Method,
+    uploads: Sequence[UploadFile],
+    *,
+    modules: Sequence[str] | None = None,
+    shapes: Mapping[str, tuple[int, int]] | None = None,
+    seed: int = 0,
+    max_norm_ratio: float = MAX_NORM_RATIO,
+    previous: Mapping[str, LowRank] | None = None,
+    top_rank: int | None = None,
+    **options,
+) -> ModuleResults:
+    """Aggregate one round whose uploads are files (:class:`UploadFile`), one module at a time;
+    the arguments are :func:`raflora.aggregate`'s. Raises ``NoValidUpdates`` when no client is left."""
+    from raflora.aggregation import method_named  # the registry imports this module's neighbours
+
+    if not isinstance(method, Method):
+        method = method_named(method, **options)
+    elif options:
+        raise TypeError(f"{method.name}: pass options when building the method, not to aggregate_files()")
+    uploads = list(uploads)
+    if not uploads:
+        raise NoValidUpdates("no client uploads given: aggregate_files needs at least one UploadFile")
+    refused: dict[Hashable, str] = {}
+    rejected: list[Rejection] = []
+    if modules is None:
+        listed = []
+        for u in uploads:
+            try:
+                listed.append(u.modules())
+            except Exception:
+                pass  # refused with its reason when the first module is read
+        if not listed:
+            raise NoValidUpdates("no upload file could be read")
+        modules = Counter(listed).most_common(1)[0][0]
+    modules, shapes = tuple(modules), dict(shapes or {})
+    for module in modules:  # 1: validation
+        _checked(uploads, module, shapes, refused, rejected)
+    for module in modules:  # 2: the method's own refusals
+        checked = _checked(uploads, module, shapes, refused, rejected)
+        if checked is not None:
+            _refuse(checked, method.refuse(checked, seed), refused, rejected)
+    for module in modules:  # 3: the norm bound
+        checked = _checked(uploads, module, shapes, refused, rejected)
+        if checked is not None:
+            _refuse(checked, norm_outliers(checked, method.uploads, max_norm_ratio), refused, rejected)
+    while True:  # 4: combine; a module whose combine refuses a client restarts the pass without it
+        results = {}
+        for module in modules:
+            checked = _checked(uploads, module, shapes, refused, rejected)
+            if checked is None:
+                raise NoValidUpdates("no client update is left: " + "; ".join(r for _, _, r in rejected[-5:]))
+            checked, factors = method.combine_safely(checked, seed)
+            if checked.rejected:
+                break
+            f = factors[module]
+            if previous:
+                f = method.carry(f, previous.get(module), checked, module, top_rank)
+            result = method.result_type(method, checked, {module: compact(f, shapes[module])}, seed)
+            result.precompute()
+            results[module] = result
+            del checked, factors, f  # this module's factors go before the next module's are read
+        else:
+            return ModuleResults(method, results, rejected, seed)
+        for cid, mod, reason in checked.rejected:
+            refused.setdefault(cid, reason)
+            rejected.append((cid, mod, reason))
+
+
+__all__ = ["ModuleResults", "UploadFile", "aggregate_files", "write_upload"]
