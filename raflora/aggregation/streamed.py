@@ -8,8 +8,8 @@ result in the smaller exact form (the stacked pair, or the dense ``m x n`` matri
 memory is one module's uploads and working set plus the result, not all uploads.
 
 The rules are :func:`raflora.aggregate`'s: validation, the method's own refusals and the norm bound
-(``max_norm_ratio``), each decided on the clients still in the round, in that order, in one pass
-over the files each; a client refused in any module is refused in all, and the weights are the
+(``max_norm_ratio``), each decided on the clients still in the round, in that order (one pass
+over the files when nobody is refused, three otherwise, then one to combine); a client refused in any module is refused in all, and the weights are the
 accepted clients' shares of the examples. On the same uploads the numbers are ``aggregate``'s (a
 test checks it) except for a module made dense, whose SVD comes from the dense matrix (the same
 update; the singular vectors agree to float32 rounding). ``result.rejected`` lists the refusals
@@ -52,12 +52,15 @@ class UploadFile:
         gives it); a module the file lacks is left out (validation then names it)."""
         factors = {}
         with safe_open(str(self.path), framework="pt") as f:
-            meta, names = f.metadata() or {}, set(f.keys())
+            meta = f.metadata() or {}
             for m in modules:
-                a, b = f"{m}.lora_A", f"{m}.lora_B"
-                if a in names and b in names and f"{m}.scale" in meta:
-                    factors[m] = LoRAFactors(f.get_tensor(a).to(torch.float32), f.get_tensor(b).to(torch.float32),
-                                             float(meta[f"{m}.scale"]))
+                if f"{m}.scale" not in meta:
+                    continue
+                try:
+                    A, B = f.get_tensor(f"{m}.lora_A"), f.get_tensor(f"{m}.lora_B")
+                except Exception:  # noqa: BLE001 - a missing factor leaves the module out
+                    continue
+                factors[m] = LoRAFactors(A.to(torch.float32), B.to(torch.float32), float(meta[f"{m}.scale"]))
         return ClientUpdate(self.client_id, factors, self.num_examples)
 
 
@@ -186,16 +189,26 @@ def aggregate_files(
             raise NoValidUpdates("no upload file could be read")
         modules = Counter(listed).most_common(1)[0][0]
     modules, shapes = tuple(modules), dict(shapes or {})
-    for module in modules:  # 1: validation
-        _checked(uploads, module, shapes, refused, rejected)
-    for module in modules:  # 2: the method's own refusals
+    # 1: validation, and a look at what the method's checks and the norm bound would refuse. When
+    # nobody is refused (the usual round) that look is aggregate()'s answer and one pass suffices;
+    # otherwise each is decided again on the clients left, in aggregate()'s order (passes 2, 3).
+    anything = False
+    for module in modules:
         checked = _checked(uploads, module, shapes, refused, rejected)
-        if checked is not None:
-            _refuse(checked, method.refuse(checked, seed), refused, rejected)
-    for module in modules:  # 3: the norm bound
-        checked = _checked(uploads, module, shapes, refused, rejected)
-        if checked is not None:
-            _refuse(checked, norm_outliers(checked, method.uploads, max_norm_ratio), refused, rejected)
+        if checked is None or checked.rejected:
+            anything = True
+            continue
+        found = method.refuse(checked, seed)
+        anything = anything or bool(found) or bool(norm_outliers(checked, method.uploads, max_norm_ratio))
+    if anything or refused:
+        for module in modules:  # 2: the method's own refusals
+            checked = _checked(uploads, module, shapes, refused, rejected)
+            if checked is not None:
+                _refuse(checked, method.refuse(checked, seed), refused, rejected)
+        for module in modules:  # 3: the norm bound
+            checked = _checked(uploads, module, shapes, refused, rejected)
+            if checked is not None:
+                _refuse(checked, norm_outliers(checked, method.uploads, max_norm_ratio), refused, rejected)
     while True:  # 4: combine; a module whose combine refuses a client restarts the pass without it
         results = {}
         for module in modules:
