@@ -22,12 +22,14 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from raflora import AGGREGATORS, ClientUpdate, LoRAFactors
+from raflora import AGGREGATORS, ClientUpdate, LoRAFactors, aggregate
 from raflora.aggregation.result import SVDResult
+from raflora.aggregation.stacking import Stack
 from raflora.aggregation.validate import check_updates
 from raflora.lora import LowRank, numerical_rank, pad_factors, product_svd
 
 EXPLICIT_Q = ":explicit-q"
+STACKED_COPY = ":stacked-copy"
 
 
 class ExplicitQResult(SVDResult):
@@ -68,3 +70,37 @@ def aggregate_explicit_q(method: str, updates: Sequence[ClientUpdate], **options
         raise ValueError(f"{method}: the explicit-Q baseline exists for the SVD methods (flexlora, raflora) only")
     factors = {m: result.delta_factors(m) for m in result.modules}
     return ExplicitQResult(result.method, checked, factors, result.seed)
+
+
+class StackedCopyResult(SVDResult):
+    """:class:`SVDResult` with the balanced factors scaled out of place, as before issue 13."""
+
+    def _balanced(self, module, rank):
+        got = self._top.get(module)
+        if got is not None and (got[0] >= rank or got[1].shape[1] < got[0]):
+            return got[1:]
+        need = max(rank, max(self._ranks[module].values()))
+        from raflora.aggregation.numerics import stable_top_svd
+
+        BAV, S, V = stable_top_svd(*self.delta_factors(module), top=need)
+        root = S[: BAV.shape[1]].sqrt()
+        balanced = (BAV / root, S, root[:, None] * V.T)
+        self._top[module] = (need, *balanced)
+        return balanced
+
+
+def aggregate_stacked_copy(method: str, updates: Sequence[ClientUpdate], workers: int | None = None,
+                           **options) -> SVDResult:
+    """``aggregate`` as before issue 13's memory fix: every module's stacked ``B`` and ``A`` formed
+    during the combine and held by the result for the whole round (today a
+    :class:`~raflora.aggregation.stacking.Stack` keeps the clients' own factors and forms the stack
+    only while a module is factorized), and the balanced factors scaled out of place. The numbers
+    are the same, bit for bit."""
+    result = aggregate(method, updates, **options)
+    if not isinstance(result, SVDResult):
+        raise ValueError(f"{method}: the stacked-copy baseline exists for the SVD methods only")
+    factors = {m: (f.pair() if isinstance(f, Stack) else f) for m in result.modules
+               for f in (result.delta_factors(m),)}
+    checked = check_updates(updates)
+    old = StackedCopyResult(result.method, checked, factors, result.seed)
+    return old if workers is None else old.precompute(workers)

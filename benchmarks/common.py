@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from benchmarks.baseline import EXPLICIT_Q, aggregate_explicit_q
+from benchmarks.baseline import EXPLICIT_Q, STACKED_COPY, aggregate_explicit_q, aggregate_stacked_copy
 from raflora import ClientUpdate, LoRAFactors, aggregate, lora_scale
 
 LLAMA_RANKS = (64, 32, 16, 16, 8, 8, 4, 4, 4, 4)
@@ -83,6 +83,8 @@ def server_round(method: str, updates: Sequence[ClientUpdate], keep: bool = True
     Suffixes select earlier paths of an SVD method, for side-by-side timings:
     ``"raflora:explicit-q"`` (:data:`benchmarks.baseline.EXPLICIT_Q`) is the path before issue
     4's fix (both ``Q`` formed, ``isfinite`` checks; :mod:`benchmarks.baseline`);
+    ``"raflora:stacked-copy"`` (:data:`benchmarks.baseline.STACKED_COPY`) holds every module's
+    stacked factors, as before issue 13's memory fix;
     ``"raflora:full-svd"`` (:data:`BEFORE`) computes and caches the full thin SVD (all
     ``sum r_i`` singular vectors) of every module first, as before the top-k fix, and clients
     are handed their factors from it.
@@ -90,6 +92,8 @@ def server_round(method: str, updates: Sequence[ClientUpdate], keep: bool = True
     if method.endswith(EXPLICIT_Q):
         options.pop("workers", None)  # the path before the fix had no workers
         result = aggregate_explicit_q(method.removesuffix(EXPLICIT_Q), updates, **options)
+    elif method.endswith(STACKED_COPY):
+        result = aggregate_stacked_copy(method.removesuffix(STACKED_COPY), updates, **options)
     else:
         full = method.endswith(BEFORE)
         result = aggregate(method.removesuffix(BEFORE), updates, **options)

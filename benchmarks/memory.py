@@ -17,8 +17,8 @@ server that encodes and sends as it goes); ``kept`` holds every client's factors
 (they alone are 1x the uploads for the SVD methods). The dense way (FlexLoRA's reference: dense
 sum plus full SVD) is measured on one module against that module's uploads. Rows name the
 method as the server benchmark does: ``raflora, workers=2`` factorizes modules two at a time,
-``raflora:explicit-q`` is the path before issue 4's fix, ``raflora:full-svd`` the one before
-the top-k fix.
+``raflora:stacked-copy`` (and flexlora's) is the path before issue 13's memory fix, which held every
+module's stacked factors for the whole round.
 
     python -m benchmarks.memory            # 64 modules of 4096 x 4096
     python -m benchmarks.memory --quick    # 8 modules of 512 x 512
@@ -36,9 +36,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from benchmarks.baseline import EXPLICIT_Q
+from benchmarks.baseline import STACKED_COPY
 from benchmarks.common import (
-    BEFORE,
     LLAMA_DIM,
     LLAMA_MODULES,
     LLAMA_RANKS,
@@ -121,7 +120,7 @@ def measure(method: str, dim: int, modules: int, mode: str, threads: int = 2) ->
 def run(
     dim: int = LLAMA_DIM,
     num_modules: int = LLAMA_MODULES,
-    methods: Sequence[str] = METHODS + ("raflora, workers=2", "raflora" + EXPLICIT_Q, "raflora" + BEFORE),
+    methods: Sequence[str] = METHODS + ("raflora, workers=2", "raflora" + STACKED_COPY, "flexlora" + STACKED_COPY),
     modes: Sequence[str] = ("streamed", "kept"),
     dense: bool = True,
     threads: int = 2,

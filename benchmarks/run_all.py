@@ -3,7 +3,7 @@
     python -m benchmarks.run_all            # LLaMA-7B shapes and the real MiniLM runs
     python -m benchmarks.run_all --quick    # small shapes and the tiny encoder (a few minutes)
 
-Server side: server, scaling, wire, memory, diagnostics. Client side (the embedded runtime on the
+Server side: server, scaling, wire, memory, streamed, diagnostics. Client side (the embedded runtime on the
 demo task): client_overhead, client_memory, transport. See docs/performance.md for the times.
 """
 
@@ -13,10 +13,11 @@ import argparse
 import time
 from typing import Sequence
 
-from benchmarks import client_memory, client_overhead, diagnostics, memory, scaling, server, transport, wire
+from benchmarks import client_memory, client_overhead, diagnostics, memory, scaling, server, streamed, transport, wire
 from benchmarks.common import machine_line, set_threads
 
-BENCHMARKS = {"server": server, "scaling": scaling, "wire": wire, "memory": memory, "diagnostics": diagnostics,
+BENCHMARKS = {"server": server, "scaling": scaling, "wire": wire, "memory": memory, "streamed": streamed,
+              "diagnostics": diagnostics,
               "client_overhead": client_overhead, "client_memory": client_memory, "transport": transport}
 
 

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from benchmarks.baseline import EXPLICIT_Q
+from benchmarks.baseline import EXPLICIT_Q, STACKED_COPY
 from benchmarks.common import (
     BEFORE,
     LLAMA_DIM,
@@ -97,7 +97,7 @@ def run(
     dim: int = LLAMA_DIM,
     num_modules: int = LLAMA_MODULES,
     ranks: Sequence[int] = LLAMA_RANKS,
-    methods: Sequence[str] = METHODS + ("raflora" + EXPLICIT_Q, "raflora" + BEFORE),
+    methods: Sequence[str] = METHODS + ("raflora" + STACKED_COPY, "raflora" + EXPLICIT_Q, "raflora" + BEFORE),
     repeats: int = 3,
     per_module_samples: int = 8,
     dense_modules: int = 2,
@@ -212,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--modules", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dense-modules", type=int, default=2)
-    parser.add_argument("--methods", default=",".join(METHODS + ("raflora" + EXPLICIT_Q, "raflora" + BEFORE)),
+    parser.add_argument("--methods", default=",".join(METHODS + ("raflora" + STACKED_COPY, "raflora" + EXPLICIT_Q,
+                                                                 "raflora" + BEFORE)),
                         help=f"'raflora{EXPLICIT_Q}' is raflora's path before issue 4's fix, "
                              f"'raflora{BEFORE}' the one before the top-k fix")
     parser.add_argument("--workers", default="2",

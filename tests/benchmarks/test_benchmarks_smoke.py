@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks import common, diagnostics, memory, profile_round, run_all, scaling, server, wire
-from benchmarks.baseline import EXPLICIT_Q
+from benchmarks.baseline import EXPLICIT_Q, STACKED_COPY
 from raflora import aggregate
 
 
@@ -24,7 +24,8 @@ def _threads():
 
 def test_server_rows_and_dense_agreement():
     out = server.run(dim=48, num_modules=2, repeats=1, per_module_samples=1, dense_modules=1)
-    assert [r["method"] for r in out["rows"]] == (list(common.METHODS) + ["raflora" + EXPLICIT_Q, "raflora" + common.BEFORE]
+    assert [r["method"] for r in out["rows"]] == (list(common.METHODS) + ["raflora" + STACKED_COPY, "raflora" + EXPLICIT_Q,
+                                                                           "raflora" + common.BEFORE]
                                                   + ["raflora, workers=2", "flexlora, workers=2"])
     for r in out["rows"]:
         assert r["round_s"] > 0 and r["per_module_ms"] > 0 and r["speedup_vs_dense"] > 0
@@ -135,3 +136,24 @@ def test_profile_round_groups_the_ops():
     # Before: both Q formed and multiplied; now the vectors come from two thin GEMMs.
     assert after["products (mm: the core, U_t S_t and V_t S_t)"] > 0
     assert "| total (profiled self CPU) |" in profile_round.table(out)
+
+
+def test_the_stacked_copy_baseline_hands_back_the_same_factors_bit_for_bit():
+    updates = common.make_updates([8, 4, 2], 2, 40, 24, seed=5)
+    now, _ = common.server_round("raflora", updates)
+    before, _ = common.server_round("raflora" + STACKED_COPY, updates)
+    for module in now.modules:
+        assert torch.equal(now.singular_values(module), before.singular_values(module))
+        for u in updates:
+            f = u.factors[module]
+            a, b = now.client_factors(module, f.rank, f.scale), before.client_factors(module, f.rank, f.scale)
+            assert torch.equal(a.A, b.A) and torch.equal(a.B, b.B)
+
+
+def test_streamed_rows():
+    from benchmarks import streamed
+
+    out = streamed.run((6, 30), modules=2, dim=32, in_memory=6)
+    assert [(r["clients"], r["mode"]) for r in out["rows"]] == [(6, "streamed"), (6, "in memory"), (30, "streamed")]
+    assert out["rows"][2]["R"] == 140 and all(r["uploaded_bytes"] > 0 and r["seconds"] > 0 for r in out["rows"])
+    assert "| 30 | 140 | streamed |" in streamed.table(out)
