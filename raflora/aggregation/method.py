@@ -161,7 +161,7 @@ class Method:
         refused = self.refuse(checked, seed)
         if refused:
             checked = checked.without(refused)
-        outliers = norm_outliers(checked, self.uploads, ratio)
+        outliers = norm_outliers(checked, self.uploads, ratio, workers)
         if outliers:
             checked = checked.without(outliers)
         checked, factors = self.combine_safely(checked, seed)

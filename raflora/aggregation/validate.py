@@ -15,6 +15,7 @@ from typing import Hashable, Iterable, Mapping, Sequence
 import torch
 
 from raflora.aggregation.numerics import all_finite, log2_product_norm, log2_norm
+from raflora.aggregation.workers import for_each_module
 from raflora.lora import ClientUpdate, LoRAFactors
 
 Rejection = tuple[Hashable, "str | None", str]
@@ -91,21 +92,26 @@ def _power(log2_value: float) -> str:
     return f"{2.0 ** log2_value:.3g}" if log2_value < 1000 else f"1e{log2_value * math.log10(2):.0f}"
 
 
-def norm_outliers(checked: Checked, uploads: str, max_norm_ratio: float) -> dict[int, tuple[str, str]]:
+def norm_outliers(checked: Checked, uploads: str, max_norm_ratio: float,
+                  workers: int | None = None) -> dict[int, tuple[str, str]]:
     """Updates whose norm in some module exceeds ``max_norm_ratio`` times the round's median norm
     there, by index, with the module and the ratio in the reason.
 
     The median is the lower median (the ``ceil(n/2)``-th smallest norm), so an honest majority fixes
     it however large the other norms are. With fewer than 3 updates there is no majority to tell
     which one is off, and with a zero median nothing to compare with: no update is refused then.
-    ``max_norm_ratio = 0`` turns the bound off.
+    ``max_norm_ratio = 0`` turns the bound off. ``workers``: the norms of that many modules at once
+    (:func:`~raflora.aggregation.workers.for_each_module`; the same answer for any number).
     """
     if not max_norm_ratio or len(checked.updates) < 3:
         return {}
     limit = math.log2(max_norm_ratio)
+    by_module: dict[str, list[float]] = {}
+    for_each_module(lambda m: by_module.__setitem__(m, update_log2_norms(checked, m, uploads)), checked.modules,
+                    workers or 1)
     refused: dict[int, tuple[str, str]] = {}
     for module in checked.modules:
-        norms = update_log2_norms(checked, module, uploads)
+        norms = by_module[module]
         median = sorted(norms)[(len(norms) - 1) // 2]
         if median == -math.inf:
             continue

@@ -127,3 +127,16 @@ def test_an_error_in_one_module_is_raised_after_the_others_ran():
         for_each_module(work, MODULES, workers=2)
     assert sorted(done) == sorted(set(MODULES) - {"layer3"})
     assert torch.get_num_threads() == before
+
+
+def test_workers_refuse_the_same_norm_outliers():
+    # The norms of several modules are computed on the pool; the refusals (which client, which
+    # module, which reason) are the lazy path's.
+    updates = updates_for("raflora")
+    big = updates[2]
+    updates[2] = type(big)(big.client_id, {m: type(f)(f.A, f.B * (1e3 if m == "layer5" else 1.0), f.scale)
+                                           for m, f in big.factors.items()}, big.num_examples)
+    lazy = aggregate("raflora", updates)
+    assert [(cid, m) for cid, m, _ in lazy.rejected] == [(updates[2].client_id, "layer5")]
+    for workers in (2, 3):
+        assert aggregate("raflora", updates, workers=workers).rejected == lazy.rejected
