@@ -93,6 +93,31 @@ def agreement(updates, module: str, method: str, dense_S: torch.Tensor, dense_ha
     return {"sv_rel_err": sv_err, "client_rel_err": prod_err}
 
 
+def floor(updates, workers: int = 2, repeats: int = 3) -> dict[str, float]:
+    """The round's floor on this machine, measured: reading every uploaded factor once (one sum per
+    tensor) plus the two QRs (``R`` only) of every module's stacked ``B`` and ``A^T``, the stacks
+    formed beforehand and the QRs run ``workers`` modules at a time, as the round runs them. What
+    no algorithm of this shape avoids; everything else in a round is on top."""
+    from raflora.aggregation.workers import for_each_module
+
+    modules = list(updates[0].factors)
+    stacks = {m: (torch.cat([u.factors[m].B for u in updates], dim=1),
+                  torch.cat([u.factors[m].A for u in updates], dim=0)) for m in modules}
+
+    def read():
+        for u in updates:
+            for f in u.factors.values():
+                f.A.sum(), f.B.sum()
+
+    def qrs(m):
+        B, A = stacks[m]
+        torch.linalg.qr(B, mode="r"), torch.linalg.qr(A.T, mode="r")
+
+    read_s = median(repeat(read, repeats))
+    qr_s = median(repeat(lambda: for_each_module(qrs, modules, workers), repeats))
+    return {"read_s": read_s, "qr_s": qr_s, "floor_s": read_s + qr_s, "workers": workers}
+
+
 def run(
     dim: int = LLAMA_DIM,
     num_modules: int = LLAMA_MODULES,
@@ -163,6 +188,7 @@ def run(
             row.update(agreement(updates, module, method, *ref))
     return {
         "rows": rows,
+        "floor": floor(updates, max(workers) if workers else 1, repeats),
         "dense": {
             "per_module_s": dense_median,
             "per_module_cpu_s": median(dense_cpu),
@@ -184,6 +210,10 @@ def table(out: dict) -> str:
         f"module, {dense['per_module_cpu_s']:.3g} CPU s (median of {dense['modules_measured']} modules, range {dense['spread']} s; forming the "
         f"dense sum alone {dense['form_only_ms']:.3g} ms), i.e. ~{dense['round_estimate_s']:.0f} s per round.\n"
     )
+    if "floor" in out:
+        f = out["floor"]
+        head += (f"Floor on this machine: reading every factor once {f['read_s']:.3g} s + the stacked QRs "
+                 f"({f['workers']} modules at a time) {f['qr_s']:.3g} s = {f['floor_s']:.3g} s.\n")
     rows = [
         [
             r["method"],
