@@ -1,7 +1,7 @@
 """Aggregation with the uploads on disk, read one module at a time.
 
 A server with many clients need not hold every upload at once. Each client's factors are a
-:mod:`raflora.wire` file (the bytes that crossed the wire, :func:`write_upload`), and
+:mod:`raflora.wire` file (safetensors: the bytes that crossed the wire, :func:`write_upload`), and
 :func:`aggregate_files` reads one module's factors from every file, aggregates that module, keeps its
 result in the smaller exact form (the stacked pair, or the dense ``m x n`` matrix when
 ``R (m + n) > m n``, ``R = sum r_i``) and drops the factors before reading the next module. Peak
@@ -18,13 +18,14 @@ pass by pass.
 
 from __future__ import annotations
 
+import json
+import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Hashable, Mapping, Sequence
 
 import torch
-from safetensors import safe_open
 
 from raflora.aggregation.method import MAX_NORM_RATIO, Method
 from raflora.aggregation.result import AggregationResult
@@ -43,25 +44,56 @@ class UploadFile:
     num_examples: int
 
     def modules(self) -> tuple[str, ...]:
-        with safe_open(str(self.path), framework="pt") as f:
-            meta = f.metadata() or {}
+        header, _ = _header(self.path)
+        meta = header.get("__metadata__", {})
         return tuple(sorted(k[: -len(".scale")] for k in meta if k.endswith(".scale")))
 
     def load(self, modules: Sequence[str]) -> ClientUpdate:
         """The client's update for ``modules`` only (float32, as :func:`raflora.wire.decode_factors`
-        gives it); a module the file lacks is left out (validation then names it)."""
+        gives it); a module the file lacks is left out (validation then names it).
+
+        Each tensor is read with one ``seek`` + ``readinto`` at the offsets of the safetensors
+        header, into memory of its own. safetensors' ``safe_open`` maps the whole file instead, and
+        its pages stayed resident (1.6 GiB of file pages for 1,000 clients, measured), which is
+        what reading one module at a time is meant to avoid.
+        """
+        header, start = _header(self.path)
+        meta = header.get("__metadata__", {})
         factors = {}
-        with safe_open(str(self.path), framework="pt") as f:
-            meta = f.metadata() or {}
+        with open(self.path, "rb") as fh:
             for m in modules:
-                if f"{m}.scale" not in meta:
+                a, b = header.get(f"{m}.lora_A"), header.get(f"{m}.lora_B")
+                if a is None or b is None or f"{m}.scale" not in meta:
                     continue
-                try:
-                    A, B = f.get_tensor(f"{m}.lora_A"), f.get_tensor(f"{m}.lora_B")
-                except Exception:  # noqa: BLE001 - a missing factor leaves the module out
-                    continue
-                factors[m] = LoRAFactors(A.to(torch.float32), B.to(torch.float32), float(meta[f"{m}.scale"]))
+                factors[m] = LoRAFactors(_read(fh, start, a), _read(fh, start, b), float(meta[f"{m}.scale"]))
         return ClientUpdate(self.client_id, factors, self.num_examples)
+
+
+# safetensors dtype names -> torch (the ones raflora.wire writes, and float64)
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+def _header(path: str | Path) -> tuple[dict, int]:
+    """The safetensors header of ``path`` (8-byte little-endian length, then JSON) and where the
+    data starts."""
+    with open(path, "rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        if length > 100_000_000:
+            raise ValueError(f"header of {length} bytes: not a safetensors file")
+        return json.loads(fh.read(length)), 8 + length
+
+
+def _read(fh, start: int, entry: dict) -> torch.Tensor:
+    begin, end = entry["data_offsets"]
+    dtype = _DTYPES.get(entry["dtype"])
+    if dtype is None:
+        raise ValueError(f"dtype {entry['dtype']} is not a factor dtype")
+    data = bytearray(end - begin)
+    fh.seek(start + begin)
+    if fh.readinto(data) != len(data):
+        raise ValueError("the file ends before its tensors do")
+    tensor = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
+    return tensor.reshape(entry["shape"]).to(torch.float32)
 
 
 def write_upload(path: str | Path, update: ClientUpdate, dtype: str = "float32") -> UploadFile:
