@@ -1,25 +1,30 @@
-"""Client training overhead: the runtime's per-client path against a bare PEFT training loop.
+"""Client training overhead: the runtime's per-client path against a bare PEFT training loop,
+for the text (MiniLM), vision (EfficientNet-Lite0) and reasoning (SmolLM2) tasks.
 
 The runtime path is :func:`raflora.federation.round.run_client`, exactly what a round does for each
 sampled client: the start factors go down the wire (encoded in ``transport_dtype``), the rank's
 adapter is activated and loaded with them and the global head, ``train_local`` takes the steps
 (tokenising its batches), the factors and head are extracted and the factors go up the wire.
 
-The bare loop is what a user would write with PEFT alone: ``get_peft_model`` of the same task
-model with a ``LoraConfig`` of the client's rank (one model per rank, built once), the batches
-tokenised beforehand, ``AdamW`` created per client, forward, cross-entropy, backward, gradient
-clipping, step. Same examples, same batches (same seeded order), same steps, same optimiser and
-learning rate, same torch seed for the encoder's dropout; before timing, one client is trained
-both ways from the same start and the losses and factors are compared, so both really do the same
-work.
+The bare loop (:mod:`benchmarks.bare_loops`) is what a user would write with PEFT alone:
+``get_peft_model`` of the same task model with a ``LoraConfig`` of the client's rank (one model per
+rank, built once), the batches built beforehand, ``AdamW`` created per client, forward, the task's
+loss, backward, gradient clipping, step. Same examples, same batches (same seeded order), same
+steps, same optimiser and learning rates (the run's schedule), same torch seed for dropout; before
+timing, one client is trained both ways from the same start and the losses, factors and head are
+compared (:func:`benchmarks.bare_loops.same_work` raises if they differ), so both really do the
+same work.
 
 Timing: for every repetition, every client of the round is trained by both paths back to back
 (A B, then B A for the next client, and so on), and each path's round total is the sum over the
 clients. The ratio is the median runtime round over the median bare round (and, paired, the
 median of the per-repetition ratios). A breakdown times the runtime's own pieces alone.
 
-    python -m benchmarks.client_overhead              # all-MiniLM-L6-v2, the demo's 10 clients
-    python -m benchmarks.client_overhead --quick      # the tiny encoder
+    python -m benchmarks.client_overhead                    # all-MiniLM-L6-v2, the demo's 10 clients
+    python -m benchmarks.client_overhead --quick            # the tiny encoder
+    python -m benchmarks.client_overhead --task vision      # EfficientNet-Lite0, 5 clients x 8 steps
+    python -m benchmarks.client_overhead --task reasoning   # SmolLM2-135M, 3 clients x 3 steps
+    python -m benchmarks.client_overhead --task vision --quick   # (and reasoning) their tiny models
 """
 
 from __future__ import annotations
@@ -30,88 +35,17 @@ import time
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from benchmarks.client_setup import demo_config
+from benchmarks.bare_loops import (BARE_LOOPS, bare_factors, bare_head, bare_peft_model, bare_train, batch_indices,
+                                   load_bare, max_rel_diff, same_work)
+from benchmarks.client_setup import TASK_CONFIGS, task_config
 from benchmarks.common import machine_line, markdown_table, median, spread
-from raflora.tasks.common import logits_of
+from raflora.client.train import num_local_steps
 from raflora.federation.round import fill_missing, run_client
 from raflora.federation.setup import build_setup
 from raflora.federation.state import FederationState
 from raflora.federation.transport import transmit
 from raflora.tasks import build_task
-
-PREFIX = "base_model.model."
-
-
-def bare_peft_model(task, rank: int, alpha: float, dropout: float):
-    """The task model wrapped by PEFT for one rank, as a user would (adapter ``default``)."""
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=task.target_modules,
-                        modules_to_save=task.head_modules or None, bias="none")
-    return get_peft_model(task.load_model(), config)
-
-
-def batch_indices(num_examples: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
-    """``steps`` batches of example indices: a fresh seeded permutation for every pass over the
-    data (the order the runtime draws for a client with this seed)."""
-    g = torch.Generator().manual_seed(seed)
-    order: list[int] = []
-    out = []
-    for _ in range(steps):
-        if len(order) < min(batch_size, num_examples):
-            order += torch.randperm(num_examples, generator=g).tolist()
-        out.append(order[:batch_size])
-        order = order[batch_size:]
-    return out
-
-
-def bare_train(model, batches: Sequence[dict], lr: float, weight_decay: float, grad_clip: float, seed: int) -> list[float]:
-    """A plain PEFT + torch training loop over pre-tokenised batches; returns the step losses."""
-    torch.manual_seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    model.train()
-    losses = []
-    for batch in batches:
-        opt.zero_grad(set_to_none=True)
-        logits = logits_of(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
-        loss = F.cross_entropy(logits, batch["labels"])
-        loss.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
-        losses.append(loss.item())
-    return losses
-
-
-def _lora_layers(model) -> dict:
-    from peft.tuners.lora import LoraLayer
-
-    return {n[len(PREFIX):]: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
-
-
-def _heads(model) -> dict:
-    from peft.utils.other import ModulesToSaveWrapper
-
-    return {n[len(PREFIX):]: m for n, m in model.named_modules() if isinstance(m, ModulesToSaveWrapper)}
-
-
-def load_bare(model, factors, head) -> None:
-    """Put start factors and a head into a bare model (only for the agreement check)."""
-    with torch.no_grad():
-        for name, layer in _lora_layers(model).items():
-            layer.lora_A["default"].weight.copy_(factors[name].A)
-            layer.lora_B["default"].weight.copy_(factors[name].B)
-        for name, wrapper in _heads(model).items():
-            for key, p in wrapper.modules_to_save["default"].named_parameters():
-                p.copy_(head[f"{name}.{key}"])
-
-
-def bare_factors(model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    return {n: (l.lora_A["default"].weight.detach().clone(), l.lora_B["default"].weight.detach().clone())
-            for n, l in _lora_layers(model).items()}
 
 
 def _clock(fn: Callable[[], object]) -> tuple[float, float]:
@@ -159,47 +93,83 @@ def _components(setup, state, client: int, repeats: int) -> dict[str, float]:
     return out
 
 
+def one_per_rank(setup, clients: Sequence[int], limit: int | None = None) -> list[int]:
+    """The first of ``clients`` of each rank (at most ``limit`` of them), in client order."""
+    seen: dict[int, int] = {}
+    for c in clients:
+        seen.setdefault(setup.ranks[c], c)
+    return sorted(seen.values())[:limit]
+
+
+# Timed repetitions by default: a reasoning client takes ~5 s (3 steps of ~1.7 s), so fewer.
+REPEATS = {"reasoning": 3}
+
+# Which of round 1's sampled clients each task's benchmark trains (None: all of them).
+CLIENTS = {"reasoning": lambda setup, sampled: one_per_rank(setup, sampled, 3)}
+
+
+def agreement_check(setup, state, round_: int, client: int, bare, batches, loop) -> dict:
+    """Train ``client`` both ways from the same start: its mean loss, trained factors and head."""
+    train, rank = setup.config.train, setup.ranks[client]
+    load_bare(bare, state.starts[rank], state.head)
+    bare_losses = bare_train(bare, batches, client_lrs(setup, round_, len(batches)), train.weight_decay,
+                             train.grad_clip, setup.client_seed(round_, client), loop)
+    turn = run_client(setup, state, round_, client, {})
+    mine = bare_factors(bare)
+    head = bare_head(bare)
+    return {
+        "client": client, "rank": rank, "runtime_loss": turn.loss, "bare_loss": sum(bare_losses) / len(bare_losses),
+        "factor_max_rel_err": max_rel_diff(
+            [(turn.update.factors[m].A, A) for m, (A, _) in mine.items()]
+            + [(turn.update.factors[m].B, B) for m, (_, B) in mine.items()]),
+        "head_max_rel_err": max_rel_diff([(turn.head[k], v) for k, v in head.items()]),
+        "factors": len(mine), "head_tensors": len(head),
+    }
+
+
+def client_lrs(setup, round_: int, steps: int) -> list[float]:
+    """The learning rate of each of a client's steps (the run's schedule, as ``train_local`` sets it)."""
+    return [setup.lr_at(round_, step / steps) for step in range(steps)]
+
+
 def run(quick: bool = False, repeats: int = 5, threads: int = 2, clients: Sequence[int] | None = None,
-        overrides: dict | None = None) -> dict:
+        overrides: dict | None = None, task: str = "text") -> dict:
     """Time one round's client training both ways, ``repeats`` times after one warm-up."""
     with tempfile.TemporaryDirectory() as tmp:
-        config = demo_config(tmp, quick, {"run.threads": threads, **(overrides or {})})
-    if config.lora.scaling != "lora":
-        raise ValueError("the bare loop uses PEFT's own alpha / r scaling; use [lora] scaling = 'lora'")
+        config = task_config(task, tmp, quick, {"run.threads": threads, **(overrides or {})})
+    if config.train.precision != "float32":
+        raise ValueError("the bare loop trains in float32; use [train] precision = 'float32'")
     setup = build_setup(config)  # sets torch's threads to run.threads
     state = FederationState(starts=setup.fresh_starts(), head=setup.model.get_head(None))
-    task, train = setup.task, config.train
+    train, loop = config.train, BARE_LOOPS[config.task.name]
     round_ = 1
-    clients = list(clients) if clients is not None else setup.sample_clients(round_)
+    if clients is None:
+        sampled = setup.sample_clients(round_)
+        clients = CLIENTS[task](setup, sampled) if task in CLIENTS else sampled
+    clients = list(clients)
     ranks = sorted({setup.ranks[c] for c in clients})
     torch.manual_seed(0)
-    bare = {r: bare_peft_model(task, r, config.lora.alpha, config.lora.dropout) for r in ranks}
+    bare = {r: bare_peft_model(setup.task, r, config.lora.alpha, config.lora.dropout, config.lora.scaling)
+            for r in ranks}
     batches = {}
     for c in clients:
         examples = setup.client_examples(c)
-        idx = batch_indices(len(examples), train.batch_size, train.local_steps, setup.client_seed(round_, c))
-        batches[c] = [task.collate([examples[i] for i in b]) for b in idx]
+        steps = num_local_steps(train, len(examples))
+        idx = batch_indices(len(examples), train.batch_size, steps, setup.client_seed(round_, c))
+        batches[c] = [setup.task.collate([examples[i] for i in b]) for b in idx]
+    lrs = {c: client_lrs(setup, round_, len(batches[c])) for c in clients}
 
     def runtime_client(c):
         return run_client(setup, state, round_, c, {})
 
     def bare_client(c):
-        return bare_train(bare[setup.ranks[c]], batches[c], train.lr, train.weight_decay, train.grad_clip,
-                          setup.client_seed(round_, c))
+        return bare_train(bare[setup.ranks[c]], batches[c], lrs[c], train.weight_decay, train.grad_clip,
+                          setup.client_seed(round_, c), loop)
 
     # Same work: one client trained both ways from the same start gives the same losses and factors.
     check = clients[0]
-    rank = setup.ranks[check]
-    load_bare(bare[rank], state.starts[rank], state.head)
-    bare_losses = bare_client(check)
-    turn = runtime_client(check)
-    mine = bare_factors(bare[rank])
-    agreement = {
-        "client": check, "rank": rank, "runtime_loss": turn.loss, "bare_loss": sum(bare_losses) / len(bare_losses),
-        "factor_max_rel_err": max(
-            float((turn.update.factors[m].B - B).norm() / B.norm().clamp_min(1e-30)) for m, (_, B) in mine.items()
-        ),
-    }
+    agreement = agreement_check(setup, state, round_, check, bare[setup.ranks[check]], batches[check], loop)
+    same_work(agreement)
 
     times = {"runtime": [], "bare": []}
     cpu = {"runtime": [], "bare": []}
@@ -241,7 +211,8 @@ def run(quick: bool = False, repeats: int = 5, threads: int = 2, clients: Sequen
     return {
         "round": summary, "rows": rows, "agreement": agreement,
         "components": _components(setup, state, clients[0], max(3, repeats)),
-        "config": {"model": config.task.options.get("model"), "clients": len(clients), "steps": train.local_steps,
+        "config": {"task": task, "model": config.task.options.get("model"), "clients": len(clients),
+                   "steps": train.local_steps,
                    "batch_size": train.batch_size, "max_length": config.task.options.get("max_length"),
                    "threads": threads, "repeats": repeats, "transport": config.federation.transport_dtype},
     }
@@ -273,23 +244,29 @@ def table(out: dict) -> str:
          [f"once per run, before round 1: Task.prepare of {c['prepare_examples']} examples",
           f"{c['prepare_once'] * ms:.0f}"]],
     )
+    tokens = f", max_length {cfg['max_length']}" if cfg["max_length"] is not None else ""
+    head = f", head max relative difference {a['head_max_rel_err']:.1e}" if a["head_tensors"] else ""
     return (
-        f"model {cfg['model']}, {cfg['clients']} clients x {cfg['steps']} steps, batch {cfg['batch_size']}, "
-        f"max_length {cfg['max_length']}, {cfg['threads']} threads, {cfg['repeats']} repetitions\n\n"
+        f"task {cfg['task']}, model {cfg['model']}, {cfg['clients']} clients x {cfg['steps']} steps, "
+        f"batch {cfg['batch_size']}{tokens}, {cfg['threads']} threads, {cfg['repeats']} repetitions\n\n"
         f"{round_table}\n\n{rank_table}\n\n{parts}\n\n"
         f"same work: client {a['client']} (rank {a['rank']}) mean loss runtime {a['runtime_loss']:.6f}, "
-        f"bare {a['bare_loss']:.6f}; trained B max relative difference {a['factor_max_rel_err']:.1e}"
+        f"bare {a['bare_loss']:.6f}; trained A and B max relative difference {a['factor_max_rel_err']:.1e}{head}"
     )
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the tiny encoder instead of MiniLM")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--task", choices=sorted(TASK_CONFIGS), default="text",
+                        help="text: MiniLM on BBC News (the demo); vision: EfficientNet-Lite0 on Fashion-MNIST; "
+                             "reasoning: SmolLM2-135M on chain_sum")
+    parser.add_argument("--quick", action="store_true", help="the task's tiny random model")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (default: 5, reasoning 3)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     print(f"machine: {machine_line()}\n")
-    out = run(quick=args.quick, repeats=args.repeats, threads=args.threads)
+    repeats = args.repeats if args.repeats is not None else REPEATS.get(args.task, 5)
+    out = run(quick=args.quick, repeats=repeats, threads=args.threads, task=args.task)
     print(table(out))
     return out
 

@@ -3,8 +3,10 @@
     python -m benchmarks.run_all            # LLaMA-7B shapes and the real MiniLM runs
     python -m benchmarks.run_all --quick    # small shapes and the tiny encoder (a few minutes)
 
-Server side: server, scaling, wire, memory, streamed, diagnostics. Client side (the embedded runtime on the
-demo task): client_overhead, client_memory, transport. See docs/performance.md for the times.
+Server side: server, scaling, wire, memory, streamed, diagnostics. Client side (the embedded
+runtime): client_overhead (the demo task), client_overhead_vision and client_overhead_reasoning (the
+same comparison on EfficientNet-Lite0 and SmolLM2), client_memory, transport. See
+docs/performance.md for the times.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from typing import Sequence
 from benchmarks import client_memory, client_overhead, diagnostics, memory, scaling, server, streamed, transport, wire
 from benchmarks.common import machine_line, set_threads
 
-BENCHMARKS = {"server": server, "scaling": scaling, "wire": wire, "memory": memory, "streamed": streamed,
-              "diagnostics": diagnostics,
-              "client_overhead": client_overhead, "client_memory": client_memory, "transport": transport}
+# name -> (module, the flags its main gets besides --quick and --threads)
+BENCHMARKS = {"server": (server, []), "scaling": (scaling, []), "wire": (wire, []), "memory": (memory, []),
+              "streamed": (streamed, []), "diagnostics": (diagnostics, []), "client_overhead": (client_overhead, []),
+              "client_overhead_vision": (client_overhead, ["--task", "vision"]),
+              "client_overhead_reasoning": (client_overhead, ["--task", "reasoning"]),
+              "client_memory": (client_memory, []), "transport": (transport, [])}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -31,9 +36,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"# raflora benchmarks\n\nmachine: {machine_line()}\n")
     results = {}
     for name in args.only.split(","):
-        module = BENCHMARKS[name]
+        module, extra = BENCHMARKS[name]
         start = time.perf_counter()
-        flags = (["--quick"] if args.quick else []) + ["--threads", str(args.threads)]
+        flags = (["--quick"] if args.quick else []) + ["--threads", str(args.threads)] + extra
         print(f"## {name}\n")
         results[name] = module.main(flags)
         print(f"\n({name}: {time.perf_counter() - start:.0f} s)\n", flush=True)

@@ -77,3 +77,5 @@ def test_run_all_knows_the_client_benchmarks():
     from benchmarks import run_all
 
     assert {"client_overhead", "client_memory", "transport"} <= set(run_all.BENCHMARKS)
+    assert run_all.BENCHMARKS["client_overhead_vision"] == (client_overhead, ["--task", "vision"])
+    assert run_all.BENCHMARKS["client_overhead_reasoning"] == (client_overhead, ["--task", "reasoning"])
