@@ -9,7 +9,8 @@ about 467 < 1024: each module's result is its stacked pair) and 1,000 clients (`
 ``aggregate`` with every upload held. Each measurement runs in a fresh process (the peak-RSS probe
 of :mod:`benchmarks.memory`); the round is the aggregation plus every client's ``client_factors``,
 each dropped once made (a server that sends as it goes). The upload files are written by another
-process first; reading them goes through the page cache, which is not this process's memory.
+process first; reading them goes through the page cache, which is not this process's memory. One
+intra-op thread (the times are there to show the price of reading from disk, not to be tuned).
 
     python -m benchmarks.streamed            # 100 and 1,000 clients, 64 modules of 1024 x 1024
     python -m benchmarks.streamed --quick    # 30 and 100 clients, 8 modules of 256 x 256
@@ -54,7 +55,9 @@ def write(folder: Path, clients: int, modules: int, dim: int) -> list[UploadFile
 
 
 def child(folder: str, clients: int, modules: int, dim: int, mode: str) -> dict:
-    set_threads(2)
+    # One intra-op thread: this table is about memory, and two threads' LAPACK calls on these small
+    # stacks stall for whole seconds when the other core is busy (docs/performance.md, Noise).
+    set_threads(1)
     uploads = [UploadFile(f"client{i}", Path(folder) / f"client{i}.safetensors", 100 + 10 * i) for i in range(clients)]
     ranks = ranks_of(clients)
     aggregate_files("raflora", uploads[:3])  # warm-up: maps MKL's code and workspaces into the process
