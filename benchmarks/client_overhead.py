@@ -102,7 +102,7 @@ def one_per_rank(setup, clients: Sequence[int], limit: int | None = None) -> lis
 
 
 # Timed repetitions by default: a reasoning client takes ~5 s (3 steps of ~1.7 s), so fewer.
-REPEATS = {"reasoning": 3}
+REPEATS = {"text": 3, "vision": 3, "reasoning": 3}  # medians of 3 keep `make bench` under 30 minutes
 
 # Which of round 1's sampled clients each task's benchmark trains (None: all of them).
 CLIENTS = {"reasoning": lambda setup, sampled: one_per_rank(setup, sampled, 3)}
@@ -261,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         help="text: MiniLM on BBC News (the demo); vision: EfficientNet-Lite0 on Fashion-MNIST; "
                              "reasoning: SmolLM2-135M on chain_sum")
     parser.add_argument("--quick", action="store_true", help="the task's tiny random model")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (default: 5, reasoning 3)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (default: 3)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     print(f"machine: {machine_line()}\n")
