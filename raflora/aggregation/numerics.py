@@ -127,7 +127,8 @@ def dense_top_svd(D: Tensor, top: int) -> tuple[Tensor, Tensor, Tensor]:
     ``D``; ``V.T`` comes out row-major)."""
     U, S, Vh = torch.linalg.svd(D, full_matrices=False)
     t = min(top, numerical_rank(S, *D.shape))
-    return U[:, :t] * S[:t], S, Vh[:t].T
+    # A copy of the t rows: a view would keep the whole n x n Vh alive in the result's cache.
+    return U[:, :t] * S[:t], S, Vh[:t].clone().T
 
 
 def stable_dense_top_svd(D: Tensor, top: int) -> tuple[Tensor, Tensor, Tensor]:
