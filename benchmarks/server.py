@@ -152,7 +152,8 @@ def run(
 
     variants = [(method, {}) for method in methods]
     for w in workers:  # only the SVD methods' rounds are exactly what workers= precomputes
-        variants += [(method, {"workers": w}) for method in methods if method in ("flexlora", "raflora")]
+        variants += [(method, {"workers": w}) for method in methods
+                     if method in ("flexlora", "raflora", "raflora" + STACKED_COPY)]
     rows = []
     for method, options in variants:
         per_module, per_module_cpu = [], []

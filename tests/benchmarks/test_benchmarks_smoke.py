@@ -26,7 +26,7 @@ def test_server_rows_and_dense_agreement():
     out = server.run(dim=48, num_modules=2, repeats=1, per_module_samples=1, dense_modules=1)
     assert [r["method"] for r in out["rows"]] == (list(common.METHODS) + ["raflora" + STACKED_COPY, "raflora" + EXPLICIT_Q,
                                                                            "raflora" + common.BEFORE]
-                                                  + ["raflora, workers=2", "flexlora, workers=2"])
+                                                  + ["raflora, workers=2", "flexlora, workers=2", "raflora" + STACKED_COPY + ", workers=2"])
     for r in out["rows"]:
         assert r["round_s"] > 0 and r["per_module_ms"] > 0 and r["speedup_vs_dense"] > 0
     for r in out["rows"]:
