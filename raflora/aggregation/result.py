@@ -151,8 +151,10 @@ class TruncationResult(AggregationResult):
 
     def _hand_back(self, module, rank, scale):
         B, A = self._factors[module]
-        B_r, A_r = pad_factors(module, LowRank(B / scale, A), rank, self.seed)
-        return LoRAFactors(A_r, B_r, scale)
+        B_r, A_r = pad_factors(module, LowRank(B, A), rank, self.seed)
+        # Divide the client's own columns only: (B / scale)[:, :r] would keep a whole m x r_max
+        # copy alive behind every client's factors (2.42x the uploads kept, issue 13).
+        return LoRAFactors(A_r, B_r / scale, scale)
 
 
 class FrozenAResult(TruncationResult):
