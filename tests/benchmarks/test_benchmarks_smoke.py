@@ -157,3 +157,14 @@ def test_streamed_rows():
     assert [(r["clients"], r["mode"]) for r in out["rows"]] == [(6, "streamed"), (6, "in memory"), (30, "streamed")]
     assert out["rows"][2]["R"] == 140 and all(r["uploaded_bytes"] > 0 and r["seconds"] > 0 for r in out["rows"])
     assert "| 30 | 140 | streamed |" in streamed.table(out)
+
+
+def test_round_parts_rows():
+    from benchmarks import round_parts
+
+    out = round_parts.main(["--quick"])
+    assert [r[0] for r in out["stages"]][:3] == ["validation (check_updates)", "norm bound (norm_outliers)",
+                                                 "combine (combine_safely)"]
+    assert len(out["candidates"]) == 6
+    # every way gets the singular values right to float32 rounding on these stacks
+    assert all(float(row[3]) < 1e-4 for row in out["candidates"])
