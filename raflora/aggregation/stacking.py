@@ -22,7 +22,26 @@ from raflora.aggregation.numerics import log2_norm
 from raflora.lora import LoRAFactors, LowRank
 
 
-class Stack:
+class PairForm:
+    """What reads a global update as a :class:`~raflora.lora.LowRank` needs, from :meth:`pair`:
+    ``B, A = update``, ``update[0]``, ``len(update)``."""
+
+    __slots__ = ()
+
+    def pair(self) -> LowRank:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter(self.pair())
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.pair()[index]
+
+    def __len__(self) -> int:
+        return 2
+
+
+class Stack(PairForm):
     """``sum_i B_i diag(w_i) A_i`` kept as its parts; ``w_i`` (client scale times column weights,
     in ``A``'s dtype) multiplies the rows of ``A_i`` when the stacked ``A`` is formed."""
 
@@ -64,15 +83,6 @@ class Stack:
                 torch.mul(A, w[:, None], out=rows)
             low += A.shape[0]
         return out
-
-    def __iter__(self) -> Iterator[Tensor]:
-        return iter(self.pair())
-
-    def __getitem__(self, index: int) -> Tensor:
-        return self.pair()[index]
-
-    def __len__(self) -> int:
-        return 2
 
     def pair(self) -> LowRank:
         """The stacked ``LowRank(B, A)``, formed now."""
@@ -137,7 +147,7 @@ def fedavg_stacks(checked) -> dict[str, Stack]:
     return stacks
 
 
-class DenseUpdate:
+class DenseUpdate(PairForm):
     """A global update kept as its dense ``(m, n)`` matrix: what a stack becomes when its rank
     ``R = sum r_i`` makes ``R (m + n)`` values more than ``m n`` (many clients, see
     :mod:`raflora.aggregation.streamed`). Reads as a ``LowRank(D, I)``; :meth:`dense` is ``D``."""
@@ -184,14 +194,8 @@ class DenseUpdate:
     def A(self) -> Tensor:
         return torch.eye(self.matrix.shape[1], dtype=self.matrix.dtype, device=self.matrix.device)
 
-    def __iter__(self) -> Iterator[Tensor]:
-        return iter((self.B, self.A))
-
-    def __getitem__(self, index: int) -> Tensor:
-        return (self.B, self.A)[index]
-
-    def __len__(self) -> int:
-        return 2
+    def pair(self) -> LowRank:
+        return LowRank(self.matrix, self.A)
 
     def dense(self) -> Tensor:
         return self.matrix

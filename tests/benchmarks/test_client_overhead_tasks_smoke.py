@@ -5,19 +5,11 @@ bare loop does something else. No timing assertions (the numbers live in docs/pe
 from __future__ import annotations
 
 import pytest
-import torch
 
 from benchmarks import bare_loops, client_overhead
 from benchmarks.bare_loops import BareLoop, same_work
 
 pytest.importorskip("peft")
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    before = torch.get_num_threads()  # build_setup sets the run's thread count
-    yield
-    torch.set_num_threads(before)
 
 
 def _agreement(**changes) -> dict:

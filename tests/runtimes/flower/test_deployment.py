@@ -160,6 +160,15 @@ def flwr_run(d: Deployment, name: str, rounds: int, resume: bool = False, **fede
     return out, proc
 
 
+def finish(d: Deployment, proc: subprocess.Popen, name: str) -> str:
+    """Wait (at most 600 s) for the ``flwr run`` started as ``name``; its log."""
+    try:
+        proc.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"flwr run did not finish in 600 s:\n{d.log(name)[-3000:]}") from None
+    return d.log(name)
+
+
 def metrics_of(out: Path) -> list[dict]:
     path = out / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
@@ -168,11 +177,7 @@ def metrics_of(out: Path) -> list[dict]:
 def test_tls_node_auth_declared_ranks_and_own_data(deployment):
     d = deployment
     out, proc = flwr_run(d, "declared", rounds=2)
-    try:
-        proc.wait(timeout=600)
-    except subprocess.TimeoutExpired:
-        raise AssertionError("flwr run did not finish in 600 s:\n" + d.log("flwr-run-declared")[-3000:]) from None
-    log = d.log("flwr-run-declared")
+    log = finish(d, proc, "flwr-run-declared")
     metrics = metrics_of(out)
     assert [m["round"] for m in metrics] == [1, 2], log[-3000:]
     for m in metrics:
@@ -200,12 +205,9 @@ def test_tls_node_auth_declared_ranks_and_own_data(deployment):
 def test_a_node_killed_after_round_1_is_recorded_with_flowers_reason(deployment):
     d = deployment
     out, proc = flwr_run(d, "killed", rounds=2, round_timeout=300.0)
-    try:
-        wait_until(lambda: len(metrics_of(out)) >= 1 or proc.poll() is not None, 600, "round 1")
-        d.kill("chen")
-        proc.wait(timeout=600)
-    except subprocess.TimeoutExpired:
-        raise AssertionError("flwr run did not finish:\n" + d.log("flwr-run-killed")[-3000:]) from None
+    wait_until(lambda: len(metrics_of(out)) >= 1 or proc.poll() is not None, 600, "round 1")
+    d.kill("chen")
+    finish(d, proc, "flwr-run-killed")
     first, second = metrics_of(out)
     assert first["accepted"] == 3
     assert second["accepted"] == 2 and [r["client"] for r in second["rejected"]] == [2]
@@ -223,10 +225,7 @@ def test_the_killed_node_restarts_and_a_finished_run_resumes_for_one_more_round(
             "--node-config", f"rank=8 data-file='{d.files['chen']}' client-id='chen'")
     before = metrics_of(d.folder / "declared")
     out, proc = flwr_run(d, "declared", rounds=3, resume=True)
-    try:
-        proc.wait(timeout=600)
-    except subprocess.TimeoutExpired:
-        raise AssertionError("flwr run did not finish:\n" + d.log("flwr-run-declared-resumed")[-3000:]) from None
+    finish(d, proc, "flwr-run-declared-resumed")
     metrics = metrics_of(out)
     assert [m["round"] for m in metrics] == [1, 2, 3], d.log("flwr-run-declared-resumed")[-3000:]
     assert metrics[:2] == before and metrics[2]["accepted"] == 3 and metrics[2]["ranks"] == [2, 4, 8]
@@ -271,11 +270,7 @@ def test_a_superlink_killed_mid_run_restarts_and_the_run_resumes_from_its_checkp
     before = metrics_of(out)
     assert [m["round"] for m in before] == [1], d.log("flwr-run-relinked")[-3000:]
     out, proc = flwr_run(d, "relinked", rounds=3, resume=True)
-    try:
-        proc.wait(timeout=600)
-    except subprocess.TimeoutExpired:
-        raise AssertionError("flwr run did not finish:\n" + d.log("flwr-run-relinked-resumed")[-3000:]) from None
-    log = d.log("flwr-run-relinked-resumed")
+    log = finish(d, proc, "flwr-run-relinked-resumed")
     metrics = metrics_of(out)
     assert [m["round"] for m in metrics] == [1, 2, 3], log[-3000:]
     assert metrics[:1] == before and "resuming" in log
