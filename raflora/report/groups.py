@@ -1,6 +1,7 @@
 """Runs of one setting over several seeds: mean and spread per group, and paired differences.
 
-A *group* is the runs whose configs are equal except ``run.seed`` (and ``run.out``): one method in
+A *group* is the runs whose configs are equal except ``run.seed`` (and how a run was executed:
+``run.out``, ``run.threads``, which change where and how fast, not what is computed): one method in
 one setting, repeated over seeds. The grouping is read from the configs, not from folder names, so
 ``raflora report`` groups any set of runs, whoever made them.
 
@@ -17,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from raflora.report.method_keys import follows_method
 
-PER_RUN_KEYS = ("run.out", "run.seed")   # what changes between the runs of one group
+PER_RUN_KEYS = ("run.out", "run.seed", "run.threads")   # what changes between the runs of one group
 STAT_FIELDS = ("final_metric", "best_metric", "rho_rmin_last")
 
 

@@ -42,3 +42,17 @@ def test_a_method_option_does_not_split_the_pairing_other_keys_do():
     assert [(p["reference"], p["other"]) for p in pairs] == [("g0", "g1"), ("g0", "g2")]
     assert pairs[1]["final_metric"]["per_seed"] == {"0": pytest.approx(0.2), "1": pytest.approx(0.2)}
     assert pairs[0]["rho_rmin_last"]["mean"] == pytest.approx(0.0)
+
+
+def test_runs_that_differ_only_in_threads_are_one_setting():
+    # how fast a run went (run.threads) is not part of its setting: a method run with 2 threads is
+    # paired seed by seed with one run with 1 thread; a learning rate still splits the pairing
+    summaries = [_summary(f"{m}/seed-{seed}", m, final + seed / 100, seed)
+                 for m, final in (("carryover", 0.8), ("flexlora", 0.7), ("zero_pad", 0.6)) for seed in (0, 1)]
+    flats = [_flat(m, seed, **{"run.threads": threads, **extra})
+             for m, threads, extra in (("carryover", 2, {}), ("flexlora", 1, {}), ("zero_pad", 1, {"train.lr": 0.1}))
+             for seed in (0, 1)]
+    groups, settings = build_groups(summaries, flats, "accuracy")
+    pairs = paired_differences(groups, settings, summaries, "carryover")
+    assert [(p["reference"], p["other"]) for p in pairs] == [("carryover", "flexlora")]
+    assert pairs[0]["final_metric"]["per_seed"] == {"0": pytest.approx(0.1), "1": pytest.approx(0.1)}
