@@ -215,15 +215,18 @@ what this machine lacks. Each file's header says what it needs:
 
 NOT_YET = """## Not measured yet
 
-- Experiment 3 of issue 14 (SmolLM2-135M on reasoning-gym): not run in this budget. Fashion-MNIST +
-  EfficientNet-Lite0 (experiment 7) ran for carryover, raflora and flexlora only, at a reduced budget.
+- The reasoning task at a budget where its metric moves: experiment 3 ran reduced (6 clients,
+  4 rounds of 5 local steps, LoRA on q_proj and v_proj, about 5 minutes of one core a run), where
+  exact match stays within a few of 100 problems of where it starts for every method, and whether
+  rank pays on that task (experiment 0 for it) was not run in this budget.
 - Keeping the previous global component of a rank partition that no sampled client reaches (the
   failure shown in experiments 1, 2, 2c and 4) is now raflora's own rule
   (`federation.empty_partition = "keep"`, its default; the baselines `drop`): experiments 1e, 2e,
-  2f and 4e measure it. Experiments 1, 2, 2c and 4 ran before it, under `drop`, and show that rule.
+  2f and 4e measure it. Experiments 1, 2, 2c and 4 ran before it, under `drop`, and show that rule;
+  they were not rerun with every method under the current defaults.
 - The "third way" of the project's notes (the global low-rank state kept at weight 1, each client's
   change weighted by p_i) is built as `carryover`, this library's own method (docs/methods.md),
-  and measured in experiments 1e, 2f, 6, 6b and 7; not yet on the reasoning task.
+  and measured in experiments 1e, 2f, 3, 6, 6b and 7.
 """
 
 
