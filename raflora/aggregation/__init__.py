@@ -48,6 +48,16 @@ def method_named(name: str, **options) -> Method:
     return cls(**options)
 
 
+def method_of(method: str | Method, options: Mapping, caller: str) -> Method:
+    """The :class:`Method` a call names: a name with its options (:func:`method_named`), or a
+    method object, which takes no options there (``TypeError``)."""
+    if isinstance(method, Method):
+        if options:
+            raise TypeError(f"{method.name}: pass options when building the method, not to {caller}")
+        return method
+    return method_named(method, **options)
+
+
 def aggregate(
     method: str | Method,
     updates: Sequence[ClientUpdate],
@@ -82,11 +92,7 @@ def aggregate(
     """
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1):
         raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
-    if isinstance(method, Method):
-        if options:
-            raise TypeError(f"{method.name}: pass options when building the method, not to aggregate()")
-    else:
-        method = method_named(method, **options)
+    method = method_of(method, options, "aggregate()")
     return method.aggregate(updates, modules=modules, shapes=shapes, seed=seed, workers=workers,
                             max_norm_ratio=max_norm_ratio, previous=previous, top_rank=top_rank)
 

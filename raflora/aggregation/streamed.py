@@ -141,48 +141,53 @@ class ModuleResults:
         return per_module
 
 
-def _load_all(uploads: Sequence[UploadFile], module: str, refused: Mapping, rejected: list) -> list[ClientUpdate]:
+class _Refused:
+    """The round's refusals as they are decided: who is out (for every module) and why, in order."""
+
+    def __init__(self) -> None:
+        self.clients: set[Hashable] = set()
+        self.rejected: list[Rejection] = []
+
+    def add(self, cid: Hashable, module: str | None, reason: str) -> None:
+        if cid not in self.clients:  # the first reason stands
+            self.clients.add(cid)
+            self.rejected.append((cid, module, reason))
+
+
+def _load_all(uploads: Sequence[UploadFile], module: str, refused: _Refused) -> list[ClientUpdate]:
     out = []
     for u in uploads:
-        if u.client_id in refused:
+        if u.client_id in refused.clients:
             continue
         try:
             out.append(u.load([module]))
         except Exception as err:  # an unreadable file refuses its client, the round goes on
-            reason = f"client {u.client_id!r}: upload {str(u.path)!r} cannot be read ({str(err).splitlines()[0]})"
-            refused[u.client_id] = reason
-            rejected.append((u.client_id, None, reason))
+            refused.add(u.client_id, None,
+                        f"client {u.client_id!r}: upload {str(u.path)!r} cannot be read ({str(err).splitlines()[0]})")
     return out
 
 
-def _checked(uploads, module, shapes, refused, rejected) -> Checked | None:
+def _checked(uploads, module, shapes, refused: _Refused) -> Checked | None:
     """The module's updates of the clients still in the round, validated; the ones validation
     refuses are recorded (and refused for every module)."""
-    updates = _load_all(uploads, module, refused, rejected)
+    updates = _load_all(uploads, module, refused)
     if not updates:
         return None
     try:
         checked = check_updates(updates, [module], {module: shapes[module]} if module in shapes else None)
-    except NoValidUpdates as err:
+    except NoValidUpdates as err:  # its message names every client's reason
         for u in updates:
-            refused.setdefault(u.client_id, str(err))
-        rejected.extend((u.client_id, module, f"client {u.client_id!r}: module {module!r}: no valid update")
-                        for u in updates)
+            refused.add(u.client_id, module, f"module {module!r}: {err}")
         return None
     shapes.setdefault(module, checked.shapes[module])
     for cid, mod, reason in checked.rejected:
-        if cid not in refused:
-            refused[cid] = reason
-            rejected.append((cid, mod, reason))
+        refused.add(cid, mod, reason)
     return checked
 
 
-def _refuse(checked: Checked, found: Mapping[int, tuple[str | None, str]], refused: dict, rejected: list) -> None:
+def _refuse(checked: Checked, found: Mapping[int, tuple[str | None, str]], refused: _Refused) -> None:
     for i, (module, reason) in sorted(found.items()):
-        cid = checked.updates[i].client_id
-        if cid not in refused:
-            refused[cid] = reason
-            rejected.append((cid, module, reason))
+        refused.add(checked.updates[i].client_id, module, reason)
 
 
 def aggregate_files(
@@ -199,17 +204,13 @@ def aggregate_files(
 ) -> ModuleResults:
     """Aggregate one round whose uploads are files (:class:`UploadFile`), one module at a time;
     the arguments are :func:`raflora.aggregate`'s. Raises ``NoValidUpdates`` when no client is left."""
-    from raflora.aggregation import method_named  # the registry imports this module's neighbours
+    from raflora.aggregation import method_of  # the registry imports this module's neighbours
 
-    if not isinstance(method, Method):
-        method = method_named(method, **options)
-    elif options:
-        raise TypeError(f"{method.name}: pass options when building the method, not to aggregate_files()")
+    method = method_of(method, options, "aggregate_files()")
     uploads = list(uploads)
     if not uploads:
         raise NoValidUpdates("no client uploads given: aggregate_files needs at least one UploadFile")
-    refused: dict[Hashable, str] = {}
-    rejected: list[Rejection] = []
+    refused = _Refused()
     if modules is None:
         listed = []
         for u in uploads:
@@ -226,27 +227,27 @@ def aggregate_files(
     # otherwise each is decided again on the clients left, in aggregate()'s order (passes 2, 3).
     anything = False
     for module in modules:
-        checked = _checked(uploads, module, shapes, refused, rejected)
+        checked = _checked(uploads, module, shapes, refused)
         if checked is None or checked.rejected:
             anything = True
             continue
         found = method.refuse(checked, seed)
         anything = anything or bool(found) or bool(norm_outliers(checked, method.uploads, max_norm_ratio))
-    if anything or refused:
+    if anything or refused.clients:
         for module in modules:  # 2: the method's own refusals
-            checked = _checked(uploads, module, shapes, refused, rejected)
+            checked = _checked(uploads, module, shapes, refused)
             if checked is not None:
-                _refuse(checked, method.refuse(checked, seed), refused, rejected)
+                _refuse(checked, method.refuse(checked, seed), refused)
         for module in modules:  # 3: the norm bound
-            checked = _checked(uploads, module, shapes, refused, rejected)
+            checked = _checked(uploads, module, shapes, refused)
             if checked is not None:
-                _refuse(checked, norm_outliers(checked, method.uploads, max_norm_ratio), refused, rejected)
+                _refuse(checked, norm_outliers(checked, method.uploads, max_norm_ratio), refused)
     while True:  # 4: combine; a module whose combine refuses a client restarts the pass without it
         results = {}
         for module in modules:
-            checked = _checked(uploads, module, shapes, refused, rejected)
+            checked = _checked(uploads, module, shapes, refused)
             if checked is None:
-                raise NoValidUpdates("no client update is left: " + "; ".join(r for _, _, r in rejected[-5:]))
+                raise NoValidUpdates("no client update is left: " + "; ".join(r for _, _, r in refused.rejected[-5:]))
             checked, factors = method.combine_safely(checked, seed)
             if checked.rejected:
                 break
@@ -258,10 +259,9 @@ def aggregate_files(
             results[module] = result
             del checked, factors, f  # this module's factors go before the next module's are read
         else:
-            return ModuleResults(method, results, rejected, seed)
+            return ModuleResults(method, results, refused.rejected, seed)
         for cid, mod, reason in checked.rejected:
-            refused.setdefault(cid, reason)
-            rejected.append((cid, mod, reason))
+            refused.add(cid, mod, reason)
 
 
 __all__ = ["ModuleResults", "UploadFile", "aggregate_files", "write_upload"]
