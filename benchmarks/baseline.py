@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from raflora import AGGREGATORS, ClientUpdate, LoRAFactors, aggregate
+from raflora.aggregation.numerics import stable_top_svd
 from raflora.aggregation.result import SVDResult
 from raflora.aggregation.stacking import Stack
 from raflora.aggregation.validate import check_updates
@@ -80,8 +81,6 @@ class StackedCopyResult(SVDResult):
         if got is not None and (got[0] >= rank or got[1].shape[1] < got[0]):
             return got[1:]
         need = max(rank, max(self._ranks[module].values()))
-        from raflora.aggregation.numerics import stable_top_svd
-
         BAV, S, V = stable_top_svd(*self.delta_factors(module), top=need)
         root = S[: BAV.shape[1]].sqrt()
         balanced = (BAV / root, S, root[:, None] * V.T)

@@ -29,8 +29,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from benchmarks.common import machine_line, make_updates, markdown_table, set_threads, status_kib
 from benchmarks.memory import _reset_peak
 from raflora import aggregate
@@ -44,21 +42,23 @@ def ranks_of(clients: int) -> list[int]:
     return [CYCLE[i % len(CYCLE)] for i in range(clients)]
 
 
-def write(folder: Path, clients: int, modules: int, dim: int) -> list[UploadFile]:
+def upload_files(folder: Path, clients: int) -> list[UploadFile]:
+    """Client ``i``'s upload file in ``folder``, with ``100 + 10 i`` examples (FedAvg weights differ)."""
+    return [UploadFile(f"client{i}", folder / f"client{i}.safetensors", 100 + 10 * i) for i in range(clients)]
+
+
+def write(folder: Path, clients: int, modules: int, dim: int) -> None:
     """Every client's upload as a file, one client in memory at a time."""
-    uploads = []
-    for i, r in enumerate(ranks_of(clients)):
+    for i, (upload, r) in enumerate(zip(upload_files(folder, clients), ranks_of(clients))):
         (u,) = make_updates([r], modules, dim, dim, seed=i)
-        uploads.append(write_upload(folder / f"client{i}.safetensors", u))
-        uploads[-1] = UploadFile(f"client{i}", uploads[-1].path, 100 + 10 * i)
-    return uploads
+        write_upload(upload.path, u)
 
 
 def child(folder: str, clients: int, modules: int, dim: int, mode: str) -> dict:
     # One intra-op thread: this table is about memory, and two threads' LAPACK calls on these small
     # stacks stall for whole seconds when the other core is busy (docs/performance.md, Noise).
     set_threads(1)
-    uploads = [UploadFile(f"client{i}", Path(folder) / f"client{i}.safetensors", 100 + 10 * i) for i in range(clients)]
+    uploads = upload_files(Path(folder), clients)
     ranks = ranks_of(clients)
     aggregate_files("raflora", uploads[:3])  # warm-up: maps MKL's code and workspaces into the process
     held = [u.load(u.modules()) for u in uploads] if mode == "in memory" else None

@@ -136,8 +136,7 @@ def reasoning(tmp_path_factory):
 
 def test_causal_lm_adapter_loads_with_auto_peft_without_raflora(reasoning, tmp_path):
     task, base, model, state, batch = reasoning
-    base0 = {m: model.base_weight(m).detach().clone() for m in model.modules}
-    write_adapter(model, base0, state, 4, 1.0, tmp_path / "adapter", task=task)
+    adapter_folder(task, model, state, 4, tmp_path / "adapter")
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert saved["task_type"] == "CAUSAL_LM" and saved["base_model_name_or_path"] == str(base)
     torch.save(batch, tmp_path / "batch.pt")
@@ -168,21 +167,33 @@ def test_causal_lm_merged_folder_keeps_tied_embeddings(reasoning, tmp_path):
     assert (tmp_path / "merged" / "tokenizer.json").is_file()
 
 
+def model_state_batch(task, rank: int):
+    """A rank-``rank`` adapter model of ``task``'s model, a random global state and a test batch
+    without labels."""
+    model = AdapterModel(task.load_model(), task.target_modules, task.head_modules, [rank], {rank: 1.0})
+    batch = task.collate(task.load_data().test)
+    batch.pop("labels")
+    return model, random_state(model, rank), batch
+
+
+def adapter_folder(task, model, state, rank: int, folder):
+    """``state``'s global adapter written for ``task`` into ``folder``."""
+    base0 = {m: model.base_weight(m).detach().clone() for m in model.modules}
+    write_adapter(model, base0, state, rank, 1.0, folder, task=task)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def vision():
     task = build_task("vision", model="tiny", data="synthetic", train_size=8, test_size=8, image_size=16)
-    model = AdapterModel(task.load_model(), task.target_modules, task.head_modules, [4], {4: 1.0})
-    batch = task.collate(task.load_data().test)
-    batch.pop("labels")
-    return task, model, random_state(model, 4), batch
+    return (task, *model_state_batch(task, 4))
 
 
 def test_vision_adapter_loads_with_the_documented_loader(vision, tmp_path):
     from raflora.tasks.vision import load_adapter
 
     task, model, state, batch = vision
-    base0 = {m: model.base_weight(m).detach().clone() for m in model.modules}
-    write_adapter(model, base0, state, 4, 1.0, tmp_path / "adapter", task=task)
+    adapter_folder(task, model, state, 4, tmp_path / "adapter")
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert saved["task_type"] is None
     loaded = load_adapter(tmp_path / "adapter", base=task.load_model())
@@ -204,12 +215,8 @@ def test_efficientnet_adapter_and_merged_load_without_a_base(tmp_path):
     from raflora.tasks.vision import load_adapter, load_merged
 
     task = build_task("vision", data="synthetic", train_size=8, test_size=8)
-    model = AdapterModel(task.load_model(), task.target_modules, task.head_modules, [2], {2: 1.0})
-    state = random_state(model, 2)
-    batch = task.collate(task.load_data().test)
-    batch.pop("labels")
-    base0 = {m: model.base_weight(m).detach().clone() for m in model.modules}
-    write_adapter(model, base0, state, 2, 1.0, tmp_path / "adapter", task=task)
+    model, state, batch = model_state_batch(task, 2)
+    adapter_folder(task, model, state, 2, tmp_path / "adapter")
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] \
         == "efficientnet-lite0"
     assert "load_adapter" in (tmp_path / "adapter" / "README.md").read_text()
@@ -225,12 +232,8 @@ def test_minilm_adapter_base_folder_points_at_the_wheel(tmp_path):
     from peft import AutoPeftModelForSequenceClassification
 
     task = build_task("text", max_length=32, test_size=16)
-    model = AdapterModel(task.load_model(), task.target_modules, task.head_modules, [2], {2: 1.0})
-    state = random_state(model, 2)
-    batch = task.collate(task.load_data().test)
-    batch.pop("labels")
-    base0 = {m: model.base_weight(m).detach().clone() for m in model.modules}
-    write_adapter(model, base0, state, 2, 1.0, tmp_path / "adapter", task=task)
+    model, state, batch = model_state_batch(task, 2)
+    adapter_folder(task, model, state, 2, tmp_path / "adapter")
     assert sorted(p.name for p in (tmp_path / "adapter" / "base").iterdir()) == ["config.json"]
     assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in (tmp_path / "adapter" / "README.md").read_text()
     loaded = AutoPeftModelForSequenceClassification.from_pretrained(str(tmp_path / "adapter"))
