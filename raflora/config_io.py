@@ -3,7 +3,8 @@
 ``[federation.method]`` holds ``name`` and that method's own options (the fields of its class in
 :mod:`raflora.aggregation`); ``method = "NAME"`` in ``[federation]`` is short for a table with the
 name alone (every option at its default). Run folders written before the method table existed
-(``method``, ``tau``, ``rank_levels``, ``sfed_alpha`` flat in ``[federation]``) are read with
+(``method``, ``tau``, ``rank_levels``, ``sfed_alpha`` flat in ``[federation]``) or before
+``federation.empty_partition`` existed (their code dropped an unreached partition) are read with
 ``legacy=True`` (``report``, ``--resume``, ``export``); a config file with those flat keys is
 refused with a line saying what to write instead.
 """
@@ -106,11 +107,12 @@ def _legacy_federation(table: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _legacy(data: dict[str, Any]) -> dict[str, Any]:
-    """An older run folder's config as today's: the flat method keys, and the reasoning task's
-    ``bf16_autocast`` (now ``train.precision``)."""
+    """An older run folder's config as today's: the flat method keys, the reasoning task's
+    ``bf16_autocast`` (now ``train.precision``), and ``federation.empty_partition``, which run
+    folders hold resolved since it exists: one without it ran on code that always dropped."""
     data = dict(data)
     if isinstance(data.get("federation"), Mapping):
-        data["federation"] = _legacy_federation(data["federation"])
+        data["federation"] = {"empty_partition": "drop", **_legacy_federation(data["federation"])}
     task = data.get("task")
     if isinstance(task, Mapping) and "bf16_autocast" in task:
         task = dict(task)

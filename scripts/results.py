@@ -41,7 +41,10 @@ What the methods do on this machine's tasks, measured. Every table below is gene
 run's `config.toml` and `metrics.jsonl` (no checkpoints or adapters), and in `run.json` the command,
 the commit it ran on and its wall time. To reproduce an experiment, run its command through
 `python scripts/run_experiment.py <experiment> -- <the command without "raflora">`, which runs it
-and replaces the kept files, then rebuild this page. "with uncommitted changes" after a commit
+and replaces the kept files, then rebuild this page. `python scripts/reproduce.py RUN ...` reruns
+kept runs on the current code and compares every field of every round with the kept records
+(`--task synthetic` takes every kept synthetic run); `make test` reruns the first 5 rounds of one
+kept synthetic run per method and fails when a change of the code moves a published number. "with uncommitted changes" after a commit
 means the working tree differed from it when the run started (in these runs: only the scripts and
 configs of this page, never `raflora/`). The machine: 2 CPU cores shared with other jobs (wall
 times include waiting for the cores), no GPU; every budget below was reduced to fit, as each
