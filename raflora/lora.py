@@ -223,6 +223,13 @@ def energy_by_partition(
     return shares
 
 
+def partition_order(key: str) -> tuple[int, float]:
+    """Sort key of an :func:`energy_by_partition` key: by first direction, then last (runs with
+    different levels meet in one table: ``"1-2"`` before ``"1-16"``; ``"17+"`` ends at infinity)."""
+    first, _, last = key.rstrip("+").partition("-")
+    return int(first), float(last) if last else float("inf")
+
+
 def _generator(module: str, seed: int) -> torch.Generator:
     # crc32 of the module name: stable across processes, unlike hash().
     g = torch.Generator(device="cpu")

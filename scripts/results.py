@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from raflora.lora import partition_order  # noqa: E402
 from raflora.report import load_runs  # noqa: E402
 from raflora.report.groups import stats  # noqa: E402
 from raflora.report.summary import build_report  # noqa: E402
@@ -43,8 +44,8 @@ the commit it ran on and its wall time. To reproduce an experiment, run its comm
 `python scripts/run_experiment.py <experiment> -- <the command without "raflora">`, which runs it
 and replaces the kept files, then rebuild this page. `python scripts/reproduce.py RUN ...` reruns
 kept runs on the current code and compares every field of every round with the kept records
-(`--task synthetic` takes every kept synthetic run); `make test` reruns the first 5 rounds of one
-kept synthetic run per method and fails when a change of the code moves a published number. "with uncommitted changes" after a commit
+(`--task synthetic`: every kept synthetic run); `make test` reruns the first 5 rounds of one kept
+synthetic run per method and fails when a change of the code moves a published number. "with uncommitted changes" after a commit
 means the working tree differed from it when the run started (in these runs: only the scripts and
 configs of this page, never `raflora/`). The machine: 2 CPU cores shared with other jobs (wall
 times include waiting for the cores), no GPU; every budget below was reduced to fit, as each
@@ -109,7 +110,7 @@ def trace_table(folder: Path, label: str) -> list[str]:
         raise SystemExit(f"error: {folder / 'about.toml'}: trace {label!r} is not a run; the runs are {', '.join(runs)}")
     run = runs[label]
     keys = sorted({k for rec in run.records for k in rec.get("energy_by_partition") or {}},
-                  key=lambda k: int(k.split("-")[0].rstrip("+")))
+                  key=partition_order)
     rows = [[str(rec["round"]), " ".join(str(r) for r in sorted(rec.get("ranks", [])))]
             + [f"{(rec.get('energy_by_partition') or {}).get(k, 0.0):.3f}" for k in keys] for rec in run.records]
     return markdown_table(["round", "ranks sampled"] + [f"directions {k}" for k in keys], rows)

@@ -163,6 +163,14 @@ def test_energy_by_partition_known_values():
         energy_by_partition(s, [])
 
 
+def test_partition_keys_of_runs_with_different_levels_sort_in_one_order():
+    from raflora.lora import partition_order
+
+    # the ties of the first direction come in the wrong order: sorting must not depend on it
+    keys = ["9-16", "17+", "1-16", "3-4", "1-2", "5-8", "17-32", "33+"]
+    assert sorted(keys, key=partition_order) == ["1-2", "1-16", "3-4", "5-8", "9-16", "17-32", "17+", "33+"]
+
+
 def test_init_a_is_nested_seeded_and_bounded():
     big = init_a("layers.0.q_proj", 16, 50, seed=3)
     for r in (1, 5, 16):

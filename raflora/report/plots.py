@@ -20,6 +20,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from raflora.lora import partition_order
+
 PLOTS = ("metric.png", "rho_rmin.png", "energy.png", "energy_rounds.png", "bytes.png")
 DPI = 100
 # Accuracy on 40-200 test examples moves in steps of 0.005-0.025; an axis narrower than this makes
@@ -107,15 +109,11 @@ def plot_rho(report: dict, path: Path) -> None:
     figure.savefig(path)
 
 
-def _partition_start(key: str) -> int:
-    return int(key.split("-")[0].rstrip("+"))
-
-
 def plot_energy(report: dict, path: Path) -> None:
     figure, (ax,) = _figure()
     # the last round of each group (mean over its seeds): one bar per group and partition
     groups = [(group["label"], group["energy_per_round"][-1]) for group in report["groups"] if group["energy_per_round"]]
-    keys = sorted({k for _, last in groups for k in last["shares"]}, key=_partition_start)
+    keys = sorted({k for _, last in groups for k in last["shares"]}, key=partition_order)
     width = 0.8 / max(1, len(groups))
     for i, (label, last) in enumerate(groups):
         xs = [k + (i - (len(groups) - 1) / 2) * width for k in range(len(keys))]
@@ -139,7 +137,7 @@ def plot_energy_rounds(report: dict, path: Path) -> None:
     image = None
     for ax, group in zip(axes, groups):
         cells = group["energy_per_round"]
-        keys = sorted({k for cell in cells for k in cell["shares"]}, key=_partition_start)
+        keys = sorted({k for cell in cells for k in cell["shares"]}, key=partition_order)
         if not cells:
             ax.text(0.5, 0.5, "no energy recorded", ha="center", va="center", transform=ax.transAxes)
         else:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+from raflora.lora import partition_order
+
 
 def size(nbytes: float) -> str:
     """Bytes in decimal units, as the run's round lines print them."""
@@ -105,13 +107,9 @@ def paired_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _partition_start(key: str) -> int:
-    return int(key.split("-")[0].rstrip("+"))
-
-
 def energy_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     runs = [run for run in report["runs"] if run["energy_by_partition"]]
-    keys = sorted({k for run in runs for k in run["energy_by_partition"]["shares"]}, key=_partition_start)
+    keys = sorted({k for run in runs for k in run["energy_by_partition"]["shares"]}, key=partition_order)
     rows = [[run["label"], f"{run['energy_by_partition']['round']}"]
             + [_num(run["energy_by_partition"]["shares"].get(k), 3) for k in keys] for run in runs]
     return ["run", "round"] + [f"directions {k}" for k in keys], rows

@@ -103,3 +103,11 @@ def test_tables_come_from_the_metrics(results):
                                         "2 / 0 / 0", "+0.1500 ± 0.0707 [+0.1000, +0.2000]", "2 / 0 / 0"]
     assert (img / "fake_heatmap.png").stat().st_size > 1000
     assert "](img/fake_heatmap.png)" in text
+
+
+def test_the_committed_results_page_is_what_the_script_builds_from_the_committed_results(tmp_path):
+    out = tmp_path / "docs" / "results.md"
+    out.parent.mkdir()
+    text = _load("results").build(ROOT / "results", out, out.parent / "img")
+    committed = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    assert text == committed, "docs/results.md is stale: run python scripts/results.py and commit it"
