@@ -7,9 +7,10 @@ Each folder ``results/<experiment>/`` holds
   ``metrics.jsonl``, a sweep's ``sweep.json``), read with raflora's own report code;
 - ``run.json``: the command, the commit it ran on, the wall time (written by run_experiment.py);
 - ``about.toml``: the words (title, question, config, what was reduced, conclusion) and which
-  tables to show: ``tables`` from "groups", "paired", "sweep", "energy", "rho_rounds",
-  "metric_rounds"; ``[[contrast]]`` tables (``a``, ``b``: group labels; the per-seed difference
-  a - b of the final metric, for comparisons the report does not pair, like rank 16 vs rank 2);
+  tables to show: ``tables`` from "groups", "paired", "loss" (the final test loss per group, and
+  paired), "sweep", "energy", "rho_rounds", "metric_rounds"; ``[[contrast]]`` tables (``a``, ``b``:
+  group labels; the per-seed difference a - b of the final metric, or of ``field = "final_loss"``,
+  for comparisons the report does not pair, like rank 16 vs rank 2);
   ``heatmap``: a file name under the image folder for the energy heatmap (rank partition x round);
   ``trace``: run labels whose rounds are listed (sampled ranks, energy per rank partition).
 Experiments are listed in the order of ``about.toml``'s ``order``, then by name.
@@ -76,20 +77,43 @@ def group_table(report: dict) -> list[str]:
     return markdown_table(header, rows)
 
 
+CONTRAST_FIELDS = {"final_metric": "final {metric}", "final_loss": "final test loss"}
+
+
 def contrast_table(report: dict, contrasts: list[dict]) -> list[str]:
-    """Per-seed differences ``a - b`` of the final metric between two groups of the report."""
-    metric = report["metric"]
+    """Per-seed differences ``a - b`` between two groups of the report: of the final metric, or of
+    the contrast's ``field`` (``final_loss``: the test loss after the last round)."""
     groups = {g["label"]: g for g in report["groups"]}
     rows = []
     for contrast in contrasts:
+        field = contrast.get("field", "final_metric")
+        if field not in CONTRAST_FIELDS:
+            raise SystemExit(f"error: contrast field {field!r}; choose from {', '.join(CONTRAST_FIELDS)}")
         a, b = groups[contrast["a"]], groups[contrast["b"]]
-        va = dict(zip(a["seeds"], a["final_metric"]["values"]))
-        vb = dict(zip(b["seeds"], b["final_metric"]["values"]))
+        va = dict(zip(a["seeds"], a[field]["values"]))
+        vb = dict(zip(b["seeds"], b[field]["values"]))
         seeds = [s for s in a["seeds"] if s in vb]
         diffs = [va[s] - vb[s] for s in seeds]
         rows.append([contrast.get("label", f"{a['label']} - {b['label']}"), str(len(seeds)),
-                     _signed(stats(diffs)), ", ".join(f"{s}: {d:+.4f}" for s, d in zip(seeds, diffs))])
-    return markdown_table(["difference", "seeds", f"final {metric}", "per seed"], rows)
+                     CONTRAST_FIELDS[field].format(metric=report["metric"]), _signed(stats(diffs)),
+                     ", ".join(f"{s}: {d:+.4f}" for s, d in zip(seeds, diffs))])
+    return markdown_table(["difference", "seeds", "of", "a - b", "per seed"], rows)
+
+
+def loss_table(report: dict) -> list[str]:
+    """The test loss after the last round per group and, where the report pairs groups, its paired
+    differences (for a metric too coarse to separate the methods, like a few exact matches)."""
+    rows = [[g["label"], g["method"], ",".join(str(s) for s in g["seeds"]), spread(g["final_loss"])]
+            for g in report["groups"]]
+    lines = markdown_table(["group", "method", "seeds", "final test loss"], rows)
+    pairs = [p for p in report["paired"] if p.get("final_loss")]
+    if pairs:
+        lines += ["", f"Paired differences of the test loss, reference {report['reference']} (lower is better):", ""]
+        lines += markdown_table(["reference - other", "seeds", "final test loss", "per seed"],
+                                [[f"{p['reference']} - {p['other']}", str(p["final_loss"]["n"]), _signed(p["final_loss"]),
+                                  ", ".join(f"{s}: {d:+.4f}" for s, d in p["final_loss"]["per_seed"].items())]
+                                 for p in pairs])
+    return lines
 
 
 def per_round_table(report: dict, field: str, digits: int) -> list[str]:
@@ -130,7 +154,7 @@ def _about(folder: Path) -> dict:
     return tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-TABLES = ("groups", "paired", "sweep", "energy", "rho_rounds", "metric_rounds")
+TABLES = ("groups", "paired", "loss", "sweep", "energy", "rho_rounds", "metric_rounds")
 
 
 def _parts(folder: Path) -> list[dict]:
@@ -173,6 +197,8 @@ def experiment_section(folder: Path, img: Path, doc: Path) -> list[str]:
         elif table == "paired" and report["paired"]:
             lines += [f"Paired differences, reference {report['reference']}:", ""]
             lines += markdown_table(*paired_rows(report)) + [""]
+        elif table == "loss":
+            lines += loss_table(report) + [""]
         elif table == "sweep" and "sweep" in report:
             lines += markdown_table(*sweep_rows(report)) + [""]
         elif table == "energy":

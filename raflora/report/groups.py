@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 from raflora.report.method_keys import follows_method
 
 PER_RUN_KEYS = ("run.out", "run.seed", "run.threads")   # what changes between the runs of one group
-STAT_FIELDS = ("final_metric", "best_metric", "rho_rmin_last")
+STAT_FIELDS = ("final_metric", "best_metric", "rho_rmin_last", "final_loss")  # final_loss: the test loss
 
 
 def stats(values: Sequence[float]) -> dict[str, Any] | None:

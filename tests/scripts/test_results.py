@@ -39,6 +39,7 @@ name = "synthetic"
 # final accuracy per (method, seed): raflora - flexlora is +0.10 on seed 0 and +0.20 on seed 1
 ACCURACY = {("raflora", 0): 0.70, ("raflora", 1): 0.80, ("flexlora", 0): 0.60, ("flexlora", 1): 0.60}
 RHO = {"raflora": 0.6, "flexlora": 0.9}
+LOSS = {("raflora", 0): 0.5, ("raflora", 1): 0.75, ("flexlora", 0): 0.5, ("flexlora", 1): 0.5}
 
 
 def _write_run(folder: Path, method: str, seed: int) -> None:
@@ -51,7 +52,7 @@ def _write_run(folder: Path, method: str, seed: int) -> None:
             "round": round_, "method": method, "rho_rmin": rho,
             "energy_by_partition": {"1-2": rho, "3-4": 1 - rho}, "train_loss": 1.0,
             "bytes_up": 1000, "bytes_down": 3000, "seconds": 1.0,
-            "accuracy": ACCURACY[(method, seed)] if round_ == 2 else None, "loss": 0.5 if round_ == 2 else None}))
+            "accuracy": ACCURACY[(method, seed)] if round_ == 2 else None, "loss": LOSS[(method, seed)] if round_ == 2 else None}))
     (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
 
 
@@ -66,9 +67,10 @@ def results(tmp_path):
         "dirty": False, "wall_seconds": 90.0}]}))
     (folder / "about.toml").write_text(
         'title = "Fake experiment"\nconfig = "fake.toml"\nreduced = "nothing"\nreference = "raflora"\n'
-        'tables = ["groups", "paired", "rho_rounds"]\nheatmap = "fake_heatmap.png"\n'
+        'tables = ["groups", "paired", "loss", "rho_rounds"]\nheatmap = "fake_heatmap.png"\n'
         'conclusion = "raflora wins on both seeds."\n'
-        '[[contrast]]\na = "raflora"\nb = "flexlora"\nlabel = "raflora - flexlora"\n')
+        '[[contrast]]\na = "raflora"\nb = "flexlora"\nlabel = "raflora - flexlora"\n'
+        '[[contrast]]\na = "raflora"\nb = "flexlora"\nlabel = "loss: raflora - flexlora"\nfield = "final_loss"\n')
     return tmp_path
 
 
@@ -94,8 +96,13 @@ def test_tables_come_from_the_metrics(results):
     paired = _row(text, "| raflora - flexlora | 2 | +0.1500")
     assert "0: +0.1000, 1: +0.2000" in paired
     contrast = text.split("| difference |")[1]
-    assert _row(contrast, "| raflora - flexlora |")[2:] == ["+0.1500 ± 0.0707 [+0.1000, +0.2000]",
+    assert _row(contrast, "| raflora - flexlora |")[2:] == ["final accuracy", "+0.1500 ± 0.0707 [+0.1000, +0.2000]",
                                                          "0: +0.1000, 1: +0.2000"]
+    assert _row(contrast, "| loss: raflora - flexlora |")[2:] == ["final test loss", "+0.1250 ± 0.1768 [+0.0000, +0.2500]",
+                                                               "0: +0.0000, 1: +0.2500"]
+    assert _row(text, "| raflora | raflora | 0,1 | 0.6250")[3] == "0.6250 ± 0.1768 [0.5000, 0.7500]"   # the loss table
+    loss_pairs = text.split("Paired differences of the test loss")[1]
+    assert _row(loss_pairs, "| raflora - flexlora |")[2:] == ["+0.1250 ± 0.1768 [+0.0000, +0.2500]", "0: +0.0000, 1: +0.2500"]
     columns = _row(text, "| round | ")[1:]
     assert dict(zip(columns, _row(text, "| 2 | ")[1:])) == {"raflora": "0.600", "flexlora": "0.900"}
     glance = text.split("## At a glance")[1].split("## Fake experiment")[0]
