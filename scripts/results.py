@@ -245,18 +245,20 @@ what this machine lacks. Each file's header says what it needs:
 
 NOT_YET = """## Not measured yet
 
-- The reasoning task at a budget where its metric moves: experiment 3 ran reduced (6 clients,
-  4 rounds of 5 local steps, LoRA on q_proj and v_proj, about 5 minutes of one core a run), where
-  exact match stays within a few of 100 problems of where it starts for every method, and whether
-  rank pays on that task (experiment 0 for it) was not run in this budget.
-- Keeping the previous global component of a rank partition that no sampled client reaches (the
-  failure shown in experiments 1, 2, 2c and 4) is now raflora's own rule
-  (`federation.empty_partition = "keep"`, its default; the baselines `drop`): experiments 1e, 2e,
-  2f and 4e measure it. Experiments 1, 2, 2c and 4 ran before it, under `drop`, and show that rule;
-  they were not rerun with every method under the current defaults.
+- The reasoning task at a budget where its exact match moves: experiments 0d and 3 ran reduced (6
+  clients, 4 rounds of 5 local steps, LoRA on q_proj and v_proj, a few minutes of one core a run),
+  where every exact match stays within a few of 100 problems of where it starts; the test loss is
+  what separates the settings there. A budget where the exact match moves does not fit 2 CPU cores
+  in the half hour an experiment is given; `configs/paper/` holds the GPU-sized setups.
+- Experiments 2, 2c, 4 and 4b ran before raflora kept an unreached partition's previous component
+  (`federation.empty_partition = "keep"`, raflora's default now; the baselines drop it, as before)
+  and show raflora under `drop`. Their baselines' numbers still stand: only raflora's default
+  changed, and `scripts/reproduce.py` gives the kept runs' records on the current code. raflora
+  under `keep` is measured in experiments 1e and 1f (experiment 1's federation, 1f with every
+  method and 3 seeds), 2e, 2f and 4e; experiment 4b's BBC News sweep was not rerun under `keep`.
 - The "third way" of the project's notes (the global low-rank state kept at weight 1, each client's
   change weighted by p_i) is built as `carryover`, this library's own method (docs/methods.md),
-  and measured in experiments 1e, 2f, 3, 6, 6b and 7.
+  and measured in experiments 1e, 1f, 2f, 3, 6, 6b and 7.
 """
 
 
