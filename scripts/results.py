@@ -255,7 +255,7 @@ NOT_YET = """## Not measured yet
   and show raflora under `drop`. Their baselines' numbers still stand: only raflora's default
   changed, and `scripts/reproduce.py` gives the kept runs' records on the current code. raflora
   under `keep` is measured in experiments 1e and 1f (experiment 1's federation, 1f with every
-  method and 3 seeds), 2e, 2f and 4e; experiment 4b's BBC News sweep was not rerun under `keep`.
+  method and 3 seeds), 2e, 2f, 4e and 4f (experiment 4b's sweep).
 - The "third way" of the project's notes (the global low-rank state kept at weight 1, each client's
   change weighted by p_i) is built as `carryover`, this library's own method (docs/methods.md),
   and measured in experiments 1e, 1f, 2f, 3, 6, 6b and 7.
