@@ -66,7 +66,8 @@ class FederationConfig:
                              "in [0, 1)")
     empty_partition: str = setting("", "keep | drop: a rank partition no client of the round reaches keeps its "
                                    "previous global component, or loses it; \"\" = the method's rule (keep for "
-                                   "the library's own methods, raflora and carryover; drop for the baselines)")
+                                   "carryover, built on the previous global update; drop for raflora and the "
+                                   "baselines, as published)")
     round_timeout: float = setting(3600.0, "Flower runtime: seconds a round waits for the clients' replies; "
                                    "then it closes with the replies it has")
 

@@ -250,15 +250,12 @@ NOT_YET = """## Not measured yet
   where every exact match stays within a few of 100 problems of where it starts; the test loss is
   what separates the settings there. A budget where the exact match moves does not fit 2 CPU cores
   in the half hour an experiment is given; `configs/paper/` holds the GPU-sized setups.
-- Experiments 2, 2c, 4 and 4b ran before raflora kept an unreached partition's previous component
-  (`federation.empty_partition = "keep"`, raflora's default now; the baselines drop it, as before)
-  and show raflora under `drop`. Their baselines' numbers still stand: only raflora's default
-  changed, and `scripts/reproduce.py` gives the kept runs' records on the current code. raflora
-  under `keep` is measured in experiments 1e and 1f (experiment 1's federation, 1f with every
-  method and 3 seeds), 2e, 2f, 4e and 4f (experiment 4b's sweep).
-- The "third way" of the project's notes (the global low-rank state kept at weight 1, each client's
-  change weighted by p_i) is built as `carryover`, this library's own method (docs/methods.md),
-  and measured in experiments 1e, 1f, 2f, 3, 6, 6b and 7.
+- raflora's rule for a rank partition no sampled client reaches changed twice. Experiments 1, 2,
+  2c, 4 and 4b ran with `drop` (the published rule, and its default now); experiments 1e, 1f, 2e,
+  2f, 4e, 4f, 6, 6b and 7 ran with `keep` (its default in between). Those were not repeated under
+  `drop`: experiments 8, 8b and 8c give the paired difference keep - drop on the same tasks
+  instead. The baselines' rule never changed, and `scripts/reproduce.py` gives their kept runs'
+  records on the current code.
 """
 
 
@@ -297,10 +294,14 @@ def headline_rows(folder: Path, report: dict) -> list[list[str]]:
     for pair in report["paired"]:
         if pair["final_metric"] is not None:
             by_reference.setdefault(pair["reference"], []).append(pair)
+    runs = {run.label: run for run in load_runs([folder])}
+    groups = {g["label"]: g for g in report["groups"]}
     for ref, pairs in by_reference.items():
         worst = min(pairs, key=lambda p: p["final_metric"]["mean"])
         flexlora = [p for p in pairs if report_method(report, p["other"]) == "flexlora"]
-        rows.append([title, ref, worst["other"], _signed(worst["final_metric"]), _seed_signs(worst),
+        # a run folder from before the key existed ran on code that dropped (config_io's legacy rule)
+        rule = runs[groups[ref]["runs"][0]].config.get("federation", {}).get("empty_partition", "drop")
+        rows.append([title, ref, rule, worst["other"], _signed(worst["final_metric"]), _seed_signs(worst),
                      _signed(flexlora[0]["final_metric"]) if flexlora else "-",
                      _seed_signs(flexlora[0]) if flexlora else "-"])
     return rows
@@ -315,8 +316,10 @@ def build(results: Path, out: Path, img: Path, paper: Path | None = ROOT / "conf
                   "carryover, this library's own method): the method of the same setting it trails most on "
                   "the final metric (the best other method when it trails none) and the paired difference "
                   "reference - that method over seeds, the same against flexlora (the baseline the paper is "
-                  "built against), and on how many seeds the reference is ahead / level / behind.", ""]
-        lines += markdown_table(["experiment", "reference group", "best other method", "reference - it",
+                  "built against), and on how many seeds the reference is ahead / level / behind. "
+                  "`unreached` is the reference's rule for a rank partition no sampled client reaches "
+                  "(raflora's default is `drop`; experiments 8-8c compare the two).", ""]
+        lines += markdown_table(["experiment", "reference group", "unreached", "best other method", "reference - it",
                                  "seeds ahead / level / behind", "reference - flexlora",
                                  "seeds ahead / level / behind"], rows) + [""]
     for folder in experiments(results):

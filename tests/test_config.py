@@ -143,8 +143,8 @@ def test_run_folders_of_the_flat_format_are_still_read(tmp_path):
 
 
 def test_run_folders_from_before_empty_partition_are_read_with_the_rule_their_code_had(tmp_path):
-    path = write(tmp_path, METHOD_BASE.format(method='method = "raflora"'))
-    assert load_config(path).federation.empty_partition == "keep"  # a config file: raflora's rule today
+    path = write(tmp_path, METHOD_BASE.format(method='method = "carryover"'))
+    assert load_config(path).federation.empty_partition == "keep"  # a config file: carryover's rule
     assert load_config(path, legacy=True).federation.empty_partition == "drop"  # a run folder: its code's rule
     kept = write(tmp_path, METHOD_BASE.format(method='method = "raflora"\nempty_partition = "keep"'))
     assert load_config(kept, legacy=True).federation.empty_partition == "keep"

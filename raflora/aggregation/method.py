@@ -12,9 +12,9 @@ methods that the runtimes read instead of comparing method names:
 - ``mixed_ranks``: whether one round may mix ranks (FedIT may not);
 - ``private``: the factor each client keeps for itself and never sends (FedSA-LoRA's ``B``);
 - ``keeps_global``: its rule for a rank partition that no client of a round reaches: keep the
-  previous round's global component there (:meth:`keep_unreached`; raFLoRA, and any method of
-  this library's own) or lose it (the baselines, as published); the default of
-  ``federation.empty_partition``;
+  previous round's global component there (:meth:`keep_unreached`; carryover, this library's own
+  method, which is built on the previous global update) or lose it (raFLoRA and the baselines, as
+  published); the default of ``federation.empty_partition``;
 - ``result_type``: what a client of rank ``r`` starts from next round
   (:mod:`raflora.aggregation.result`);
 - :meth:`refuse` (method-specific checks) and :meth:`combine` (the formula, a pure function of the

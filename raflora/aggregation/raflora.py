@@ -10,8 +10,10 @@ partition, so no partition is diluted by clients that cannot contribute to it:
 
 A client of rank ``r`` starts from the best rank-``r`` approximation of ``delta`` (as FlexLoRA).
 Homogeneous ranks give ``K = 1`` and ``c_ij = p_i``: exactly FlexLoRA. A partition no client
-reaches contributes nothing to the round's stack; in a federation (``empty_partition = "keep"``, this
-method's rule) it keeps its previous global component instead (:meth:`Method.keep_unreached`).
+reaches contributes nothing to the round's stack (the default, as published); in a federation with
+``empty_partition = "keep"`` it keeps its previous global component instead
+(:meth:`Method.keep_unreached`), which measured worse on text and on Fashion-MNIST
+(docs/results.md, experiments 8 and 8c).
 An update whose rank is not a level is refused.
 
 Option ``weighting = "uniform"`` uses ``p_i = 1 / N`` in place of the data share (secondary
@@ -64,7 +66,9 @@ class RaFLoRA(Method):
 
     name: ClassVar[str] = "raflora"
     result_type: ClassVar[type] = SVDResult
-    keeps_global: ClassVar[bool] = True  # a partition nobody reaches keeps its previous component
+    # a partition nobody reaches contributes nothing (as published); federation.empty_partition = "keep"
+    # keeps its previous component instead: measured worse on text and images (docs/results.md, experiment 8)
+    keeps_global: ClassVar[bool] = False
 
     rank_levels: list[int] = option(factory=list, help="the federation's rank set, which splits the components "
                                     "into partitions ([]: the clients' ranks; each client rank must be a level)")

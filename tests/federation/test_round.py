@@ -144,8 +144,8 @@ def test_bad_fault_keys_are_config_errors(tmp_path, key, value, word):
     assert word in str(info.value)
 
 
-@pytest.mark.parametrize("method, rule", [("raflora", "keep"), ("flexlora", "drop"), ("zero_pad", "drop"),
-                                          ("flora", "drop"), ("fedsa", "drop")])
+@pytest.mark.parametrize("method, rule", [("raflora", "drop"), ("carryover", "keep"), ("flexlora", "drop"),
+                                          ("zero_pad", "drop"), ("flora", "drop"), ("fedsa", "drop")])
 def test_the_default_rule_is_the_methods_and_config_toml_records_it(tmp_path, method, rule):
     config = config_from_dict(small_config(tmp_path / "r", federation={"method": method}))
     assert config.federation.empty_partition == rule
