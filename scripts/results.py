@@ -252,9 +252,9 @@ NOT_YET = """## Not measured yet
   in the half hour an experiment is given; `configs/paper/` holds the GPU-sized setups.
 - raflora's rule for a rank partition no sampled client reaches changed twice. Experiments 1, 2,
   2c, 4 and 4b ran with `drop` (the published rule, and its default now); experiments 1e, 1f, 2e,
-  2f, 4e, 4f, 6, 6b and 7 ran with `keep` (its default in between). Those were not repeated under
-  `drop`: experiments 8, 8b and 8c give the paired difference keep - drop on the same tasks
-  instead. The baselines' rule never changed, and `scripts/reproduce.py` gives their kept runs'
+  2f, 4e, 4f, 6, 6b and 7 ran with `keep` (its default in between). Experiments 6 and 7 were
+  repeated under `drop` (6c, 7b); for the others experiments 8, 8b and 8c give the paired
+  difference keep - drop on the same tasks instead. The baselines' rule never changed, and `scripts/reproduce.py` gives their kept runs'
   records on the current code.
 """
 
