@@ -35,12 +35,18 @@ def records(path: Path) -> list[dict]:
 
 def _differ(a, b, tolerance: float) -> bool:
     if isinstance(a, float) and isinstance(b, (int, float)) or isinstance(b, float) and isinstance(a, (int, float)):
+        if math.isnan(a) or math.isnan(b):  # a NaN share (an all-zero update) is kept as NaN
+            return not (math.isnan(a) and math.isnan(b))
         return not math.isclose(a, b, rel_tol=0.0, abs_tol=tolerance) if tolerance else a != b
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() != b.keys() or any(_differ(a[k], b[k], tolerance) for k in a)
     if isinstance(a, list) and isinstance(b, list):
         return len(a) != len(b) or any(_differ(x, y, tolerance) for x, y in zip(a, b))
     return a != b
+
+
+def _shown(value) -> str:
+    return json.dumps(value)[:60]
 
 
 def first_difference(kept: list[dict], again: list[dict], tolerance: float = 0.0) -> str | None:
@@ -51,8 +57,7 @@ def first_difference(kept: list[dict], again: list[dict], tolerance: float = 0.0
     for old, new in zip(kept, again):
         for key in sorted(old.keys() - TIMING):  # a field added to the records later is not compared
             if key not in new or _differ(old[key], new[key], tolerance):
-                shown = lambda v: json.dumps(v)[:60]  # noqa: E731
-                return f"round {old.get('round')}: {key} kept {shown(old.get(key))}, rerun {shown(new.get(key))}"
+                return f"round {old.get('round')}: {key} kept {_shown(old.get(key))}, rerun {_shown(new.get(key))}"
     return None
 
 

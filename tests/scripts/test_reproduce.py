@@ -50,5 +50,8 @@ def test_a_changed_record_is_reported_with_its_round_and_field():
     assert reproduce.first_difference(kept, [kept[0], {**kept[1], "accuracy": 0.6 + 1e-7}]) is not None
     assert reproduce.first_difference(kept, [kept[0], {**kept[1], "ranks": [2, 8]}]).startswith("round 2: ranks")
     assert "2 rounds kept, 1 rerun" == reproduce.first_difference(kept, kept[:1])
+    nan = [{"round": 1, "share": float("nan")}]
+    assert reproduce.first_difference(nan, [{"round": 1, "share": float("nan")}]) is None
+    assert reproduce.first_difference(nan, [{"round": 1, "share": 0.5}]).startswith("round 1: share")
     lost = [kept[0], {k: v for k, v in kept[1].items() if k != "ranks"}]
     assert reproduce.first_difference(kept, lost).startswith("round 2: ranks")
