@@ -106,13 +106,17 @@ def _legacy_federation(table: Mapping[str, Any]) -> dict[str, Any]:
     return table
 
 
+# what a run folder written before federation.empty_partition existed did with an unreached partition
+EMPTY_PARTITION_BEFORE_KEY = "drop"
+
+
 def _legacy(data: dict[str, Any]) -> dict[str, Any]:
     """An older run folder's config as today's: the flat method keys, the reasoning task's
     ``bf16_autocast`` (now ``train.precision``), and ``federation.empty_partition``, which run
     folders hold resolved since it exists: one without it ran on code that always dropped."""
     data = dict(data)
     if isinstance(data.get("federation"), Mapping):
-        data["federation"] = {"empty_partition": "drop", **_legacy_federation(data["federation"])}
+        data["federation"] = {"empty_partition": EMPTY_PARTITION_BEFORE_KEY, **_legacy_federation(data["federation"])}
     task = data.get("task")
     if isinstance(task, Mapping) and "bf16_autocast" in task:
         task = dict(task)

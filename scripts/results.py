@@ -28,13 +28,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from raflora.config_io import EMPTY_PARTITION_BEFORE_KEY  # noqa: E402
 from raflora.lora import partition_order  # noqa: E402
 from raflora.report import load_runs  # noqa: E402
 from raflora.report.groups import stats  # noqa: E402
 from raflora.report.summary import build_report  # noqa: E402
 from raflora.report.sweep_table import attach_sweep, load_sweep, sweep_rows  # noqa: E402
-from raflora.report.tables import (energy_rows, markdown_table, paired_rows, size,  # noqa: E402
-                                   spread)
+from raflora.report.tables import (energy_rows, markdown_table, paired_rows, per_seed,  # noqa: E402
+                                   size, spread)
 
 HEADER = """# Results
 
@@ -46,11 +47,11 @@ the commit it ran on and its wall time. To reproduce an experiment, run its comm
 and replaces the kept files, then rebuild this page. `python scripts/reproduce.py RUN ...` reruns
 kept runs on the current code and compares every field of every round with the kept records
 (`--task synthetic`: every kept synthetic run); `make test` reruns the first 5 rounds of one kept
-synthetic run per method and fails when a change of the code moves a published number. "with uncommitted changes" after a commit
-means the working tree differed from it when the run started (in these runs: only the scripts and
-configs of this page, never `raflora/`). The machine: 2 CPU cores shared with other jobs (wall
-times include waiting for the cores), no GPU; every budget below was reduced to fit, as each
-experiment says.
+synthetic run per method and fails when a change of the code moves a published number. "with
+uncommitted changes" after a commit means the working tree differed from it when the run started
+(in these runs: only the scripts and configs of this page, never `raflora/`). The machine: 2 CPU
+cores shared with other jobs (wall times include waiting for the cores), no GPU; every budget
+below was reduced to fit, as each experiment says.
 
 Reading the tables: `mean ± std [min, max]` over seeds (std with divisor n - 1); a paired difference
 is taken seed by seed (same partition, same sampled clients, same initial adapters), so its sign
@@ -111,8 +112,7 @@ def loss_table(report: dict) -> list[str]:
         lines += ["", f"Paired differences of the test loss, reference {report['reference']} (lower is better):", ""]
         lines += markdown_table(["reference - other", "seeds", "final test loss", "per seed"],
                                 [[f"{p['reference']} - {p['other']}", str(p["final_loss"]["n"]), _signed(p["final_loss"]),
-                                  ", ".join(f"{s}: {d:+.4f}" for s, d in p["final_loss"]["per_seed"].items())]
-                                 for p in pairs])
+                                  per_seed(p["final_loss"], 4)] for p in pairs])
     return lines
 
 
@@ -126,10 +126,9 @@ def per_round_table(report: dict, field: str, digits: int) -> list[str]:
     return markdown_table(["round"] + [g["label"] for g in groups], rows)
 
 
-def trace_table(folder: Path, label: str) -> list[str]:
+def trace_table(folder: Path, runs: dict, label: str) -> list[str]:
     """One run's rounds: the ranks of the sampled clients and the energy per rank partition
     (``energy_by_partition`` of metrics.jsonl), to show what a round without high-rank clients does."""
-    runs = {r.label: r for r in load_runs([folder])}
     if label not in runs:
         raise SystemExit(f"error: {folder / 'about.toml'}: trace {label!r} is not a run; the runs are {', '.join(runs)}")
     run = runs[label]
@@ -140,13 +139,14 @@ def trace_table(folder: Path, label: str) -> list[str]:
     return markdown_table(["round", "ranks sampled"] + [f"directions {k}" for k in keys], rows)
 
 
-def experiment_report(folder: Path) -> dict:
+def experiment_report(folder: Path) -> tuple[dict, dict]:
+    """The experiment's runs (by label) and its report, read once for every table of the page."""
     runs = load_runs([folder])
     report = build_report(runs, _about(folder).get("reference"))
     sweep = load_sweep([folder])
     if sweep:
         attach_sweep(report, *sweep)
-    return report
+    return {run.label: run for run in runs}, report
 
 
 def _about(folder: Path) -> dict:
@@ -170,8 +170,8 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def experiment_section(folder: Path, img: Path, doc: Path) -> list[str]:
-    about, report = _about(folder), experiment_report(folder)
+def experiment_section(folder: Path, runs: dict, report: dict, img: Path, doc: Path) -> list[str]:
+    about = _about(folder)
     parts = _parts(folder)
     seeds = sorted({s for g in report["groups"] for s in g["seeds"]})
     commits = sorted({p["commit"][:10] + (" (with uncommitted changes)" if p.get("dirty") else "")
@@ -213,7 +213,7 @@ def experiment_section(folder: Path, img: Path, doc: Path) -> list[str]:
             lines += per_round_table(report, report["metric"], 4) + [""]
     for label in about.get("trace", []):
         lines += [f"Round by round, run `{label}`: the sampled clients' ranks and the energy per rank partition:", ""]
-        lines += trace_table(folder, label) + [""]
+        lines += trace_table(folder, runs, label) + [""]
     if about.get("contrast"):
         lines += contrast_table(report, about["contrast"]) + [""]
     if about.get("heatmap"):
@@ -254,8 +254,8 @@ NOT_YET = """## Not measured yet
   2c, 4 and 4b ran with `drop` (the published rule, and its default now); experiments 1e, 1f, 2e,
   2f, 4e, 4f, 6, 6b and 7 ran with `keep` (its default in between). Experiments 6 and 7 were
   repeated under `drop` (6c, 7b); for the others experiments 8, 8b and 8c give the paired
-  difference keep - drop on the same tasks instead. The baselines' rule never changed, and `scripts/reproduce.py` gives their kept runs'
-  records on the current code.
+  difference keep - drop on the same tasks instead. The baselines' rule never changed, and
+  `scripts/reproduce.py` gives their kept runs' records on the current code.
 """
 
 
@@ -282,7 +282,7 @@ def _seed_signs(pair: dict) -> str:
 HEADLINED = ("raflora", "carryover")  # the methods an experiment may be built around
 
 
-def headline_rows(folder: Path, report: dict) -> list[list[str]]:
+def headline_rows(folder: Path, runs: dict, report: dict) -> list[list[str]]:
     """For each group of an experiment whose reference is raflora or carryover: the other method of
     the same setting it trails most (the most negative paired difference of the final metric), and
     on how many seeds the reference is ahead / level / behind it."""
@@ -294,13 +294,13 @@ def headline_rows(folder: Path, report: dict) -> list[list[str]]:
     for pair in report["paired"]:
         if pair["final_metric"] is not None:
             by_reference.setdefault(pair["reference"], []).append(pair)
-    runs = {run.label: run for run in load_runs([folder])}
     groups = {g["label"]: g for g in report["groups"]}
     for ref, pairs in by_reference.items():
         worst = min(pairs, key=lambda p: p["final_metric"]["mean"])
         flexlora = [p for p in pairs if report_method(report, p["other"]) == "flexlora"]
-        # a run folder from before the key existed ran on code that dropped (config_io's legacy rule)
-        rule = runs[groups[ref]["runs"][0]].config.get("federation", {}).get("empty_partition", "drop")
+        # a run folder from before the key existed: config_io's legacy rule
+        federation = runs[groups[ref]["runs"][0]].config.get("federation", {})
+        rule = federation.get("empty_partition", EMPTY_PARTITION_BEFORE_KEY)
         rows.append([title, ref, rule, worst["other"], _signed(worst["final_metric"]), _seed_signs(worst),
                      _signed(flexlora[0]["final_metric"]) if flexlora else "-",
                      _seed_signs(flexlora[0]) if flexlora else "-"])
@@ -309,7 +309,8 @@ def headline_rows(folder: Path, report: dict) -> list[list[str]]:
 
 def build(results: Path, out: Path, img: Path, paper: Path | None = ROOT / "configs" / "paper") -> str:
     lines = [HEADER]
-    rows = [row for folder in experiments(results) for row in headline_rows(folder, experiment_report(folder))]
+    read = [(folder, *experiment_report(folder)) for folder in experiments(results)]
+    rows = [row for folder, runs, report in read for row in headline_rows(folder, runs, report)]
     if rows:
         lines += ["## At a glance", "",
                   "For every group of the method an experiment is built around (its reference: raflora, or "
@@ -322,8 +323,8 @@ def build(results: Path, out: Path, img: Path, paper: Path | None = ROOT / "conf
         lines += markdown_table(["experiment", "reference group", "unreached", "best other method", "reference - it",
                                  "seeds ahead / level / behind", "reference - flexlora",
                                  "seeds ahead / level / behind"], rows) + [""]
-    for folder in experiments(results):
-        lines += experiment_section(folder, img, out)
+    for folder, runs, report in read:
+        lines += experiment_section(folder, runs, report, img, out)
     lines += [NOT_YET]
     if paper is not None and paper.is_dir():
         lines += paper_section(paper)

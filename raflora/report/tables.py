@@ -80,7 +80,8 @@ def group_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _per_seed(diff: dict | None, digits: int) -> str:
+def per_seed(diff: dict | None, digits: int) -> str:
+    """A paired difference seed by seed: ``0: +0.0100, 1: -0.0050``."""
     if diff is None:
         return "-"
     return ", ".join(f"{seed}: {value:+.{digits}f}" for seed, value in diff["per_seed"].items())
@@ -101,9 +102,9 @@ def paired_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     for pair in report["paired"]:
         final = pair["final_metric"]
         rows.append([f"{pair['reference']} - {pair['other']}", "-" if final is None else f"{final['n']}",
-                     _signed(final, 4), _per_seed(final, 4), _signed(pair["best_metric"], 4),
-                     _per_seed(pair["best_metric"], 4), _signed(pair["rho_rmin_last"], 3),
-                     _per_seed(pair["rho_rmin_last"], 3)])
+                     _signed(final, 4), per_seed(final, 4), _signed(pair["best_metric"], 4),
+                     per_seed(pair["best_metric"], 4), _signed(pair["rho_rmin_last"], 3),
+                     per_seed(pair["rho_rmin_last"], 3)])
     return header, rows
 
 

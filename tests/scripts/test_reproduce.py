@@ -5,23 +5,12 @@ published number; the experiment must then be rerun (docs/results.md)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from . import ROOT, load_script
+
 RESULTS = ROOT / "results"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-reproduce = _load("reproduce")
+reproduce = load_script("reproduce")
 
 # every method once: experiment 2 ran the nine mixed-rank baselines and raflora (before
 # empty_partition existed: read as its code ran, dropping), experiment 6 carryover, 4e raflora keeping

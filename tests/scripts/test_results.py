@@ -3,21 +3,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from . import ROOT, load_script
 
 CONFIG = """
 [run]
@@ -82,7 +73,7 @@ def _row(text: str, start: str) -> list[str]:
 def test_tables_come_from_the_metrics(results):
     out, img = results / "docs" / "results.md", results / "docs" / "img"
     out.parent.mkdir()
-    text = _load("results").build(results / "results", out, img)
+    text = load_script("results").build(results / "results", out, img)
     assert out.read_text() == text
     assert "## Fake experiment" in text and "raflora compare fake.toml --seeds 0,1" in text
     assert "`0123456789`" in text and "1.5 min" in text and "**Conclusion.** raflora wins" in text
@@ -116,6 +107,6 @@ def test_tables_come_from_the_metrics(results):
 def test_the_committed_results_page_is_what_the_script_builds_from_the_committed_results(tmp_path):
     out = tmp_path / "docs" / "results.md"
     out.parent.mkdir()
-    text = _load("results").build(ROOT / "results", out, out.parent / "img")
+    text = load_script("results").build(ROOT / "results", out, out.parent / "img")
     committed = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
     assert text == committed, "docs/results.md is stale: run python scripts/results.py and commit it"
