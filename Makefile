@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.raflora-installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test test-fast bench results clean
+.PHONY: setup data demo test test-fast lint bench results clean
 
 setup: $(STAMP) data
 
@@ -33,8 +33,13 @@ data:
 demo: setup
 	$(PY) -m raflora.cli demo
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -q
+
+# ruff (lint and format) on the whole tree; config in pyproject.toml
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

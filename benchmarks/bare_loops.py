@@ -15,8 +15,8 @@ eval mode) differs between the tasks:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,8 +73,15 @@ def bare_peft_model(task, rank: int, alpha: float, dropout: float, scaling: str 
 
     if scaling not in ("lora", "rslora"):
         raise ValueError(f"the bare loop has PEFT's own scalings only ('lora', 'rslora'), not {scaling!r}")
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=task.target_modules,
-                        modules_to_save=task.head_modules or None, bias="none", use_rslora=scaling == "rslora")
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=task.target_modules,
+        modules_to_save=task.head_modules or None,
+        bias="none",
+        use_rslora=scaling == "rslora",
+    )
     return get_peft_model(task.load_model(), config)
 
 
@@ -92,8 +99,15 @@ def batch_indices(num_examples: int, batch_size: int, steps: int, seed: int) -> 
     return out
 
 
-def bare_train(model, batches: Sequence[dict], lrs: Sequence[float], weight_decay: float, grad_clip: float,
-               seed: int, loop: BareLoop = BARE_LOOPS["text"]) -> list[float]:
+def bare_train(
+    model,
+    batches: Sequence[dict],
+    lrs: Sequence[float],
+    weight_decay: float,
+    grad_clip: float,
+    seed: int,
+    loop: BareLoop = BARE_LOOPS["text"],
+) -> list[float]:
     """A plain PEFT + torch training loop over pre-built batches, step ``i`` at learning rate
     ``lrs[i]`` (the run's schedule); returns the step losses."""
     torch.manual_seed(seed)  # dropout draws
@@ -117,13 +131,13 @@ def bare_train(model, batches: Sequence[dict], lrs: Sequence[float], weight_deca
 def _lora_layers(model) -> dict:
     from peft.tuners.lora import LoraLayer
 
-    return {n[len(PREFIX):]: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+    return {n[len(PREFIX) :]: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
 
 
 def _heads(model) -> dict:
     from peft.utils.other import ModulesToSaveWrapper
 
-    return {n[len(PREFIX):]: m for n, m in model.named_modules() if isinstance(m, ModulesToSaveWrapper)}
+    return {n[len(PREFIX) :]: m for n, m in model.named_modules() if isinstance(m, ModulesToSaveWrapper)}
 
 
 def load_bare(model, factors, head) -> None:
@@ -138,13 +152,18 @@ def load_bare(model, factors, head) -> None:
 
 
 def bare_factors(model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    return {n: (l.lora_A["default"].weight.detach().clone(), l.lora_B["default"].weight.detach().clone())
-            for n, l in _lora_layers(model).items()}
+    return {
+        n: (layer.lora_A["default"].weight.detach().clone(), layer.lora_B["default"].weight.detach().clone())
+        for n, layer in _lora_layers(model).items()
+    }
 
 
 def bare_head(model) -> dict[str, torch.Tensor]:
-    return {f"{name}.{key}": p.detach().clone() for name, wrapper in _heads(model).items()
-            for key, p in wrapper.modules_to_save["default"].named_parameters()}
+    return {
+        f"{name}.{key}": p.detach().clone()
+        for name, wrapper in _heads(model).items()
+        for key, p in wrapper.modules_to_save["default"].named_parameters()
+    }
 
 
 def max_rel_diff(pairs) -> float:

@@ -17,7 +17,7 @@ The factors handed back are the same up to rounding
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -88,8 +88,9 @@ class StackedCopyResult(SVDResult):
         return balanced
 
 
-def aggregate_stacked_copy(method: str, updates: Sequence[ClientUpdate], workers: int | None = None,
-                           **options) -> SVDResult:
+def aggregate_stacked_copy(
+    method: str, updates: Sequence[ClientUpdate], workers: int | None = None, **options
+) -> SVDResult:
     """``aggregate`` as before issue 13's memory fix: every module's stacked ``B`` and ``A`` formed
     during the combine and held by the result for the whole round (today a
     :class:`~raflora.aggregation.stacking.Stack` keeps the clients' own factors and forms the stack
@@ -98,8 +99,7 @@ def aggregate_stacked_copy(method: str, updates: Sequence[ClientUpdate], workers
     result = aggregate(method, updates, **options)
     if not isinstance(result, SVDResult):
         raise ValueError(f"{method}: the stacked-copy baseline exists for the SVD methods only")
-    factors = {m: (f.pair() if isinstance(f, Stack) else f) for m in result.modules
-               for f in (result.delta_factors(m),)}
+    factors = {m: (f.pair() if isinstance(f, Stack) else f) for m in result.modules for f in (result.delta_factors(m),)}
     checked = check_updates(updates)
     old = StackedCopyResult(result.method, checked, factors, result.seed)
     return old if workers is None else old.precompute(workers)

@@ -25,7 +25,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import Sequence
+from collections.abc import Sequence
 
 from benchmarks.client_setup import ROOT, adapter_bytes, demo_config
 from benchmarks.common import machine_line, markdown_table, status_kib
@@ -36,9 +36,16 @@ QUICK_DATA = {"task.train_size": 600}
 
 
 def run_overrides(clients: int, steps: int, threads: int, quick: bool) -> dict:
-    values = {"federation.num_clients": clients, "federation.sample_fraction": 1.0, "train.local_steps": steps,
-              "run.rounds": 1, "run.threads": threads, "run.keep_checkpoints": 1, "eval.max_examples": 64,
-              "eval.every": 1}
+    values = {
+        "federation.num_clients": clients,
+        "federation.sample_fraction": 1.0,
+        "train.local_steps": steps,
+        "run.rounds": 1,
+        "run.threads": threads,
+        "run.keep_checkpoints": 1,
+        "eval.max_examples": 64,
+        "eval.every": 1,
+    }
     if quick:
         values.update(QUICK_DATA)
     return values
@@ -47,8 +54,8 @@ def run_overrides(clients: int, steps: int, threads: int, quick: bool) -> dict:
 def child(clients: int, steps: int, threads: int, quick: bool) -> dict:
     """One run in this (fresh) process; sizes in bytes."""
     from raflora.aggregation.method import Method
-    from raflora.runtimes.embedded import run_federation
     from raflora.ranks import client_ranks
+    from raflora.runtimes.embedded import run_federation
 
     # The resident set when the server starts aggregating: every client has trained and its update
     # is held, nothing of the aggregation exists yet.
@@ -66,15 +73,30 @@ def child(clients: int, steps: int, threads: int, quick: bool) -> dict:
         peak = status_kib("VmHWM") * 1024
         rss_end = status_kib("VmRSS") * 1024
     Method.aggregate = aggregate
-    return {"clients": clients, "peak_rss": peak, "rss_end": rss_end, "rss_at_aggregate": seen["rss_at_aggregate"],
-            "accepted": metrics[-1]["accepted"], "ranks": client_ranks(config.ranks, clients, config.run.seed),
-            "bytes_up": metrics[-1]["bytes_up"]}
+    return {
+        "clients": clients,
+        "peak_rss": peak,
+        "rss_end": rss_end,
+        "rss_at_aggregate": seen["rss_at_aggregate"],
+        "accepted": metrics[-1]["accepted"],
+        "ranks": client_ranks(config.ranks, clients, config.run.seed),
+        "bytes_up": metrics[-1]["bytes_up"],
+    }
 
 
 def measure(clients: int, steps: int, threads: int, quick: bool) -> dict:
     """Run :func:`child` in a fresh interpreter and return its numbers."""
-    cmd = [sys.executable, "-m", "benchmarks.client_memory", "--child", str(clients), "--steps", str(steps),
-           "--threads", str(threads)] + (["--quick"] if quick else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.client_memory",
+        "--child",
+        str(clients),
+        "--steps",
+        str(steps),
+        "--threads",
+        str(threads),
+    ] + (["--quick"] if quick else [])
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
@@ -94,10 +116,14 @@ def model_facts(quick: bool) -> dict:
     model = task.load_model()
     size = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
     targets = set(task.target_modules)
-    shapes = {name: tuple(m.weight.shape) for name, m in model.named_modules()
-              if name.rsplit(".", 1)[-1] in targets and hasattr(m, "weight")}
-    head = sum(p.numel() * p.element_size() for name in task.head_modules
-               for p in model.get_submodule(name).parameters())
+    shapes = {
+        name: tuple(m.weight.shape)
+        for name, m in model.named_modules()
+        if name.rsplit(".", 1)[-1] in targets and hasattr(m, "weight")
+    }
+    head = sum(
+        p.numel() * p.element_size() for name in task.head_modules for p in model.get_submodule(name).parameters()
+    )
     return {"model_bytes": size, "shapes": shapes, "head_bytes": head, "model": config.task.options.get("model")}
 
 
@@ -116,26 +142,41 @@ def run(quick: bool = False, clients: Sequence[int] = (10, 100), steps: int = 2,
         extra_adapters = r["adapter_bytes"] - base["adapter_bytes"]
         r["growth_vs_adapters"] = r["growth"] / extra_adapters if more else None
         r["growth_in_models"] = r["growth"] / facts["model_bytes"]
-    return {"rows": rows, "model_bytes": facts["model_bytes"], "head_bytes": facts["head_bytes"],
-            "config": {"model": facts["model"], "steps": steps, "threads": threads, "modules": len(facts["shapes"])}}
+    return {
+        "rows": rows,
+        "model_bytes": facts["model_bytes"],
+        "head_bytes": facts["head_bytes"],
+        "config": {"model": facts["model"], "steps": steps, "threads": threads, "modules": len(facts["shapes"])},
+    }
 
 
 def table(out: dict) -> str:
     cfg = out["config"]
-    headers = ["clients", "peak RSS MiB", "growth over first row MiB", "RSS when aggregation starts MiB (growth)",
-               "growth per extra client KiB", "adapter per client KiB (mean rank)",
-               "growth / extra clients' adapters", "growth in model copies"]
+    headers = [
+        "clients",
+        "peak RSS MiB",
+        "growth over first row MiB",
+        "RSS when aggregation starts MiB (growth)",
+        "growth per extra client KiB",
+        "adapter per client KiB (mean rank)",
+        "growth / extra clients' adapters",
+        "growth in model copies",
+    ]
     rows = []
     for r in out["rows"]:
         mean_rank = sum(r["ranks"]) / len(r["ranks"])
-        rows.append([
-            r["clients"], f"{r['peak_rss'] / MIB:.1f}", f"{r['growth'] / MIB:.1f}",
-            f"{r['rss_at_aggregate'] / MIB:.1f} ({r['held_growth'] / MIB:+.1f})",
-            "-" if r["growth_per_client"] is None else f"{r['growth_per_client'] / 1024:.0f}",
-            f"{r['adapter_bytes_per_client'] / 1024:.0f} ({mean_rank:.2f})",
-            "-" if r["growth_vs_adapters"] is None else f"{r['growth_vs_adapters']:.2f}x",
-            f"{r['growth_in_models']:.3f}",
-        ])
+        rows.append(
+            [
+                r["clients"],
+                f"{r['peak_rss'] / MIB:.1f}",
+                f"{r['growth'] / MIB:.1f}",
+                f"{r['rss_at_aggregate'] / MIB:.1f} ({r['held_growth'] / MIB:+.1f})",
+                "-" if r["growth_per_client"] is None else f"{r['growth_per_client'] / 1024:.0f}",
+                f"{r['adapter_bytes_per_client'] / 1024:.0f} ({mean_rank:.2f})",
+                "-" if r["growth_vs_adapters"] is None else f"{r['growth_vs_adapters']:.2f}x",
+                f"{r['growth_in_models']:.3f}",
+            ]
+        )
     return (
         f"model {cfg['model']}: {out['model_bytes'] / MIB:.1f} MiB of parameters and buffers, "
         f"{cfg['modules']} adapted modules, head {out['head_bytes'] / 1024:.1f} KiB; 1 round, "
@@ -155,8 +196,9 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
         print(json.dumps(child(args.child, args.steps, args.threads, args.quick)))
         return None
     print(f"machine: {machine_line()}\n")
-    out = run(quick=args.quick, clients=[int(x) for x in args.clients.split(",")], steps=args.steps,
-              threads=args.threads)
+    out = run(
+        quick=args.quick, clients=[int(x) for x in args.clients.split(",")], steps=args.steps, threads=args.threads
+    )
     print(table(out))
     return out
 

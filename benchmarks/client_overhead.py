@@ -32,12 +32,21 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
-from benchmarks.bare_loops import (BARE_LOOPS, bare_factors, bare_head, bare_peft_model, bare_train, batch_indices,
-                                   load_bare, max_rel_diff, same_work)
+from benchmarks.bare_loops import (
+    BARE_LOOPS,
+    bare_factors,
+    bare_head,
+    bare_peft_model,
+    bare_train,
+    batch_indices,
+    load_bare,
+    max_rel_diff,
+    same_work,
+)
 from benchmarks.client_setup import TASK_CONFIGS, task_config
 from benchmarks.common import machine_line, markdown_table, median, spread
 from raflora.client.train import num_local_steps
@@ -87,7 +96,7 @@ def _components(setup, state, client: int, repeats: int) -> dict[str, float]:
     # every training and test article there).
     fresh = build_task(setup.config.task.name, **setup.config.task.options)
     if hasattr(fresh, "tokenizer"):
-        fresh.tokenizer  # loading the tokenizer is not part of it
+        _ = fresh.tokenizer  # loading the tokenizer is not part of it
     out["prepare_once"] = _clock(lambda: fresh.prepare(list(setup.data.train) + list(setup.test)))[0]
     out["prepare_examples"] = len(setup.data.train) + len(setup.test)
     return out
@@ -112,18 +121,30 @@ def agreement_check(setup, state, round_: int, client: int, bare, batches, loop)
     """Train ``client`` both ways from the same start: its mean loss, trained factors and head."""
     train, rank = setup.config.train, setup.ranks[client]
     load_bare(bare, state.starts[rank], state.head)
-    bare_losses = bare_train(bare, batches, client_lrs(setup, round_, len(batches)), train.weight_decay,
-                             train.grad_clip, setup.client_seed(round_, client), loop)
+    bare_losses = bare_train(
+        bare,
+        batches,
+        client_lrs(setup, round_, len(batches)),
+        train.weight_decay,
+        train.grad_clip,
+        setup.client_seed(round_, client),
+        loop,
+    )
     turn = run_client(setup, state, round_, client, {})
     mine = bare_factors(bare)
     head = bare_head(bare)
     return {
-        "client": client, "rank": rank, "runtime_loss": turn.loss, "bare_loss": sum(bare_losses) / len(bare_losses),
+        "client": client,
+        "rank": rank,
+        "runtime_loss": turn.loss,
+        "bare_loss": sum(bare_losses) / len(bare_losses),
         "factor_max_rel_err": max_rel_diff(
             [(turn.update.factors[m].A, A) for m, (A, _) in mine.items()]
-            + [(turn.update.factors[m].B, B) for m, (_, B) in mine.items()]),
+            + [(turn.update.factors[m].B, B) for m, (_, B) in mine.items()]
+        ),
         "head_max_rel_err": max_rel_diff([(turn.head[k], v) for k, v in head.items()]),
-        "factors": len(mine), "head_tensors": len(head),
+        "factors": len(mine),
+        "head_tensors": len(head),
     }
 
 
@@ -132,8 +153,14 @@ def client_lrs(setup, round_: int, steps: int) -> list[float]:
     return [setup.lr_at(round_, step / steps) for step in range(steps)]
 
 
-def run(quick: bool = False, repeats: int = 5, threads: int = 2, clients: Sequence[int] | None = None,
-        overrides: dict | None = None, task: str = "text") -> dict:
+def run(
+    quick: bool = False,
+    repeats: int = 5,
+    threads: int = 2,
+    clients: Sequence[int] | None = None,
+    overrides: dict | None = None,
+    task: str = "text",
+) -> dict:
     """Time one round's client training both ways, ``repeats`` times after one warm-up."""
     with tempfile.TemporaryDirectory() as tmp:
         config = task_config(task, tmp, quick, {"run.threads": threads, **(overrides or {})})
@@ -149,8 +176,9 @@ def run(quick: bool = False, repeats: int = 5, threads: int = 2, clients: Sequen
     clients = list(clients)
     ranks = sorted({setup.ranks[c] for c in clients})
     torch.manual_seed(0)
-    bare = {r: bare_peft_model(setup.task, r, config.lora.alpha, config.lora.dropout, config.lora.scaling)
-            for r in ranks}
+    bare = {
+        r: bare_peft_model(setup.task, r, config.lora.alpha, config.lora.dropout, config.lora.scaling) for r in ranks
+    }
     batches = {}
     for c in clients:
         examples = setup.client_examples(c)
@@ -163,8 +191,15 @@ def run(quick: bool = False, repeats: int = 5, threads: int = 2, clients: Sequen
         return run_client(setup, state, round_, c, {})
 
     def bare_client(c):
-        return bare_train(bare[setup.ranks[c]], batches[c], lrs[c], train.weight_decay, train.grad_clip,
-                          setup.client_seed(round_, c), loop)
+        return bare_train(
+            bare[setup.ranks[c]],
+            batches[c],
+            lrs[c],
+            train.weight_decay,
+            train.grad_clip,
+            setup.client_seed(round_, c),
+            loop,
+        )
 
     # Same work: one client trained both ways from the same start gives the same losses and factors.
     check = clients[0]
@@ -197,24 +232,37 @@ def run(quick: bool = False, repeats: int = 5, threads: int = 2, clients: Sequen
         mine = [c for c in clients if setup.ranks[c] == r]
         rt = sum(median(per_client[c]["runtime"]) for c in mine)
         bt = sum(median(per_client[c]["bare"]) for c in mine)
-        rows.append({"rank": r, "clients": len(mine), "runtime_s": rt / len(mine), "bare_s": bt / len(mine),
-                     "ratio": rt / bt})
+        rows.append(
+            {"rank": r, "clients": len(mine), "runtime_s": rt / len(mine), "bare_s": bt / len(mine), "ratio": rt / bt}
+        )
     paired = [a / b for a, b in zip(times["runtime"], times["bare"])]
     summary = {
-        "runtime_s": median(times["runtime"]), "bare_s": median(times["bare"]),
-        "runtime_range": spread(times["runtime"]), "bare_range": spread(times["bare"]),
+        "runtime_s": median(times["runtime"]),
+        "bare_s": median(times["bare"]),
+        "runtime_range": spread(times["runtime"]),
+        "bare_range": spread(times["bare"]),
         "ratio": median(times["runtime"]) / median(times["bare"]),
-        "paired_ratio": median(paired), "paired_range": spread(paired),
+        "paired_ratio": median(paired),
+        "paired_range": spread(paired),
         "cpu_ratio": median(cpu["runtime"]) / median(cpu["bare"]),
         "repeats": repeats,
     }
     return {
-        "round": summary, "rows": rows, "agreement": agreement,
+        "round": summary,
+        "rows": rows,
+        "agreement": agreement,
         "components": _components(setup, state, clients[0], max(3, repeats)),
-        "config": {"task": task, "model": config.task.options.get("model"), "clients": len(clients),
-                   "steps": train.local_steps,
-                   "batch_size": train.batch_size, "max_length": config.task.options.get("max_length"),
-                   "threads": threads, "repeats": repeats, "transport": config.federation.transport_dtype},
+        "config": {
+            "task": task,
+            "model": config.task.options.get("model"),
+            "clients": len(clients),
+            "steps": train.local_steps,
+            "batch_size": train.batch_size,
+            "max_length": config.task.options.get("max_length"),
+            "threads": threads,
+            "repeats": repeats,
+            "transport": config.federation.transport_dtype,
+        },
     }
 
 
@@ -223,26 +271,38 @@ def table(out: dict) -> str:
     ms = 1000.0
     round_table = markdown_table(
         ["path", "round training s (median)", "range s", "per client ms", "runtime / bare"],
-        [["bare PEFT loop", f"{s['bare_s']:.3f}", s["bare_range"], f"{s['bare_s'] / cfg['clients'] * ms:.0f}", "-"],
-         ["raflora run_client", f"{s['runtime_s']:.3f}", s["runtime_range"],
-          f"{s['runtime_s'] / cfg['clients'] * ms:.0f}",
-          f"{s['ratio']:.3f} (paired {s['paired_ratio']:.3f}, range {s['paired_range']}; CPU {s['cpu_ratio']:.3f})"]],
+        [
+            ["bare PEFT loop", f"{s['bare_s']:.3f}", s["bare_range"], f"{s['bare_s'] / cfg['clients'] * ms:.0f}", "-"],
+            [
+                "raflora run_client",
+                f"{s['runtime_s']:.3f}",
+                s["runtime_range"],
+                f"{s['runtime_s'] / cfg['clients'] * ms:.0f}",
+                f"{s['ratio']:.3f} (paired {s['paired_ratio']:.3f}, range {s['paired_range']}; CPU {s['cpu_ratio']:.3f})",
+            ],
+        ],
     )
     rank_table = markdown_table(
         ["rank", "clients", "bare ms per client", "runtime ms per client", "runtime / bare"],
-        [[r["rank"], r["clients"], f"{r['bare_s'] * ms:.0f}", f"{r['runtime_s'] * ms:.0f}", f"{r['ratio']:.3f}"]
-         for r in out["rows"]],
+        [
+            [r["rank"], r["clients"], f"{r['bare_s'] * ms:.0f}", f"{r['runtime_s'] * ms:.0f}", f"{r['ratio']:.3f}"]
+            for r in out["rows"]
+        ],
     )
     a = out["agreement"]
     c = out["components"]
     parts = markdown_table(
         ["runtime piece (one client, timed alone)", "ms"],
-        [["activate adapter + load start factors + head", f"{c['swap_in'] * ms:.2f}"],
-         ["extract factors + head", f"{c['extract'] * ms:.2f}"],
-         [f"wire down + up ({cfg['transport']})", f"{c['wire'] * ms:.2f}"],
-         [f"collate {cfg['steps']} batches (in the steps)", f"{c['collate'] * ms:.2f}"],
-         [f"once per run, before round 1: Task.prepare of {c['prepare_examples']} examples",
-          f"{c['prepare_once'] * ms:.0f}"]],
+        [
+            ["activate adapter + load start factors + head", f"{c['swap_in'] * ms:.2f}"],
+            ["extract factors + head", f"{c['extract'] * ms:.2f}"],
+            [f"wire down + up ({cfg['transport']})", f"{c['wire'] * ms:.2f}"],
+            [f"collate {cfg['steps']} batches (in the steps)", f"{c['collate'] * ms:.2f}"],
+            [
+                f"once per run, before round 1: Task.prepare of {c['prepare_examples']} examples",
+                f"{c['prepare_once'] * ms:.0f}",
+            ],
+        ],
     )
     tokens = f", max_length {cfg['max_length']}" if cfg["max_length"] is not None else ""
     head = f", head max relative difference {a['head_max_rel_err']:.1e}" if a["head_tensors"] else ""
@@ -257,9 +317,13 @@ def table(out: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=sorted(TASK_CONFIGS), default="text",
-                        help="text: MiniLM on BBC News (the demo); vision: EfficientNet-Lite0 on Fashion-MNIST; "
-                             "reasoning: SmolLM2-135M on chain_sum")
+    parser.add_argument(
+        "--task",
+        choices=sorted(TASK_CONFIGS),
+        default="text",
+        help="text: MiniLM on BBC News (the demo); vision: EfficientNet-Lite0 on Fashion-MNIST; "
+        "reasoning: SmolLM2-135M on chain_sum",
+    )
     parser.add_argument("--quick", action="store_true", help="the task's tiny random model")
     parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (default: 3)")
     parser.add_argument("--threads", type=int, default=2)

@@ -6,8 +6,9 @@ reduced to a few clients and steps (``--quick``: their tiny random models)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from raflora.config import Config
 from raflora.config_io import load_config
@@ -51,8 +52,7 @@ TASK_CONFIGS: dict[str, tuple[Path, dict[str, Any], dict[str, Any]]] = {
 }
 
 
-def task_config(task: str, out: str | Path, quick: bool = False,
-                overrides: Mapping[str, Any] | None = None) -> Config:
+def task_config(task: str, out: str | Path, quick: bool = False, overrides: Mapping[str, Any] | None = None) -> Config:
     """The benchmark's config for ``task`` ("text": the demo config) writing into ``out``."""
     if task not in TASK_CONFIGS:
         raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASK_CONFIGS)}")

@@ -11,7 +11,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -67,8 +67,9 @@ def make_updates(
 
 def uploaded_bytes(updates: Sequence[ClientUpdate]) -> int:
     """Bytes of the uploaded factors as tensors in memory."""
-    return sum(f.A.numel() * f.A.element_size() + f.B.numel() * f.B.element_size()
-               for u in updates for f in u.factors.values())
+    return sum(
+        f.A.numel() * f.A.element_size() + f.B.numel() * f.B.element_size() for u in updates for f in u.factors.values()
+    )
 
 
 BEFORE = ":full-svd"  # suffix naming the path before the top-k fix (see server_round)

@@ -13,16 +13,15 @@ on the same factors), timed in the same process, so the two columns are before a
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from benchmarks.common import (
     LLAMA_DIM,
     LLAMA_MODULES,
     LLAMA_RANKS,
-    METHODS,
     machine_line,
-    markdown_table,
     make_updates,
+    markdown_table,
     median,
     repeat,
     set_threads,
@@ -53,15 +52,23 @@ def run(
 
         after = repeat(values_only, repeats)
         before = repeat(full_svd, repeats)
-        rows.append({"method": method, "full_svd_s": median(before), "values_only_s": median(after),
-                     "speedup": median(before) / median(after)})
+        rows.append(
+            {
+                "method": method,
+                "full_svd_s": median(before),
+                "values_only_s": median(after),
+                "speedup": median(before) / median(after),
+            }
+        )
     return {"rows": rows, "config": {"dim": dim, "modules": num_modules, "repeats": repeats}}
 
 
 def table(out: dict) -> str:
     cfg = out["config"]
-    rows = [[r["method"], f"{r['full_svd_s']:.3g}", f"{r['values_only_s']:.3g}", f"{r['speedup']:.2f}x"]
-            for r in out["rows"]]
+    rows = [
+        [r["method"], f"{r['full_svd_s']:.3g}", f"{r['values_only_s']:.3g}", f"{r['speedup']:.2f}x"]
+        for r in out["rows"]
+    ]
     return (
         f"Diagnostics (singular values of every module), {cfg['modules']} modules of {cfg['dim']} x {cfg['dim']}, "
         f"median of {cfg['repeats']}.\n\n"

@@ -33,8 +33,8 @@ import os
 import resource
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from benchmarks.baseline import STACKED_COPY
 from benchmarks.common import (
@@ -43,8 +43,8 @@ from benchmarks.common import (
     LLAMA_RANKS,
     METHODS,
     machine_line,
-    markdown_table,
     make_updates,
+    markdown_table,
     server_round,
     set_threads,
     split_variant,
@@ -98,8 +98,14 @@ def child(method: str, dim: int, modules: int, mode: str, threads: int) -> dict:
     after = status_kib("VmRSS") * 1024
     del result, kept
     return {
-        "method": method, "mode": mode, "modules": modules, "dim": dim, "probe": probe,
-        "uploaded_bytes": uploaded, "rss_before": before, "peak_extra": peak - baseline,
+        "method": method,
+        "mode": mode,
+        "modules": modules,
+        "dim": dim,
+        "probe": probe,
+        "uploaded_bytes": uploaded,
+        "rss_before": before,
+        "peak_extra": peak - baseline,
         "held_after": after - before,
     }
 
@@ -137,12 +143,29 @@ def run(
 def table(out: dict) -> str:
     cfg = out["config"]
     mib = 1024 * 1024
-    headers = ["method", "client factors", "modules", "uploaded MiB", "peak extra MiB", "peak / uploaded",
-               "held after MiB", "held / uploaded", "probe"]
+    headers = [
+        "method",
+        "client factors",
+        "modules",
+        "uploaded MiB",
+        "peak extra MiB",
+        "peak / uploaded",
+        "held after MiB",
+        "held / uploaded",
+        "probe",
+    ]
     rows = [
-        [r["method"] if r["method"] != "dense" else "dense sum + full SVD (FlexLoRA reference)",
-         r["mode"], r["modules"], f"{r['uploaded_bytes'] / mib:.1f}", f"{r['peak_extra'] / mib:.1f}",
-         f"{r['peak_ratio']:.2f}x", f"{r['held_after'] / mib:.1f}", f"{r['held_ratio']:.2f}x", r["probe"]]
+        [
+            r["method"] if r["method"] != "dense" else "dense sum + full SVD (FlexLoRA reference)",
+            r["mode"],
+            r["modules"],
+            f"{r['uploaded_bytes'] / mib:.1f}",
+            f"{r['peak_extra'] / mib:.1f}",
+            f"{r['peak_ratio']:.2f}x",
+            f"{r['held_after'] / mib:.1f}",
+            f"{r['held_ratio']:.2f}x",
+            r["probe"],
+        ]
         for r in out["rows"]
     ]
     return (

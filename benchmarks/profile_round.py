@@ -13,12 +13,20 @@ from __future__ import annotations
 
 import argparse
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import LLAMA_DIM, LLAMA_RANKS, machine_line, make_updates, markdown_table, server_round, set_threads
+from benchmarks.common import (
+    LLAMA_DIM,
+    LLAMA_RANKS,
+    machine_line,
+    make_updates,
+    markdown_table,
+    server_round,
+    set_threads,
+)
 
 # aten op -> what it does in the round (anything else: "other").
 GROUPS = {
@@ -59,8 +67,9 @@ def run(paths: Sequence[str], num_modules: int = 16, dim: int = LLAMA_DIM) -> di
 
 def table(out: dict) -> str:
     paths = list(out["paths"])
-    groups = sorted({g for p in paths for g in out["paths"][p]},
-                    key=lambda g: -max(out["paths"][p].get(g, 0.0) for p in paths))
+    groups = sorted(
+        {g for p in paths for g in out["paths"][p]}, key=lambda g: -max(out["paths"][p].get(g, 0.0) for p in paths)
+    )
     totals = {p: sum(out["paths"][p].values()) for p in paths}
     headers = ["where"] + [f"{p} share" for p in paths] + [f"{p} ms per module" for p in paths]
     rows = []
@@ -68,10 +77,15 @@ def table(out: dict) -> str:
         shares = [f"{100 * out['paths'][p].get(g, 0.0) / totals[p]:.0f}%" for p in paths]
         per_module = [f"{1e3 * out['paths'][p].get(g, 0.0) / out['modules']:.1f}" for p in paths]
         rows.append([g] + shares + per_module)
-    rows.append(["total (profiled self CPU)"] + ["100%"] * len(paths)
-                + [f"{1e3 * totals[p] / out['modules']:.1f}" for p in paths])
-    head = (f"Profile of one round, {out['modules']} modules of {out['dim']} x {out['dim']}, ranks "
-            f"{list(LLAMA_RANKS)}, float32, {torch.get_num_threads()} intra-op thread(s).\n\n")
+    rows.append(
+        ["total (profiled self CPU)"]
+        + ["100%"] * len(paths)
+        + [f"{1e3 * totals[p] / out['modules']:.1f}" for p in paths]
+    )
+    head = (
+        f"Profile of one round, {out['modules']} modules of {out['dim']} x {out['dim']}, ranks "
+        f"{list(LLAMA_RANKS)}, float32, {torch.get_num_threads()} intra-op thread(s).\n\n"
+    )
     return head + markdown_table(headers, rows)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -107,13 +107,21 @@ def candidates(updates, module: str, top: int, shared: bool = False) -> list[lis
 
     def errors(S: torch.Tensor) -> tuple[str, str]:
         S = S.double()[: exact.shape[0]]
-        return (f"{float((S - exact).abs().max() / exact[0]):.1e}",
-                f"{float(((S[:top] - exact[:top]).abs() / exact[:top]).max()):.1e}")
+        return (
+            f"{float((S - exact).abs().max() / exact[0]):.1e}",
+            f"{float(((S[:top] - exact[:top]).abs() / exact[:top]).max()):.1e}",
+        )
 
     qr_S = product_top_svd(B, A, top)[1]
     case = "near-duplicate columns" if shared else "independent Gaussian factors"
-    rows = [[case, "Householder QR, R only (the round's)", f"{least_cpu_ms(lambda: torch.linalg.qr(B, mode='r'), 7):.2f}",
-             *errors(qr_S)]]
+    rows = [
+        [
+            case,
+            "Householder QR, R only (the round's)",
+            f"{least_cpu_ms(lambda: torch.linalg.qr(B, mode='r'), 7):.2f}",
+            *errors(qr_S),
+        ]
+    ]
     for name, dtype in (("Gram B^T B, float32", torch.float32), ("Gram B^T B, float64", torch.float64)):
         b = B.to(dtype)
         rows.append([case, name, f"{least_cpu_ms(lambda: b.T @ b, 7):.2f}", *errors(gram_singular_values(B, A, dtype))])
@@ -132,13 +140,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
     module = next(iter(updates[0].factors))
     candidate_rows = candidates(updates, module, max(LLAMA_RANKS)) + candidates(updates, module, max(LLAMA_RANKS), True)
     print(f"machine: {machine_line()}\n")
-    print(f"Per module, {modules} modules of {dim} x {dim}, ranks {list(LLAMA_RANKS)}, one thread, "
-          "thread CPU ms (minimum of 3):\n")
+    print(
+        f"Per module, {modules} modules of {dim} x {dim}, ranks {list(LLAMA_RANKS)}, one thread, "
+        "thread CPU ms (minimum of 3):\n"
+    )
     print(markdown_table(["stage", "ms per module"], stage_rows))
-    print(f"\nOne module's {dim} x {sum(LLAMA_RANKS)} stack: time of the orthogonalisation step (minimum of 7) and "
-          "the singular values' error against the dense float64 SVD:\n")
-    print(markdown_table(["stacks", "way", "ms", "max error / sigma_1", f"max relative error, top {max(LLAMA_RANKS)}"],
-                         candidate_rows))
+    print(
+        f"\nOne module's {dim} x {sum(LLAMA_RANKS)} stack: time of the orthogonalisation step (minimum of 7) and "
+        "the singular values' error against the dense float64 SVD:\n"
+    )
+    print(
+        markdown_table(
+            ["stacks", "way", "ms", "max error / sigma_1", f"max relative error, top {max(LLAMA_RANKS)}"],
+            candidate_rows,
+        )
+    )
     return {"stages": stage_rows, "candidates": candidate_rows}
 
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
-from benchmarks.common import machine_line, markdown_table, median, make_updates, repeat, set_threads
+from benchmarks.common import machine_line, make_updates, markdown_table, median, repeat, set_threads
 from raflora import aggregate
 
 
@@ -92,22 +92,41 @@ def run(
     return {
         "clients": by_clients,
         "ranks": by_rank,
-        "config": {"dim": dim, "method": method, "client_ranks": list(client_ranks),
-                   "rank_clients": rank_clients, "repeats": repeats},
+        "config": {
+            "dim": dim,
+            "method": method,
+            "client_ranks": list(client_ranks),
+            "rank_clients": rank_clients,
+            "repeats": repeats,
+        },
     }
 
 
 def table(out: dict) -> str:
     cfg = out["config"]
-    headers = ["clients", "R = sum r_i", "round s", "aggregate s", "client_factors s",
-               "measured ratio", "model ratio", "measured / fit"]
+    headers = [
+        "clients",
+        "R = sum r_i",
+        "round s",
+        "aggregate s",
+        "client_factors s",
+        "measured ratio",
+        "model ratio",
+        "measured / fit",
+    ]
 
     def rows(items):
         return [
-            [r["clients"], r["R"], f"{r['round_s']:.3g}", f"{r['aggregate_s']:.3g}", f"{r['client_factors_s']:.3g}",
-             "-" if r["measured_ratio"] is None else f"{r['measured_ratio']:.3g}",
-             "-" if r["model_ratio"] is None else f"{r['model_ratio']:.3g}",
-             f"{r['fit']:.2f}"]
+            [
+                r["clients"],
+                r["R"],
+                f"{r['round_s']:.3g}",
+                f"{r['aggregate_s']:.3g}",
+                f"{r['client_factors_s']:.3g}",
+                "-" if r["measured_ratio"] is None else f"{r['measured_ratio']:.3g}",
+                "-" if r["model_ratio"] is None else f"{r['model_ratio']:.3g}",
+                f"{r['fit']:.2f}",
+            ]
             for r in items
         ]
 

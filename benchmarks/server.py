@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -32,9 +32,9 @@ from benchmarks.common import (
     LLAMA_RANKS,
     METHODS,
     machine_line,
+    make_updates,
     markdown_table,
     median,
-    make_updates,
     repeat,
     server_round,
     set_threads,
@@ -101,8 +101,10 @@ def floor(updates, workers: int = 2, repeats: int = 3) -> dict[str, float]:
     from raflora.aggregation.workers import for_each_module
 
     modules = list(updates[0].factors)
-    stacks = {m: (torch.cat([u.factors[m].B for u in updates], dim=1),
-                  torch.cat([u.factors[m].A for u in updates], dim=0)) for m in modules}
+    stacks = {
+        m: (torch.cat([u.factors[m].B for u in updates], dim=1), torch.cat([u.factors[m].A for u in updates], dim=0))
+        for m in modules
+    }
 
     def read():
         for u in updates:
@@ -152,23 +154,30 @@ def run(
 
     variants = [(method, {}) for method in methods]
     for w in workers:  # only the SVD methods' rounds are exactly what workers= precomputes
-        variants += [(method, {"workers": w}) for method in methods
-                     if method in ("flexlora", "raflora", "raflora" + STACKED_COPY)]
+        variants += [
+            (method, {"workers": w})
+            for method in methods
+            if method in ("flexlora", "raflora", "raflora" + STACKED_COPY)
+        ]
     rows = []
     for method, options in variants:
         per_module, per_module_cpu = [], []
         for module in sample:
             one = single_module(updates, module)
             cpu: list[float] = []
-            per_module.append(median(repeat(lambda: server_round(method, one, keep=False, **options), repeats, cpu=cpu)))
+            per_module.append(
+                median(repeat(lambda: server_round(method, one, keep=False, **options), repeats, cpu=cpu))
+            )
             per_module_cpu.append(median(cpu))
-        rows.append({
-            "method": method + "".join(f", {k}={v}" for k, v in options.items()),
-            "per_module_ms": 1e3 * median(per_module),
-            "per_module_cpu_ms": 1e3 * median(per_module_cpu),
-            "speedup_vs_dense": dense_median / median(per_module),
-            "speedup_vs_dense_cpu": median(dense_cpu) / median(per_module_cpu),
-        })
+        rows.append(
+            {
+                "method": method + "".join(f", {k}={v}" for k, v in options.items()),
+                "per_module_ms": 1e3 * median(per_module),
+                "per_module_cpu_ms": 1e3 * median(per_module_cpu),
+                "speedup_vs_dense": dense_median / median(per_module),
+                "speedup_vs_dense_cpu": median(dense_cpu) / median(per_module_cpu),
+            }
+        )
     # Whole rounds, interleaved (repetition 1 of every variant, then 2, ...), so a burst of load
     # from other processes spreads over the variants instead of landing on one; the per-module
     # runs above were the warm-up.
@@ -176,8 +185,9 @@ def run(
     round_cpu = [[] for _ in variants]
     for _ in range(repeats):
         for i, (method, options) in enumerate(variants):
-            round_times[i] += repeat(lambda: server_round(method, updates, keep=False, **options), 1, warmup=0,
-                                     cpu=round_cpu[i])
+            round_times[i] += repeat(
+                lambda: server_round(method, updates, keep=False, **options), 1, warmup=0, cpu=round_cpu[i]
+            )
     for row, (method, options), times, cpu in zip(rows, variants, round_times, round_cpu):
         row.update(round_s=median(times), round_spread=spread(times), round_cpu_s=median(cpu))
         if method in ("flexlora", "raflora") and not options:  # agreement: on the current path
@@ -213,8 +223,10 @@ def table(out: dict) -> str:
     )
     if "floor" in out:
         f = out["floor"]
-        head += (f"Floor on this machine: reading every factor once {f['read_s']:.3g} s + the stacked QRs "
-                 f"({f['workers']} modules at a time) {f['qr_s']:.3g} s = {f['floor_s']:.3g} s.\n")
+        head += (
+            f"Floor on this machine: reading every factor once {f['read_s']:.3g} s + the stacked QRs "
+            f"({f['workers']} modules at a time) {f['qr_s']:.3g} s = {f['floor_s']:.3g} s.\n"
+        )
     rows = [
         [
             r["method"],
@@ -230,9 +242,18 @@ def table(out: dict) -> str:
         ]
         for r in out["rows"]
     ]
-    headers = ["method", "round s (median)", "round range s", "round CPU s", "per module ms", "per module CPU ms",
-               "speedup vs dense (wall)", "speedup vs dense (CPU)",
-               "sigma rel err vs dense", "client B A rel err vs dense"]
+    headers = [
+        "method",
+        "round s (median)",
+        "round range s",
+        "round CPU s",
+        "per module ms",
+        "per module CPU ms",
+        "speedup vs dense (wall)",
+        "speedup vs dense (CPU)",
+        "sigma rel err vs dense",
+        "client B A rel err vs dense",
+    ]
     return head + "\n" + markdown_table(headers, rows)
 
 
@@ -243,20 +264,30 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--modules", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dense-modules", type=int, default=2)
-    parser.add_argument("--methods", default=",".join(METHODS + ("raflora" + STACKED_COPY, "raflora" + EXPLICIT_Q,
-                                                                 "raflora" + BEFORE)),
-                        help=f"'raflora{EXPLICIT_Q}' is raflora's path before issue 4's fix, "
-                             f"'raflora{BEFORE}' the one before the top-k fix")
-    parser.add_argument("--workers", default="2",
-                        help="comma-separated worker counts for extra flexlora/raflora rows ('' for none)")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS + ("raflora" + STACKED_COPY, "raflora" + EXPLICIT_Q, "raflora" + BEFORE)),
+        help=f"'raflora{EXPLICIT_Q}' is raflora's path before issue 4's fix, "
+        f"'raflora{BEFORE}' the one before the top-k fix",
+    )
+    parser.add_argument(
+        "--workers", default="2", help="comma-separated worker counts for extra flexlora/raflora rows ('' for none)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     set_threads(args.threads)
     dim = args.dim or (1024 if args.quick else LLAMA_DIM)
     modules = args.modules or (8 if args.quick else LLAMA_MODULES)
     workers = [int(w) for w in args.workers.split(",") if w]
-    out = run(dim, modules, LLAMA_RANKS, args.methods.split(","), args.repeats, dense_modules=args.dense_modules,
-              workers=workers)
+    out = run(
+        dim,
+        modules,
+        LLAMA_RANKS,
+        args.methods.split(","),
+        args.repeats,
+        dense_modules=args.dense_modules,
+        workers=workers,
+    )
     print(f"machine: {machine_line()}\n")
     print(table(out))
     return out

@@ -26,8 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from benchmarks.common import machine_line, make_updates, markdown_table, set_threads, status_kib
 from benchmarks.memory import _reset_peak
@@ -75,13 +75,29 @@ def child(folder: str, clients: int, modules: int, dim: int, mode: str) -> dict:
     seconds = time.perf_counter() - start
     peak = status_kib("VmHWM") * 1024 if reset else None
     after = status_kib("VmRSS") * 1024
-    return {"clients": clients, "mode": mode, "R": sum(ranks), "uploaded_bytes": uploaded,
-            "peak_extra": None if peak is None else peak - before, "held_after": after - before,
-            "seconds": seconds}
+    return {
+        "clients": clients,
+        "mode": mode,
+        "R": sum(ranks),
+        "uploaded_bytes": uploaded,
+        "peak_extra": None if peak is None else peak - before,
+        "held_after": after - before,
+        "seconds": seconds,
+    }
 
 
 def measure(folder: Path, clients: int, modules: int, dim: int, mode: str) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.streamed", "--child", str(folder), str(clients), str(modules), str(dim), mode]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.streamed",
+        "--child",
+        str(folder),
+        str(clients),
+        str(modules),
+        str(dim),
+        mode,
+    ]
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")  # RSS follows live tensors (benchmarks.memory)
@@ -105,12 +121,31 @@ def table(out: dict) -> str:
     rows = []
     for r in out["rows"]:
         peak = r["peak_extra"]
-        rows.append([r["clients"], r["R"], r["mode"], f"{r['uploaded_bytes'] / mib:.0f}",
-                     "-" if peak is None else f"{peak / mib:.0f}",
-                     "-" if peak is None else f"{peak / r['uploaded_bytes']:.2f}x",
-                     f"{r['held_after'] / mib:.0f}", f"{r['seconds']:.1f}"])
-    return markdown_table(["clients", "R = sum r_i", "uploads", "uploaded MiB", "peak extra MiB", "peak / uploaded",
-                           "held after MiB", "round s"], rows)
+        rows.append(
+            [
+                r["clients"],
+                r["R"],
+                r["mode"],
+                f"{r['uploaded_bytes'] / mib:.0f}",
+                "-" if peak is None else f"{peak / mib:.0f}",
+                "-" if peak is None else f"{peak / r['uploaded_bytes']:.2f}x",
+                f"{r['held_after'] / mib:.0f}",
+                f"{r['seconds']:.1f}",
+            ]
+        )
+    return markdown_table(
+        [
+            "clients",
+            "R = sum r_i",
+            "uploads",
+            "uploaded MiB",
+            "peak extra MiB",
+            "peak / uploaded",
+            "held after MiB",
+            "round s",
+        ],
+        rows,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -19,8 +19,8 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from benchmarks.client_setup import demo_config
 from benchmarks.common import machine_line, markdown_table
@@ -43,8 +43,12 @@ def run_one(dtype: str, out: Path, quick: bool, threads: int | None = None, over
     return {"dtype": dtype, "rounds": lines, "seconds": seconds}
 
 
-def run(quick: bool = False, dtypes: Sequence[str] = ("float32", "bfloat16"), threads: int | None = None,
-        overrides: dict | None = None) -> dict:
+def run(
+    quick: bool = False,
+    dtypes: Sequence[str] = ("float32", "bfloat16"),
+    threads: int | None = None,
+    overrides: dict | None = None,
+) -> dict:
     """The demo run once per transport dtype (``overrides``: more config values, e.g. for tests)."""
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,22 +66,49 @@ def run(quick: bool = False, dtypes: Sequence[str] = ("float32", "bfloat16"), th
 
 
 def table(out: dict) -> str:
-    headers = ["transport", "final accuracy", "change", "final loss", "train loss (last round)", "rho_rmin",
-               "bytes_up per round", "bytes_down per round", "bytes vs first", "run s"]
+    headers = [
+        "transport",
+        "final accuracy",
+        "change",
+        "final loss",
+        "train loss (last round)",
+        "rho_rmin",
+        "bytes_up per round",
+        "bytes_down per round",
+        "bytes vs first",
+        "run s",
+    ]
     rows = []
     for r in out["runs"]:
         f = r["final"]
-        rows.append([
-            r["dtype"], f"{f['accuracy']:.4f}", f"{r['accuracy_change']:+.4f}", f"{f['loss']:.4f}",
-            f"{f['train_loss']:.4f}", f"{f['rho_rmin']:.4f}",
-            " / ".join(f"{b:,}" for b in r["bytes_up"]), " / ".join(f"{b:,}" for b in r["bytes_down"]),
-            f"{r['bytes_vs_first']:.3f}x", f"{r['seconds']:.0f}",
-        ])
+        rows.append(
+            [
+                r["dtype"],
+                f"{f['accuracy']:.4f}",
+                f"{r['accuracy_change']:+.4f}",
+                f"{f['loss']:.4f}",
+                f"{f['train_loss']:.4f}",
+                f"{f['rho_rmin']:.4f}",
+                " / ".join(f"{b:,}" for b in r["bytes_up"]),
+                " / ".join(f"{b:,}" for b in r["bytes_down"]),
+                f"{r['bytes_vs_first']:.3f}x",
+                f"{r['seconds']:.0f}",
+            ]
+        )
     per_round = markdown_table(
         ["transport", "round", "accuracy", "loss", "train loss", "rho_rmin"],
-        [[r["dtype"], m["round"], "-" if m.get("accuracy") is None else f"{m['accuracy']:.4f}",
-          "-" if m.get("loss") is None else f"{m['loss']:.4f}", f"{m['train_loss']:.4f}", f"{m['rho_rmin']:.4f}"]
-         for r in out["runs"] for m in r["rounds"]],
+        [
+            [
+                r["dtype"],
+                m["round"],
+                "-" if m.get("accuracy") is None else f"{m['accuracy']:.4f}",
+                "-" if m.get("loss") is None else f"{m['loss']:.4f}",
+                f"{m['train_loss']:.4f}",
+                f"{m['rho_rmin']:.4f}",
+            ]
+            for r in out["runs"]
+            for m in r["rounds"]
+        ],
     )
     return markdown_table(headers, rows) + "\n\n" + per_round
 

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from benchmarks.common import (
     LLAMA_DIM,
     LLAMA_MODULES,
     LLAMA_RANKS,
     machine_line,
-    markdown_table,
     make_updates,
+    markdown_table,
     set_threads,
 )
 from raflora import AGGREGATORS
@@ -54,15 +54,17 @@ def run(
                 assert decoded[name][3] == u.factors[name].rank
             del data
         payload = values * BYTES_PER_VALUE[dtype]
-        rows.append({
-            "dtype": dtype,
-            "values": values,
-            "payload_bytes": payload,
-            "measured_bytes": measured,
-            "overhead_bytes": measured - payload,
-            "overhead_pct": 100.0 * (measured - payload) / payload,
-            "encode_s": seconds,
-        })
+        rows.append(
+            {
+                "dtype": dtype,
+                "values": values,
+                "payload_bytes": payload,
+                "measured_bytes": measured,
+                "overhead_bytes": measured - payload,
+                "overhead_pct": 100.0 * (measured - payload) / payload,
+                "encode_s": seconds,
+            }
+        )
     base = rows[0]["measured_bytes"]
     for r in rows:
         r["vs_float32"] = r["measured_bytes"] / base
@@ -71,11 +73,27 @@ def run(
 
 def table(out: dict) -> str:
     cfg = out["config"]
-    headers = ["transport", "sum r_i (m+n) values", "payload bytes", "measured bytes", "header overhead",
-               "overhead %", "vs float32", "encode s (all clients)"]
+    headers = [
+        "transport",
+        "sum r_i (m+n) values",
+        "payload bytes",
+        "measured bytes",
+        "header overhead",
+        "overhead %",
+        "vs float32",
+        "encode s (all clients)",
+    ]
     rows = [
-        [r["dtype"], f"{r['values']:,}", f"{r['payload_bytes']:,}", f"{r['measured_bytes']:,}",
-         f"{r['overhead_bytes']:,}", f"{r['overhead_pct']:.4f}", f"{r['vs_float32']:.3f}", f"{r['encode_s']:.3g}"]
+        [
+            r["dtype"],
+            f"{r['values']:,}",
+            f"{r['payload_bytes']:,}",
+            f"{r['measured_bytes']:,}",
+            f"{r['overhead_bytes']:,}",
+            f"{r['overhead_pct']:.4f}",
+            f"{r['vs_float32']:.3f}",
+            f"{r['encode_s']:.3g}",
+        ]
         for r in out["rows"]
     ]
     return (

@@ -6,6 +6,7 @@ transformers Auto classes, lazily: nothing of transformers is imported until som
 """
 
 from raflora.aggregation import AGGREGATORS, AggregationResult, NoValidUpdates, aggregate
+from raflora.hf_auto import register_when_imported
 from raflora.lora import (
     ClientUpdate,
     LoRAFactors,
@@ -16,7 +17,6 @@ from raflora.lora import (
     lora_scale,
     product_svd,
 )
-from raflora.hf_auto import register_when_imported
 
 register_when_imported()
 

@@ -29,7 +29,7 @@ def _ranks(text: str) -> list[int]:
     try:
         ranks = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"ranks must be comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"ranks must be comma-separated integers, got {text!r}") from None
     if not ranks or min(ranks) < 1:
         raise argparse.ArgumentTypeError(f"ranks must be positive, got {text!r}")
     return ranks
@@ -39,7 +39,7 @@ def _positive(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
@@ -49,8 +49,12 @@ def method_summaries() -> list[str]:
     """``name (option=default, ...)`` for every method, from the method classes."""
     out = []
     for name, cls in AGGREGATORS.items():
-        options = ", ".join(f"{f.name}={f.default!r}" if f.default_factory is dataclasses.MISSING
-                            else f"{f.name}={f.default_factory()!r}" for f in cls.option_fields())
+        options = ", ".join(
+            f"{f.name}={f.default!r}"
+            if f.default_factory is dataclasses.MISSING
+            else f"{f.name}={f.default_factory()!r}"
+            for f in cls.option_fields()
+        )
         out.append(f"{name} ({options})" if options else name)
     return out
 
@@ -78,8 +82,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     methods = [m for word in args.methods for m in _method_list(word)]
     unknown = [m for m in methods if m not in simulated_methods()]
     if unknown or not methods:
-        raise ConfigError(f"simulate --methods: {', '.join(map(repr, unknown)) or 'no method'} cannot be simulated; "
-                          f"choose from {','.join(simulated_methods())}")
+        raise ConfigError(
+            f"simulate --methods: {', '.join(map(repr, unknown)) or 'no method'} cannot be simulated; "
+            f"choose from {','.join(simulated_methods())}"
+        )
     log.info(f"rank collapse without training: ranks {args.ranks}, {args.rounds} {plural(args.rounds, 'round')}")
     log.info("rho_rmin = share of the global update's energy in its top r_min directions (1.0 = collapsed)")
     traces = [simulate_collapse(m, args.ranks, rounds=args.rounds, seed=args.seed) for m in methods]
@@ -90,8 +96,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(config_path, *, out=None, method=None, rounds=None, resume=None, overwrite=False, stop_after=None,
-         quiet=False, settings=(), runtime=None) -> int:
+def _run(
+    config_path,
+    *,
+    out=None,
+    method=None,
+    rounds=None,
+    resume=None,
+    overwrite=False,
+    stop_after=None,
+    quiet=False,
+    settings=(),
+    runtime=None,
+) -> int:
     from raflora.client.device import resolve_device
     from raflora.config import ConfigError
     from raflora.config_io import load_config, parse_assignment
@@ -105,9 +122,18 @@ def _run(config_path, *, out=None, method=None, rounds=None, resume=None, overwr
         if not config_path.is_file():
             raise ConfigError(f"cannot resume: {str(resume)!r} holds no config.toml of a run")
     overrides = dict(parse_assignment(text) for text in settings)
-    overrides.update({k: v for k, v in {"run.out": str(resume or out) if (resume or out) else None,
-                                        "federation.method": method, "run.rounds": rounds,
-                                        "run.runtime": runtime}.items() if v is not None})
+    overrides.update(
+        {
+            k: v
+            for k, v in {
+                "run.out": str(resume or out) if (resume or out) else None,
+                "federation.method": method,
+                "run.rounds": rounds,
+                "run.runtime": runtime,
+            }.items()
+            if v is not None
+        }
+    )
     config = load_config(config_path, overrides, legacy=legacy)  # ConfigError -> exit 2 in main()
     log.debug(f"config {config_path} with overrides {overrides}")
     from raflora.runtimes import check_runtime, run
@@ -115,20 +141,29 @@ def _run(config_path, *, out=None, method=None, rounds=None, resume=None, overwr
     check_runtime(config)  # a missing extra is reported like a config problem
     device = resolve_device(config.run.device)  # a device this machine lacks: refused before the start line
     log.debug(f"device {device} (run.device = {config.run.device!r})")
+    from raflora.runtimes.folder import exit_code
     from raflora.tasks.common import progress_bars
 
-    from raflora.runtimes.folder import exit_code
-
     with progress_bars(not quiet):
-        metrics = run(config, resume=bool(resume), overwrite=overwrite, stop_after=stop_after, log=log.info,
-                      progress=not quiet)
+        metrics = run(
+            config, resume=bool(resume), overwrite=overwrite, stop_after=stop_after, log=log.info, progress=not quiet
+        )
     return exit_code(config, metrics)  # 3: no round was aggregated
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _run(args.config, out=args.out, method=args.method, rounds=args.rounds, resume=args.resume,
-                overwrite=args.overwrite, stop_after=args.stop_after, quiet=args.quiet, settings=args.set,
-                runtime=args.runtime)
+    return _run(
+        args.config,
+        out=args.out,
+        method=args.method,
+        rounds=args.rounds,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        stop_after=args.stop_after,
+        quiet=args.quiet,
+        settings=args.set,
+        runtime=args.runtime,
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -167,8 +202,10 @@ def _print_summary(report: dict, folder: Path) -> None:
 
         log.info("\nsweep: one row per grid point")
         log.info("\n".join(markdown_table(*sweep_rows(report))))
-    log.info(f"wrote {folder / 'report.html'}, report.md, report.json and {len(report['plots'])} "
-             f"{plural(len(report['plots']), 'plot')} to {folder}")
+    log.info(
+        f"wrote {folder / 'report.html'}, report.md, report.json and {len(report['plots'])} "
+        f"{plural(len(report['plots']), 'plot')} to {folder}"
+    )
 
 
 def _comparison_args(args: argparse.Namespace) -> dict:
@@ -178,8 +215,15 @@ def _comparison_args(args: argparse.Namespace) -> dict:
 
     overrides = dict(parse_assignment(text) for text in args.set)
     overrides["run.rounds"] = args.rounds
-    return {"methods": parse_methods(args.methods), "seeds": parse_seeds(args.seeds), "reference": args.reference,
-            "overrides": overrides, "overwrite": args.overwrite, "log": log.info, "progress": not args.quiet}
+    return {
+        "methods": parse_methods(args.methods),
+        "seeds": parse_seeds(args.seeds),
+        "reference": args.reference,
+        "overrides": overrides,
+        "overwrite": args.overwrite,
+        "log": log.info,
+        "progress": not args.quiet,
+    }
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -220,16 +264,33 @@ def _comparison_options(command: argparse.ArgumentParser, out_help: str) -> None
     """The arguments compare and sweep share: the config, the methods, seeds and reference, and the
     per-run overrides."""
     command.add_argument("config", help="TOML config file (see docs/usage.md)")
-    command.add_argument("--methods", default=",".join(DEFAULT_METHODS), metavar="M1,M2,...",
-                         help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)}): {', '.join(AGGREGATORS)}")
-    command.add_argument("--seeds", metavar="S1,S2,...", help="run every method once per seed (run.seed), e.g. "
-                         "--seeds 0,1,2: the seed sets the partition, the sampled clients and the initial adapters")
-    command.add_argument("--reference", metavar="METHOD", help="the method the others are compared with, seed by "
-                         "seed, in the same setting (default: the first of --methods)")
+    command.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        metavar="M1,M2,...",
+        help=f"comma-separated methods (default {','.join(DEFAULT_METHODS)}): {', '.join(AGGREGATORS)}",
+    )
+    command.add_argument(
+        "--seeds",
+        metavar="S1,S2,...",
+        help="run every method once per seed (run.seed), e.g. "
+        "--seeds 0,1,2: the seed sets the partition, the sampled clients and the initial adapters",
+    )
+    command.add_argument(
+        "--reference",
+        metavar="METHOD",
+        help="the method the others are compared with, seed by "
+        "seed, in the same setting (default: the first of --methods)",
+    )
     command.add_argument("--out", help=out_help)
     command.add_argument("--rounds", type=_positive, help="number of rounds (overrides [run] rounds)")
-    command.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                         help="override one config value in every run (as for run; repeatable)")
+    command.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value in every run (as for run; repeatable)",
+    )
     command.add_argument("--overwrite", action="store_true", help="replace runs already in the output folder")
     command.add_argument("--quiet", action="store_true", help="no progress bar (the per-round lines are still printed)")
 
@@ -239,113 +300,191 @@ def build_parser() -> argparse.ArgumentParser:
         prog="raflora",
         description="Federated LoRA fine-tuning with heterogeneous client ranks (raFLoRA and baselines).",
     )
-    parser.add_argument("--version", action=version_action(), nargs=0,
-                        help="print the versions of raflora, torch, transformers, peft and flwr, and exit")
+    parser.add_argument(
+        "--version",
+        action=version_action(),
+        nargs=0,
+        help="print the versions of raflora, torch, transformers, peft and flwr, and exit",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     common = output_options()
 
-    run = sub.add_parser("run", help="run a federation from a TOML config", parents=[common],
-                         description="Run a federation (in this process, or under Flower with --runtime flower). Writes "
-                         "config.toml, run.json, metrics.jsonl, checkpoints/ and adapter/ to the output folder ([run] "
-                         "out, default runs/<name>). raflora run --resume DIR continues the run in DIR from its own "
-                         "config.toml.")
-    run.add_argument("config", nargs="?", help="TOML config file (see docs/usage.md); optional with --resume, "
-                     "which reads DIR/config.toml (given both, they must agree)")
+    run = sub.add_parser(
+        "run",
+        help="run a federation from a TOML config",
+        parents=[common],
+        description="Run a federation (in this process, or under Flower with --runtime flower). Writes "
+        "config.toml, run.json, metrics.jsonl, checkpoints/ and adapter/ to the output folder ([run] "
+        "out, default runs/<name>). raflora run --resume DIR continues the run in DIR from its own "
+        "config.toml.",
+    )
+    run.add_argument(
+        "config",
+        nargs="?",
+        help="TOML config file (see docs/usage.md); optional with --resume, "
+        "which reads DIR/config.toml (given both, they must agree)",
+    )
     run.add_argument("--out", help="output folder (overrides [run] out)")
-    run.add_argument("--method", help="aggregation method, with its options at their defaults (overrides "
-                     "[federation.method]; set its options with --set federation.method.KEY=VALUE): "
-                     + "; ".join(method_summaries()))
+    run.add_argument(
+        "--method",
+        help="aggregation method, with its options at their defaults (overrides "
+        "[federation.method]; set its options with --set federation.method.KEY=VALUE): "
+        + "; ".join(method_summaries()),
+    )
     run.add_argument("--rounds", type=_positive, help="number of rounds (overrides [run] rounds)")
-    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                     help="override one config value, e.g. --set train.lr=0.01 --set ranks.ranks=[4,8] "
-                     "(VALUE is read as TOML; repeatable)")
-    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint (DIR is the "
-                     "output folder; its config.toml is the config unless CONFIG is given)")
-    run.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder (kept "
-                     "until the new run writes its first checkpoint)")
-    run.add_argument("--stop-after", type=_positive, metavar="K", help="stop after round K (checkpoint kept, resumable)")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set train.lr=0.01 --set ranks.ranks=[4,8] "
+        "(VALUE is read as TOML; repeatable)",
+    )
+    run.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR from its last checkpoint (DIR is the "
+        "output folder; its config.toml is the config unless CONFIG is given)",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run already in the output folder (kept until the new run writes its first checkpoint)",
+    )
+    run.add_argument(
+        "--stop-after", type=_positive, metavar="K", help="stop after round K (checkpoint kept, resumable)"
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar (the per-round lines are still printed)")
-    run.add_argument("--runtime", metavar="NAME", help="embedded (this process, the default) or flower (Flower's "
-                     "simulation engine, same numbers; pip install .[flower]); overrides [run] runtime")
+    run.add_argument(
+        "--runtime",
+        metavar="NAME",
+        help="embedded (this process, the default) or flower (Flower's "
+        "simulation engine, same numbers; pip install .[flower]); overrides [run] runtime",
+    )
     run.set_defaults(func=cmd_run)
 
-    export = sub.add_parser("export", help="write a run's global model as a PEFT adapter folder or merged weights",
-                            parents=[common],
-                            description="Export the newest valid checkpoint of a run folder. Default: a PEFT "
-                            "adapter folder with a model card (rank [ranks] r_max, the best rank-r approximation of "
-                            "the global update): AutoPeftModelForSequenceClassification (after import raflora) or "
-                            "AutoPeftModelForCausalLM loads it, raflora.tasks.vision.load_adapter for vision. "
-                            "--merged: the exact merged model, a save_pretrained folder that AutoModelFor... loads "
-                            "(text, reasoning; raflora.tasks.vision.load_merged for vision).")
+    export = sub.add_parser(
+        "export",
+        help="write a run's global model as a PEFT adapter folder or merged weights",
+        parents=[common],
+        description="Export the newest valid checkpoint of a run folder. Default: a PEFT "
+        "adapter folder with a model card (rank [ranks] r_max, the best rank-r approximation of "
+        "the global update): AutoPeftModelForSequenceClassification (after import raflora) or "
+        "AutoPeftModelForCausalLM loads it, raflora.tasks.vision.load_adapter for vision. "
+        "--merged: the exact merged model, a save_pretrained folder that AutoModelFor... loads "
+        "(text, reasoning; raflora.tasks.vision.load_merged for vision).",
+    )
     export.add_argument("run", help="run folder (holds config.toml and checkpoints/)")
     export.add_argument("out", nargs="?", help="folder to write (default: RUN/export, or RUN/merged with --merged)")
-    export.add_argument("--merged", nargs="?", const=True, metavar="OUT",
-                        help="write merged weights instead of an adapter (optionally into OUT)")
+    export.add_argument(
+        "--merged",
+        nargs="?",
+        const=True,
+        metavar="OUT",
+        help="write merged weights instead of an adapter (optionally into OUT)",
+    )
     export.add_argument("--rank", type=_positive, help="adapter rank (default: [ranks] r_max of the run)")
     export.set_defaults(func=cmd_export)
 
-    demo = sub.add_parser("demo", help="the default run: MiniLM + BBC News, 10 clients, raflora, into runs/demo",
-                          parents=[common],
-                          description=f"Runs {DEMO_CONFIG.name} (all-MiniLM-L6-v2 on BBC News, 10 clients with "
-                          "Dirichlet 0.5 label skew, ranks 2/4/8/16, raflora) into runs/demo, replacing a previous demo.")
+    demo = sub.add_parser(
+        "demo",
+        help="the default run: MiniLM + BBC News, 10 clients, raflora, into runs/demo",
+        parents=[common],
+        description=f"Runs {DEMO_CONFIG.name} (all-MiniLM-L6-v2 on BBC News, 10 clients with "
+        "Dirichlet 0.5 label skew, ranks 2/4/8/16, raflora) into runs/demo, replacing a previous demo.",
+    )
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=cmd_demo)
 
     sim = sub.add_parser(
-        "simulate", parents=[common],
+        "simulate",
+        parents=[common],
         help="show rank collapse without training (clients resend their slice with noise)",
         description="Clients repeatedly receive their rank-r slice of the global update and send it back "
         "with small noise; prints rho_rmin per round for each method.",
     )
-    sim.add_argument("--methods", nargs="+", default=["flexlora,zero_pad,raflora"], metavar="M1,M2,...",
-                     help="comma-separated methods, as for compare (default flexlora,zero_pad,raflora): "
-                     f"{','.join(simulated_methods())}")
+    sim.add_argument(
+        "--methods",
+        nargs="+",
+        default=["flexlora,zero_pad,raflora"],
+        metavar="M1,M2,...",
+        help="comma-separated methods, as for compare (default flexlora,zero_pad,raflora): "
+        f"{','.join(simulated_methods())}",
+    )
     sim.add_argument("--ranks", type=_ranks, default=_ranks("2,4,4,8,8,16,16,16"), help="comma-separated client ranks")
     sim.add_argument("--rounds", type=_positive, default=30, help="rounds to simulate (default 30)")
     sim.add_argument("--seed", type=int, default=0, help="seed of the noise (default 0)")
     sim.set_defaults(func=cmd_simulate)
 
-    cmp = sub.add_parser("compare", help="run one config once per method (and seed), then report them side by side",
-                         parents=[common],
-                         description="Runs CONFIG once per method (same seed: the same clients, ranks, data and "
-                         "sampling) into OUT/<method>/, each a normal run folder, then writes the report of "
-                         "the runs into OUT/report/. With --seeds, every method runs once per seed into "
-                         "OUT/<method>/seed-<k>/ and the report shows mean and spread over the seeds and the "
-                         "paired difference reference minus each other method. Every config is checked "
-                         "before the first run.")
+    cmp = sub.add_parser(
+        "compare",
+        help="run one config once per method (and seed), then report them side by side",
+        parents=[common],
+        description="Runs CONFIG once per method (same seed: the same clients, ranks, data and "
+        "sampling) into OUT/<method>/, each a normal run folder, then writes the report of "
+        "the runs into OUT/report/. With --seeds, every method runs once per seed into "
+        "OUT/<method>/seed-<k>/ and the report shows mean and spread over the seeds and the "
+        "paired difference reference minus each other method. Every config is checked "
+        "before the first run.",
+    )
     _comparison_options(cmp, "comparison folder (default runs/<run.name>-compare)")
     cmp.set_defaults(func=cmd_compare)
 
-    swp = sub.add_parser("sweep", help="compare methods (and seeds) at each point of a grid of config values, one report",
-                         parents=[common],
-                         description="Runs every method (and seed) at every grid point into OUT/point-<p>/<method>/ "
-                         "(.../seed-<k>/ with --seeds), then one report over all runs in OUT/report/ with a "
-                         "table of points x methods. Each --grid is one point that sets one or more keys, "
-                         "e.g. --grid \"ranks.policy=groups ranks.ranks=[16,4,2] ranks.shares=[0.1,0.4,0.5]\"; "
-                         "KEY=V1,V2,... is one point per value. A method option (federation.method.tau: florist) "
-                         "applies only to the methods that have it; the others are not run again for it. "
-                         "Every config is checked before the first run.")
+    swp = sub.add_parser(
+        "sweep",
+        help="compare methods (and seeds) at each point of a grid of config values, one report",
+        parents=[common],
+        description="Runs every method (and seed) at every grid point into OUT/point-<p>/<method>/ "
+        "(.../seed-<k>/ with --seeds), then one report over all runs in OUT/report/ with a "
+        "table of points x methods. Each --grid is one point that sets one or more keys, "
+        'e.g. --grid "ranks.policy=groups ranks.ranks=[16,4,2] ranks.shares=[0.1,0.4,0.5]"; '
+        "KEY=V1,V2,... is one point per value. A method option (federation.method.tau: florist) "
+        "applies only to the methods that have it; the others are not run again for it. "
+        "Every config is checked before the first run.",
+    )
     _comparison_options(swp, "sweep folder (default runs/<run.name>-sweep)")
-    swp.add_argument("--grid", action="append", default=[], metavar="'KEY=VALUE [KEY=VALUE ...]' | KEY=V1,V2,...",
-                     help="one grid point (VALUE is read as TOML, as for --set), or one point per value of one "
-                     "key; repeatable")
+    swp.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="'KEY=VALUE [KEY=VALUE ...]' | KEY=V1,V2,...",
+        help="one grid point (VALUE is read as TOML, as for --set), or one point per value of one key; repeatable",
+    )
     swp.set_defaults(func=cmd_sweep)
 
-    rep = sub.add_parser("report", help="tables and plots of finished runs: report.html, report.md, report.json, PNGs",
-                         parents=[common],
-                         description="Reads each run folder's config.toml and metrics.jsonl and writes report.html "
-                         "(one self-contained page), report.md (summary and per-round tables), report.json (the "
-                         "same numbers) and plots (metric, rho_rmin, energy per rank partition and round, bytes "
-                         "per method). Runs whose configs differ only in run.seed are one group: mean and spread "
-                         "over the seeds. The runs must be of one task.")
-    rep.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (each holds config.toml and "
-                     "metrics.jsonl); a compare or sweep folder stands for every run below it")
-    rep.add_argument("--out", help="report folder (default: RUN_DIR/report for one folder, a run or a compare or "
-                     "sweep folder; report-<name>+<name>... beside several runs)")
-    rep.add_argument("--overwrite", action="store_true", help="replace the report already in the report folder "
-                     "(without it, an existing report is never written over)")
-    rep.add_argument("--reference", metavar="METHOD", help="paired differences are METHOD minus each other "
-                     "method of the same setting, seed by seed (default: the method of the first run)")
+    rep = sub.add_parser(
+        "report",
+        help="tables and plots of finished runs: report.html, report.md, report.json, PNGs",
+        parents=[common],
+        description="Reads each run folder's config.toml and metrics.jsonl and writes report.html "
+        "(one self-contained page), report.md (summary and per-round tables), report.json (the "
+        "same numbers) and plots (metric, rho_rmin, energy per rank partition and round, bytes "
+        "per method). Runs whose configs differ only in run.seed are one group: mean and spread "
+        "over the seeds. The runs must be of one task.",
+    )
+    rep.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run folders (each holds config.toml and "
+        "metrics.jsonl); a compare or sweep folder stands for every run below it",
+    )
+    rep.add_argument(
+        "--out",
+        help="report folder (default: RUN_DIR/report for one folder, a run or a compare or "
+        "sweep folder; report-<name>+<name>... beside several runs)",
+    )
+    rep.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the report already in the report folder (without it, an existing report is never written over)",
+    )
+    rep.add_argument(
+        "--reference",
+        metavar="METHOD",
+        help="paired differences are METHOD minus each other "
+        "method of the same setting, seed by seed (default: the method of the first run)",
+    )
     rep.set_defaults(func=cmd_report)
     return parser
 

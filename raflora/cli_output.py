@@ -56,11 +56,20 @@ def setup_logging(level: str = "INFO", log_file: str | None = None) -> logging.L
 def output_options() -> argparse.ArgumentParser:
     """--log-level and --log-file, which every command takes (an argparse parent parser)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS,
-                        help="INFO (default): the per-round and summary lines; DEBUG adds the config's overrides "
-                        "and the device; WARNING: errors and warnings only")
-    common.add_argument("--log-file", metavar="PATH", help="also write every line (with a time stamp) to PATH, "
-                        "appending: the per-round lines, the summaries and the error, if any")
+    common.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LEVELS,
+        help="INFO (default): the per-round and summary lines; DEBUG adds the config's overrides "
+        "and the device; WARNING: errors and warnings only",
+    )
+    common.add_argument(
+        "--log-file",
+        metavar="PATH",
+        help="also write every line (with a time stamp) to PATH, "
+        "appending: the per-round lines, the summaries and the error, if any",
+    )
     return common
 
 

@@ -10,8 +10,8 @@ at once instead of after an hour of other methods.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 from raflora.config import Config, ConfigError
 
@@ -66,8 +66,14 @@ def check_overrides(overrides: Mapping[str, object], seeds: Sequence[int] | None
     return overrides
 
 
-def run_configs(config_path: str | Path, folder: Path, methods: Sequence[str], seeds: Sequence[int] | None,
-                overrides: Mapping[str, object], where: str = "") -> dict[str, Config]:
+def run_configs(
+    config_path: str | Path,
+    folder: Path,
+    methods: Sequence[str],
+    seeds: Sequence[int] | None,
+    overrides: Mapping[str, object],
+    where: str = "",
+) -> dict[str, Config]:
     """One checked config per method (and seed), keyed by its folder below ``folder``: ``<method>`` or,
     with seeds, ``<method>/seed-<k>``. ``where`` names the sweep point in error messages."""
     from raflora.config_io import load_config
@@ -86,9 +92,13 @@ def run_configs(config_path: str | Path, folder: Path, methods: Sequence[str], s
     return configs
 
 
-def method_configs(config_path: str | Path, methods: Sequence[str], out: str | Path | None = None,
-                   overrides: Mapping[str, object] | None = None,
-                   seeds: Sequence[int] | None = None) -> tuple[Path, dict[str, Config]]:
+def method_configs(
+    config_path: str | Path,
+    methods: Sequence[str],
+    out: str | Path | None = None,
+    overrides: Mapping[str, object] | None = None,
+    seeds: Sequence[int] | None = None,
+) -> tuple[Path, dict[str, Config]]:
     """The comparison folder and one checked config per method (``run.out = OUT/<method>``), or per
     method and seed (``OUT/<method>/seed-<k>``, ``run.seed = k``), keyed by that folder name.
 
@@ -144,9 +154,16 @@ def check_reference(reference: str | None, methods: Sequence[str]) -> str:
     return reference
 
 
-def run_and_report(configs: Mapping[str, Config], folder: Path, reference: str, *, overwrite: bool = False,
-                   log: Callable[[str], None] | None = None, progress: bool = False,
-                   sweep: dict | None = None) -> tuple[Path, dict]:
+def run_and_report(
+    configs: Mapping[str, Config],
+    folder: Path,
+    reference: str,
+    *,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
+    sweep: dict | None = None,
+) -> tuple[Path, dict]:
     """Check every folder and runtime, run every config in order, then write ``folder/report/``.
     ``sweep`` (a sweep's grid) is written to ``folder/sweep.json`` once the checks pass."""
     import json
@@ -165,5 +182,9 @@ def run_and_report(configs: Mapping[str, Config], folder: Path, reference: str, 
         say(f"{'sweep' if sweep else 'compare'}: run {k}/{len(configs)}: {name}")
         run(config, overwrite=overwrite, log=log, progress=progress)  # run.runtime: embedded or flower
     report_folder = folder / "report"
-    return report_folder, write_report([Path(c.out) for c in configs.values()], report_folder, reference=reference,
-                                       sweep=None if sweep is None else (sweep, folder))
+    return report_folder, write_report(
+        [Path(c.out) for c in configs.values()],
+        report_folder,
+        reference=reference,
+        sweep=None if sweep is None else (sweep, folder),
+    )

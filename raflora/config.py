@@ -46,10 +46,14 @@ class RunConfig:
     out: str = setting("", '"" -> runs/<name>; --out / --resume override')
     threads: int = setting(2, "torch threads; fixed because results depend on it in the last digits")
     keep_checkpoints: int = setting(2, "most recent round checkpoints kept")
-    runtime: str = setting("embedded", "embedded (this process) | flower (Flower simulation, same numbers; "
-                           "docs/flower.md)")
-    device: str = setting("auto", "auto (the first CUDA GPU when torch sees one, else the CPU) | cpu | cuda | "
-                          "cuda:N | mps: where the model trains and evaluates; one that is missing stops the run")
+    runtime: str = setting(
+        "embedded", "embedded (this process) | flower (Flower simulation, same numbers; docs/flower.md)"
+    )
+    device: str = setting(
+        "auto",
+        "auto (the first CUDA GPU when torch sees one, else the CPU) | cpu | cuda | "
+        "cuda:N | mps: where the model trains and evaluates; one that is missing stops the run",
+    )
 
 
 @dataclass
@@ -58,38 +62,51 @@ class FederationConfig:
     sample_fraction: float = setting(1.0, "share of clients per round (rounded, at least 1)")
     sample_count: int = setting(0, "> 0: exactly this many clients per round instead")
     transport_dtype: str = setting("float32", "float32 | bfloat16 | float16: factors are really encoded and decoded")
-    method: Method = setting(help="[federation.method]: name = the aggregation method, plus its own options "
-                             "(see below)", factory=RaFLoRA)
-    max_norm_ratio: float = setting(10.0, "refuse an update whose norm (||s B A||, or the uploaded factor's) is "
-                                    "more than this many times the round's median; 0 = off, applied from 3 updates")
-    dropout: float = setting(0.0, "share of the sampled clients that fail each round (seeded by run seed and round), "
-                             "in [0, 1)")
-    empty_partition: str = setting("", "keep | drop: a rank partition no client of the round reaches keeps its "
-                                   "previous global component, or loses it; \"\" = the method's rule (keep for "
-                                   "carryover, built on the previous global update; drop for raflora and the "
-                                   "baselines, as published)")
-    round_timeout: float = setting(3600.0, "Flower runtime: seconds a round waits for the clients' replies; "
-                                   "then it closes with the replies it has")
+    method: Method = setting(
+        help="[federation.method]: name = the aggregation method, plus its own options (see below)", factory=RaFLoRA
+    )
+    max_norm_ratio: float = setting(
+        10.0,
+        "refuse an update whose norm (||s B A||, or the uploaded factor's) is "
+        "more than this many times the round's median; 0 = off, applied from 3 updates",
+    )
+    dropout: float = setting(
+        0.0, "share of the sampled clients that fail each round (seeded by run seed and round), in [0, 1)"
+    )
+    empty_partition: str = setting(
+        "",
+        "keep | drop: a rank partition no client of the round reaches keeps its "
+        'previous global component, or loses it; "" = the method\'s rule (keep for '
+        "carryover, built on the previous global update; drop for raflora and the "
+        "baselines, as published)",
+    )
+    round_timeout: float = setting(
+        3600.0, "Flower runtime: seconds a round waits for the clients' replies; then it closes with the replies it has"
+    )
 
 
 @dataclass
 class RanksConfig:
     policy: str = setting("cycle", "explicit | cycle | groups | heavy_tail | uniform | homogeneous")
-    ranks: list[int] = setting(help="explicit: one per client; cycle: repeated; groups: one per group",
-                               factory=lambda: [2, 4, 8, 16])
-    shares: list[float] = setting(help="groups: share of clients per rank, e.g. [0.1, 0.4, 0.5] for [64, 16, 4]",
-                                  factory=list)
+    ranks: list[int] = setting(
+        help="explicit: one per client; cycle: repeated; groups: one per group", factory=lambda: [2, 4, 8, 16]
+    )
+    shares: list[float] = setting(
+        help="groups: share of clients per rank, e.g. [0.1, 0.4, 0.5] for [64, 16, 4]", factory=list
+    )
     rank: int = setting(8, "homogeneous: every client's rank")
-    r_min: int = setting(2, "uniform: integers in [r_min, r_max]; heavy_tail: powers of two from r_min to "
-                         "r_max with probability ~ 1/r")
+    r_min: int = setting(
+        2, "uniform: integers in [r_min, r_max]; heavy_tail: powers of two from r_min to r_max with probability ~ 1/r"
+    )
     r_max: int = setting(16, "largest rank any client may have; the export rank")
 
 
 @dataclass
 class LoraConfig:
     alpha: float = setting(16.0, "LoRA alpha, in (0, 1e4]")
-    scaling: str = setting("lora", "lora: s = alpha/r | rslora: alpha/sqrt(r) | sfed: alpha*sqrt(N/r), "
-                           "N = clients per round")
+    scaling: str = setting(
+        "lora", "lora: s = alpha/r | rslora: alpha/sqrt(r) | sfed: alpha*sqrt(N/r), N = clients per round"
+    )
     dropout: float = setting(0.0, "LoRA dropout")
 
 
@@ -104,9 +121,12 @@ class TrainConfig:
     momentum: float = setting(0.9, "sgd only; in [0, 1)")
     batch_size: int = setting(16, "examples per step")
     grad_clip: float = setting(1.0, "max gradient norm, 0 = off")
-    precision: str = setting("float32", "float32 | bf16: forward passes (training and evaluation) under bfloat16 "
-                             "autocast; faster on GPUs and on CPUs with avx512_bf16, slower on other CPUs; "
-                             "numbers change slightly")
+    precision: str = setting(
+        "float32",
+        "float32 | bf16: forward passes (training and evaluation) under bfloat16 "
+        "autocast; faster on GPUs and on CPUs with avx512_bf16, slower on other CPUs; "
+        "numbers change slightly",
+    )
 
 
 @dataclass
@@ -119,8 +139,9 @@ class PartitionConfig:
 @dataclass
 class TaskConfig:
     name: str = setting("synthetic", "text | vision | reasoning | user_text | synthetic")
-    options: dict[str, Any] = setting(help="every other key of [task]: the task's options "
-                                      "(see docs/tasks.md)", factory=dict)
+    options: dict[str, Any] = setting(
+        help="every other key of [task]: the task's options (see docs/tasks.md)", factory=dict
+    )
 
 
 @dataclass

@@ -15,8 +15,9 @@ import dataclasses
 import math
 import tomllib
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import tomli_w
 
@@ -80,8 +81,10 @@ def method_from_table(table: Any, where: str = "federation.method") -> Method:
         if key not in cls.option_names():
             having = sorted(n for n, c in AGGREGATORS.items() if key in c.option_names())
             elsewhere = f" ({', '.join(having)} {'has' if len(having) == 1 else 'have'} it)" if having else ""
-            raise ConfigError(f"unknown key {where}.{key} for method {name}{elsewhere}; {name}'s options: "
-                              f"{', '.join(cls.option_names()) or 'none'}")
+            raise ConfigError(
+                f"unknown key {where}.{key} for method {name}{elsewhere}; {name}'s options: "
+                f"{', '.join(cls.option_names()) or 'none'}"
+            )
         values[key] = _check_value(f"{where}.{key}", value, hints[key])
     try:
         return cls(**values)
@@ -138,8 +141,10 @@ def _section(name: str, cls: type, table: Any) -> Any:
     if name == "federation":
         for key, owner in LEGACY_KEYS.items():
             if key in table:
-                raise ConfigError(f"federation.{key} is now an option of the method: write it under "
-                                  f"[federation.method] (name = \"{owner}\", {key} = ...)")
+                raise ConfigError(
+                    f"federation.{key} is now an option of the method: write it under "
+                    f'[federation.method] (name = "{owner}", {key} = ...)'
+                )
     values = {}
     for key, value in table.items():
         if key not in known:
@@ -195,7 +200,9 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or key.count(".") < 1 or not all(key.split(".")):
-        raise ConfigError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. train.lr=0.01 or federation.method.tau=0.8")
+        raise ConfigError(
+            f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. train.lr=0.01 or federation.method.tau=0.8"
+        )
     try:
         return key, tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -218,7 +225,9 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None, le
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
-        raise ConfigError(f"{path}: line {line} is not UTF-8 text (byte {raw[err.start]:#04x}); TOML files are UTF-8") from None
+        raise ConfigError(
+            f"{path}: line {line} is not UTF-8 text (byte {raw[err.start]:#04x}); TOML files are UTF-8"
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -276,7 +285,9 @@ def validate(c: Config) -> None:
     if not 0.0 < f.sample_fraction <= 1.0:
         raise ConfigError(f"federation.sample_fraction must be in (0, 1], got {f.sample_fraction}")
     if not 0 <= f.sample_count <= f.num_clients:
-        raise ConfigError(f"federation.sample_count must be between 0 and num_clients ({f.num_clients}), got {f.sample_count}")
+        raise ConfigError(
+            f"federation.sample_count must be between 0 and num_clients ({f.num_clients}), got {f.sample_count}"
+        )
     _validate_faults(c)
     if not 0.0 < f.round_timeout <= 86400.0:
         raise ConfigError(f"federation.round_timeout must be in (0, 86400] seconds, got {f.round_timeout}")
@@ -313,7 +324,9 @@ def validate(c: Config) -> None:
     _one_of("task.name", c.task.name, sorted(TASKS))
     for key, value in c.task.options.items():
         if key.endswith("_file") and isinstance(value, str) and not Path(value).expanduser().is_file():
-            raise ConfigError(f"task.{key}: file {value!r} does not exist (relative paths start at the working directory)")
+            raise ConfigError(
+                f"task.{key}: file {value!r} does not exist (relative paths start at the working directory)"
+            )
     try:
         build_task(c.task.name, **c.task.options)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
@@ -329,8 +342,9 @@ def _validate_faults(c: Config) -> None:
     try:
         check_ratio(f.max_norm_ratio)
     except ValueError:
-        raise ConfigError(f"federation.max_norm_ratio must be 0 (off) or a number >= 1, "
-                          f"got {f.max_norm_ratio!r}") from None
+        raise ConfigError(
+            f"federation.max_norm_ratio must be 0 (off) or a number >= 1, got {f.max_norm_ratio!r}"
+        ) from None
     if not 0.0 <= f.dropout < 1.0:
         raise ConfigError(f"federation.dropout must be in [0, 1), got {f.dropout!r}")
     if f.empty_partition == "":
@@ -338,8 +352,10 @@ def _validate_faults(c: Config) -> None:
     _one_of("federation.empty_partition", f.empty_partition, EMPTY_PARTITIONS)
     problem = f.method.keep_problem()
     if f.empty_partition == "keep" and problem:
-        raise ConfigError(f"federation.empty_partition = 'keep' does not apply to {f.method.name}: {problem}; "
-                          "use 'drop' or leave it out")
+        raise ConfigError(
+            f"federation.empty_partition = 'keep' does not apply to {f.method.name}: {problem}; "
+            "use 'drop' or leave it out"
+        )
 
 
 def _validate_ranks(c: Config) -> None:
@@ -359,10 +375,14 @@ def _validate_ranks(c: Config) -> None:
             raise ConfigError(f"rank {rank} in [ranks] is above ranks.r_max = {r.r_max}")
     n = c.federation.num_clients
     if r.policy == "explicit" and len(r.ranks) != n:
-        raise ConfigError(f"ranks.ranks lists {len(r.ranks)} ranks for {n} clients (policy 'explicit' needs one per client)")
+        raise ConfigError(
+            f"ranks.ranks lists {len(r.ranks)} ranks for {n} clients (policy 'explicit' needs one per client)"
+        )
     if r.policy == "groups":
         if len(r.shares) != len(r.ranks):
-            raise ConfigError(f"ranks.shares must have one share per rank in ranks.ranks ({len(r.ranks)}), got {len(r.shares)}")
+            raise ConfigError(
+                f"ranks.shares must have one share per rank in ranks.ranks ({len(r.ranks)}), got {len(r.shares)}"
+            )
         if any(s < 0 for s in r.shares) or not math.isclose(sum(r.shares), 1.0, abs_tol=1e-6):
             raise ConfigError(f"ranks.shares must be non-negative and sum to 1, got {r.shares}")
 

@@ -16,7 +16,8 @@ import importlib.abc
 import importlib.machinery
 import sys
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 MODEL_TRIGGER = "transformers.models.auto.modeling_auto"
 MODEL_MODULE = "raflora.tasks.meanpool"
@@ -63,6 +64,7 @@ def _or_warn(step: Callable[[], None]) -> Callable[[], None]:
             step()
         except Exception as err:  # a failed registration must never break importing transformers
             warnings.warn(f"raflora could not register its transformers classes: {err!r}", stacklevel=2)
+
     return run
 
 

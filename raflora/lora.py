@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Mapping, NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -198,15 +199,13 @@ def energy_ratio(singular_values: Tensor | Sequence[float], r: int) -> float:
     return float(top.sum()) / total
 
 
-def energy_by_partition(
-    singular_values: Tensor | Sequence[float], rank_levels: Sequence[int]
-) -> dict[str, float]:
+def energy_by_partition(singular_values: Tensor | Sequence[float], rank_levels: Sequence[int]) -> dict[str, float]:
     """Energy share of each rank partition ``P_k = (l_{k-1}, l_k]`` of the spectrum.
 
     Keys name the 1-based direction ranges (``"1-2"``, ``"3-4"``, ...); the last key
     (``"17+"``) holds whatever lies beyond the largest level, so the shares sum to 1.
     """
-    levels = sorted(set(int(l) for l in rank_levels))
+    levels = sorted(set(int(level) for level in rank_levels))
     if not levels or levels[0] < 1:
         raise ValueError(f"energy_by_partition: rank levels must be >= 1, got {list(rank_levels)}")
     s = torch.as_tensor(singular_values, dtype=torch.float64)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -38,9 +38,7 @@ def dirichlet_partition(
     """
     n = len(labels)
     if num_clients < 1 or n < num_clients * min_examples:
-        raise ValueError(
-            f"cannot give {num_clients} clients at least {min_examples} examples each from {n} examples"
-        )
+        raise ValueError(f"cannot give {num_clients} clients at least {min_examples} examples each from {n} examples")
     g = _generator(seed)
     by_class: dict[int, list[int]] = defaultdict(list)
     for i, y in enumerate(labels):

@@ -9,8 +9,8 @@ partition weights keep every direction's carry-over at 1.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -47,9 +47,7 @@ def simulate_collapse(
     sizes = list(num_examples) if num_examples is not None else [1] * len(ranks)
     U, _ = torch.linalg.qr(torch.randn(m, r_max, generator=g, dtype=dtype))
     V, _ = torch.linalg.qr(torch.randn(n, r_max, generator=g, dtype=dtype))
-    start = [
-        ClientUpdate(i, {"w": LoRAFactors(V.T.contiguous(), U.clone(), 1.0)}, 1) for i in range(1)
-    ]
+    start = [ClientUpdate(i, {"w": LoRAFactors(V.T.contiguous(), U.clone(), 1.0)}, 1) for i in range(1)]
     result = aggregate("flexlora", start)
     trace = CollapseTrace(method, ranks)
     trace.rho.append(energy_ratio(result.singular_values("w"), r_min))

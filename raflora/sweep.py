@@ -20,9 +20,10 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from raflora.compare import check_overrides, check_reference, run_and_report, run_configs
 from raflora.config import Config, ConfigError
@@ -36,8 +37,8 @@ SET_ELSEWHERE = {"federation.method": "--methods", "run.out": "--out", "run.seed
 
 @dataclass
 class Point:
-    label: str                 # "point-1": its folder under OUT
-    settings: dict[str, Any]   # config key -> value, as TOML read it
+    label: str  # "point-1": its folder under OUT
+    settings: dict[str, Any]  # config key -> value, as TOML read it
 
     def text(self) -> str:
         return " ".join(f"{key}={json.dumps(value)}" for key, value in self.settings.items())
@@ -73,8 +74,10 @@ def _assignment(text: str, grid: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not KEY.fullmatch(key) or not value.strip():
-        raise ConfigError(f"--grid {grid!r}: expected KEY=VALUE [KEY=VALUE ...] or KEY=V1,V2,..., "
-                          "e.g. --grid \"ranks.policy=groups ranks.shares=[0.1,0.4,0.5]\" or --grid train.lr=0.01,0.001")
+        raise ConfigError(
+            f"--grid {grid!r}: expected KEY=VALUE [KEY=VALUE ...] or KEY=V1,V2,..., "
+            'e.g. --grid "ranks.policy=groups ranks.shares=[0.1,0.4,0.5]" or --grid train.lr=0.01,0.001'
+        )
     if key in SET_ELSEWHERE:
         raise ConfigError(f"--grid {grid!r}: sweep sets {key} for each run; use {SET_ELSEWHERE[key]}")
     return key, value
@@ -94,8 +97,10 @@ def parse_grid(texts: Sequence[str]) -> list[Point]:
             raise ConfigError(f"--grid {grid!r} sets {twice[0]} twice")
         values = [_top_level_split(value) for _, value in assignments]
         if len(assignments) > 1 and any(len(v) > 1 for v in values):
-            raise ConfigError(f"--grid {grid!r}: a point that sets several keys takes one value per key; "
-                              "give each point its own --grid")
+            raise ConfigError(
+                f"--grid {grid!r}: a point that sets several keys takes one value per key; "
+                "give each point its own --grid"
+            )
         if any(not piece.strip() for v in values for piece in v):
             raise ConfigError(f"--grid {grid!r}: an empty value")
         if len(assignments) == 1:
@@ -122,9 +127,14 @@ def _check_method_keys(points: Sequence[Point], methods: Sequence[str]) -> None:
                 raise ConfigError(f"--grid {key}: a method option that none of --methods ({', '.join(methods)}) has")
 
 
-def plan(config_path: str | Path, points: Sequence[Point], methods: Sequence[str], seeds: Sequence[int] | None,
-         out: str | Path | None = None, overrides: Mapping[str, object] | None = None
-         ) -> tuple[Path, dict[str, Config], list[dict]]:
+def plan(
+    config_path: str | Path,
+    points: Sequence[Point],
+    methods: Sequence[str],
+    seeds: Sequence[int] | None,
+    out: str | Path | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> tuple[Path, dict[str, Config], list[dict]]:
     """The sweep folder, one checked config per run (keyed by its folder below it) and the cells:
     ``{"point", "method", "runs": [folders], "same_as": point label or None}`` per point and method."""
     from raflora.config_io import load_config
@@ -141,8 +151,14 @@ def plan(config_path: str | Path, points: Sequence[Point], methods: Sequence[str
             earlier = first_seen.get((method, repr(mine)))
             if earlier is None:
                 first_seen[method, repr(mine)] = point.label
-                made = run_configs(config_path, folder / point.label, [method], seeds, {**overrides, **mine},
-                                   where=f"{point.label} ({point.text()}): ")
+                made = run_configs(
+                    config_path,
+                    folder / point.label,
+                    [method],
+                    seeds,
+                    {**overrides, **mine},
+                    where=f"{point.label} ({point.text()}): ",
+                )
                 configs.update({f"{point.label}/{name}": config for name, config in made.items()})
             source = earlier or point.label
             runs = [f"{source}/{method}" + ("" if seed is None else f"/seed-{seed}") for seed in seeds or [None]]
@@ -167,7 +183,10 @@ def sweep(
     ConfigError before any run for anything :func:`plan` or ``raflora compare`` refuses."""
     reference = check_reference(reference, methods)
     folder, configs, cells = plan(config_path, points, methods, seeds, out, overrides)
-    grid = {"points": [{"label": p.label, "settings": p.settings} for p in points], "methods": list(methods),
-            "reference": reference, "cells": cells}
-    return run_and_report(configs, folder, reference, overwrite=overwrite, log=log, progress=progress,
-                          sweep=grid)
+    grid = {
+        "points": [{"label": p.label, "settings": p.settings} for p in points],
+        "methods": list(methods),
+        "reference": reference,
+        "cells": cells,
+    }
+    return run_and_report(configs, folder, reference, overwrite=overwrite, log=log, progress=progress, sweep=grid)

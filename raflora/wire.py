@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from safetensors.torch import load as st_load
@@ -19,9 +19,7 @@ from raflora.lora import LoRAFactors
 TRANSPORT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def encode_factors(
-    factors: Mapping[str, LoRAFactors], dtype: str = "float32", parts: str = "AB"
-) -> bytes:
+def encode_factors(factors: Mapping[str, LoRAFactors], dtype: str = "float32", parts: str = "AB") -> bytes:
     """Serialise ``{module: LoRAFactors}``; ``parts`` selects which factors travel ("AB", "A", "B")."""
     if dtype not in TRANSPORT_DTYPES:
         raise ValueError(f"transport dtype must be one of {', '.join(TRANSPORT_DTYPES)}, got {dtype!r}")

@@ -34,8 +34,7 @@ from raflora.report import load_runs  # noqa: E402
 from raflora.report.groups import stats  # noqa: E402
 from raflora.report.summary import build_report  # noqa: E402
 from raflora.report.sweep_table import attach_sweep, load_sweep, sweep_rows  # noqa: E402
-from raflora.report.tables import (energy_rows, markdown_table, paired_rows, per_seed,  # noqa: E402
-                                   size, spread)
+from raflora.report.tables import energy_rows, markdown_table, paired_rows, per_seed, size, spread  # noqa: E402
 
 HEADER = """# Results
 
@@ -67,14 +66,31 @@ def _signed(stat: dict | None, digits: int = 4) -> str:
 
 def group_table(report: dict) -> list[str]:
     metric = report["metric"]
-    header = ["group", "method", "seeds", f"final {metric}", f"best {metric}", "final rho_rmin",
-              "bytes down / round", "bytes up / round"]
+    header = [
+        "group",
+        "method",
+        "seeds",
+        f"final {metric}",
+        f"best {metric}",
+        "final rho_rmin",
+        "bytes down / round",
+        "bytes up / round",
+    ]
     rows = []
     for g in report["groups"]:
         rounds = max(len(g["per_round"]["rho_rmin"]), 1)
-        rows.append([g["label"], g["method"], ",".join(str(s) for s in g["seeds"]), spread(g["final_metric"]),
-                     spread(g["best_metric"]), spread(g["rho_rmin_last"], 3),
-                     size(g["bytes_down"]["mean"] / rounds), size(g["bytes_up"]["mean"] / rounds)])
+        rows.append(
+            [
+                g["label"],
+                g["method"],
+                ",".join(str(s) for s in g["seeds"]),
+                spread(g["final_metric"]),
+                spread(g["best_metric"]),
+                spread(g["rho_rmin_last"], 3),
+                size(g["bytes_down"]["mean"] / rounds),
+                size(g["bytes_up"]["mean"] / rounds),
+            ]
+        )
     return markdown_table(header, rows)
 
 
@@ -95,24 +111,41 @@ def contrast_table(report: dict, contrasts: list[dict]) -> list[str]:
         vb = dict(zip(b["seeds"], b[field]["values"]))
         seeds = [s for s in a["seeds"] if s in vb]
         diffs = [va[s] - vb[s] for s in seeds]
-        rows.append([contrast.get("label", f"{a['label']} - {b['label']}"), str(len(seeds)),
-                     CONTRAST_FIELDS[field].format(metric=report["metric"]), _signed(stats(diffs)),
-                     ", ".join(f"{s}: {d:+.4f}" for s, d in zip(seeds, diffs))])
+        rows.append(
+            [
+                contrast.get("label", f"{a['label']} - {b['label']}"),
+                str(len(seeds)),
+                CONTRAST_FIELDS[field].format(metric=report["metric"]),
+                _signed(stats(diffs)),
+                ", ".join(f"{s}: {d:+.4f}" for s, d in zip(seeds, diffs)),
+            ]
+        )
     return markdown_table(["difference", "seeds", "of", "a - b", "per seed"], rows)
 
 
 def loss_table(report: dict) -> list[str]:
     """The test loss after the last round per group and, where the report pairs groups, its paired
     differences (for a metric too coarse to separate the methods, like a few exact matches)."""
-    rows = [[g["label"], g["method"], ",".join(str(s) for s in g["seeds"]), spread(g["final_loss"])]
-            for g in report["groups"]]
+    rows = [
+        [g["label"], g["method"], ",".join(str(s) for s in g["seeds"]), spread(g["final_loss"])]
+        for g in report["groups"]
+    ]
     lines = markdown_table(["group", "method", "seeds", "final test loss"], rows)
     pairs = [p for p in report["paired"] if p.get("final_loss")]
     if pairs:
         lines += ["", f"Paired differences of the test loss, reference {report['reference']} (lower is better):", ""]
-        lines += markdown_table(["reference - other", "seeds", "final test loss", "per seed"],
-                                [[f"{p['reference']} - {p['other']}", str(p["final_loss"]["n"]), _signed(p["final_loss"]),
-                                  per_seed(p["final_loss"], 4)] for p in pairs])
+        lines += markdown_table(
+            ["reference - other", "seeds", "final test loss", "per seed"],
+            [
+                [
+                    f"{p['reference']} - {p['other']}",
+                    str(p["final_loss"]["n"]),
+                    _signed(p["final_loss"]),
+                    per_seed(p["final_loss"], 4),
+                ]
+                for p in pairs
+            ],
+        )
     return lines
 
 
@@ -121,8 +154,7 @@ def per_round_table(report: dict, field: str, digits: int) -> list[str]:
     groups = report["groups"]
     rounds = sorted({c["round"] for g in groups for c in g["per_round"][field]})
     cells = [{c["round"]: c["mean"] for c in g["per_round"][field]} for g in groups]
-    rows = [[str(r)] + ["-" if cell.get(r) is None else f"{cell[r]:.{digits}f}" for cell in cells]
-            for r in rounds]
+    rows = [[str(r)] + ["-" if cell.get(r) is None else f"{cell[r]:.{digits}f}" for cell in cells] for r in rounds]
     return markdown_table(["round"] + [g["label"] for g in groups], rows)
 
 
@@ -130,12 +162,16 @@ def trace_table(folder: Path, runs: dict, label: str) -> list[str]:
     """One run's rounds: the ranks of the sampled clients and the energy per rank partition
     (``energy_by_partition`` of metrics.jsonl), to show what a round without high-rank clients does."""
     if label not in runs:
-        raise SystemExit(f"error: {folder / 'about.toml'}: trace {label!r} is not a run; the runs are {', '.join(runs)}")
+        raise SystemExit(
+            f"error: {folder / 'about.toml'}: trace {label!r} is not a run; the runs are {', '.join(runs)}"
+        )
     run = runs[label]
-    keys = sorted({k for rec in run.records for k in rec.get("energy_by_partition") or {}},
-                  key=partition_order)
-    rows = [[str(rec["round"]), " ".join(str(r) for r in sorted(rec.get("ranks", [])))]
-            + [f"{(rec.get('energy_by_partition') or {}).get(k, 0.0):.3f}" for k in keys] for rec in run.records]
+    keys = sorted({k for rec in run.records for k in rec.get("energy_by_partition") or {}}, key=partition_order)
+    rows = [
+        [str(rec["round"]), " ".join(str(r) for r in sorted(rec.get("ranks", [])))]
+        + [f"{(rec.get('energy_by_partition') or {}).get(k, 0.0):.3f}" for k in keys]
+        for rec in run.records
+    ]
     return markdown_table(["round", "ranks sampled"] + [f"directions {k}" for k in keys], rows)
 
 
@@ -174,24 +210,29 @@ def experiment_section(folder: Path, runs: dict, report: dict, img: Path, doc: P
     about = _about(folder)
     parts = _parts(folder)
     seeds = sorted({s for g in report["groups"] for s in g["seeds"]})
-    commits = sorted({p["commit"][:10] + (" (with uncommitted changes)" if p.get("dirty") else "")
-                      for p in parts if p.get("commit")})
+    commits = sorted(
+        {p["commit"][:10] + (" (with uncommitted changes)" if p.get("dirty") else "") for p in parts if p.get("commit")}
+    )
     lines = [f"## {about.get('title', folder.name)}", ""]
     if about.get("question"):
         lines += [about["question"].strip(), ""]
     lines += ["```"] + [p.get("command", "(command not recorded)") for p in parts] + ["```", ""]
     wall = sum(p.get("wall_seconds", 0.0) for p in parts)
-    facts = [("config", f"`{about['config']}`" if about.get("config") else "-"),
-             ("seeds", ", ".join(str(s) for s in seeds)),
-             ("runs", str(len(report["runs"]))),
-             ("wall time", _minutes(wall) if parts else "-"),
-             ("commit", ", ".join(f"`{c}`" for c in commits) or "-"),
-             ("results", f"`{folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder}`"),
-             ("reduced", about.get("reduced", "-").strip())]
+    facts = [
+        ("config", f"`{about['config']}`" if about.get("config") else "-"),
+        ("seeds", ", ".join(str(s) for s in seeds)),
+        ("runs", str(len(report["runs"]))),
+        ("wall time", _minutes(wall) if parts else "-"),
+        ("commit", ", ".join(f"`{c}`" for c in commits) or "-"),
+        ("results", f"`{folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder}`"),
+        ("reduced", about.get("reduced", "-").strip()),
+    ]
     lines += [f"- **{name}**: {value}" for name, value in facts] + [""]
     for table in about.get("tables", ["groups", "paired"]):
         if table not in TABLES:
-            raise SystemExit(f"error: {folder / 'about.toml'}: unknown table {table!r}; choose from {', '.join(TABLES)}")
+            raise SystemExit(
+                f"error: {folder / 'about.toml'}: unknown table {table!r}; choose from {', '.join(TABLES)}"
+            )
         if table == "groups":
             lines += group_table(report) + [""]
         elif table == "paired" and report["paired"]:
@@ -301,9 +342,18 @@ def headline_rows(folder: Path, runs: dict, report: dict) -> list[list[str]]:
         # a run folder from before the key existed: config_io's legacy rule
         federation = runs[groups[ref]["runs"][0]].config.get("federation", {})
         rule = federation.get("empty_partition", EMPTY_PARTITION_BEFORE_KEY)
-        rows.append([title, ref, rule, worst["other"], _signed(worst["final_metric"]), _seed_signs(worst),
-                     _signed(flexlora[0]["final_metric"]) if flexlora else "-",
-                     _seed_signs(flexlora[0]) if flexlora else "-"])
+        rows.append(
+            [
+                title,
+                ref,
+                rule,
+                worst["other"],
+                _signed(worst["final_metric"]),
+                _seed_signs(worst),
+                _signed(flexlora[0]["final_metric"]) if flexlora else "-",
+                _seed_signs(flexlora[0]) if flexlora else "-",
+            ]
+        )
     return rows
 
 
@@ -312,17 +362,31 @@ def build(results: Path, out: Path, img: Path, paper: Path | None = ROOT / "conf
     read = [(folder, *experiment_report(folder)) for folder in experiments(results)]
     rows = [row for folder, runs, report in read for row in headline_rows(folder, runs, report)]
     if rows:
-        lines += ["## At a glance", "",
-                  "For every group of the method an experiment is built around (its reference: raflora, or "
-                  "carryover, this library's own method): the method of the same setting it trails most on "
-                  "the final metric (the best other method when it trails none) and the paired difference "
-                  "reference - that method over seeds, the same against flexlora (the baseline the paper is "
-                  "built against), and on how many seeds the reference is ahead / level / behind. "
-                  "`unreached` is the reference's rule for a rank partition no sampled client reaches "
-                  "(raflora's default is `drop`; experiments 8-8c compare the two).", ""]
-        lines += markdown_table(["experiment", "reference group", "unreached", "best other method", "reference - it",
-                                 "seeds ahead / level / behind", "reference - flexlora",
-                                 "seeds ahead / level / behind"], rows) + [""]
+        lines += [
+            "## At a glance",
+            "",
+            "For every group of the method an experiment is built around (its reference: raflora, or "
+            "carryover, this library's own method): the method of the same setting it trails most on "
+            "the final metric (the best other method when it trails none) and the paired difference "
+            "reference - that method over seeds, the same against flexlora (the baseline the paper is "
+            "built against), and on how many seeds the reference is ahead / level / behind. "
+            "`unreached` is the reference's rule for a rank partition no sampled client reaches "
+            "(raflora's default is `drop`; experiments 8-8c compare the two).",
+            "",
+        ]
+        lines += markdown_table(
+            [
+                "experiment",
+                "reference group",
+                "unreached",
+                "best other method",
+                "reference - it",
+                "seeds ahead / level / behind",
+                "reference - flexlora",
+                "seeds ahead / level / behind",
+            ],
+            rows,
+        ) + [""]
     for folder, runs, report in read:
         lines += experiment_section(folder, runs, report, img, out)
     lines += [NOT_YET]

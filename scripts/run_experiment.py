@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("experiment")
     parser.add_argument("--part", default="", help="a sub-folder for one of the experiment's commands")
     args = parser.parse_args(argv[:split])
-    cli_args = argv[split + 1:]
+    cli_args = argv[split + 1 :]
     out = out_folder(cli_args)
     folder = ROOT / "results" / args.experiment
     dest = folder / args.part if args.part else folder
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "raflora " + " ".join(cli_args),
         "commit": git("rev-parse", "HEAD"),
         "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     start = time.monotonic()
     code = subprocess.call([sys.executable, "-m", "raflora.cli", *cli_args], cwd=ROOT)
@@ -90,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     run = {"experiment": args.experiment, "parts": parts + [record]}
     (folder / "run.json").write_text(json.dumps(run, indent=1) + "\n")
-    print(f"run_experiment: {args.experiment}: exit {code}, {record['wall_seconds']} s, "
-          f"{record['files']} files -> {dest.relative_to(ROOT)}")
+    print(
+        f"run_experiment: {args.experiment}: exit {code}, {record['wall_seconds']} s, "
+        f"{record['files']} files -> {dest.relative_to(ROOT)}"
+    )
     return code
 
 

@@ -28,8 +28,10 @@ def _sha(data: bytes) -> str:
 def _tensors(path: Path) -> dict[str, str]:
     from safetensors.torch import load_file
 
-    return {k: _sha(t.contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
-            for k, t in sorted(load_file(str(path)).items())}
+    return {
+        k: _sha(t.contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
+        for k, t in sorted(load_file(str(path)).items())
+    }
 
 
 def fingerprint(folder: Path) -> dict:
@@ -45,8 +47,10 @@ def fingerprint(folder: Path) -> dict:
         out["adapter"] = _tensors(adapter / "adapter_model.safetensors")
         config = json.loads((adapter / "adapter_config.json").read_text())
         # PEFT writes target_modules from a set: its order changes from one process to the next
-        out["adapter_config"] = {k: sorted(v) if isinstance(v := config.get(k), list) else v
-                                 for k in ("r", "lora_alpha", "target_modules", "modules_to_save")}
+        out["adapter_config"] = {
+            k: sorted(v) if isinstance(v := config.get(k), list) else v
+            for k in ("r", "lora_alpha", "target_modules", "modules_to_save")
+        }
     return out
 
 
@@ -55,8 +59,19 @@ def cmd_run(args) -> int:
     methods = args.methods.split(",") if args.methods else list(METHODS)
     prints = {}
     for method in methods:
-        cmd = [sys.executable, "-m", "raflora.cli", "run", args.config, "--method", method, "--out",
-               str(out / method), "--overwrite", "--quiet"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "raflora.cli",
+            "run",
+            args.config,
+            "--method",
+            method,
+            "--out",
+            str(out / method),
+            "--overwrite",
+            "--quiet",
+        ]
         if args.rounds:
             cmd += ["--rounds", str(args.rounds)]
         if method == "fedit":  # fedit needs one rank for every client

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import tomllib
 import subprocess
 import sys
+import tomllib
 
 import pytest
 
@@ -53,19 +53,54 @@ def test_run_then_export(config_file, tmp_path, capsys):
 
 def test_overrides_stop_and_resume(config_file, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", str(config_file), "--out", str(out), "--method", "flexlora", "--rounds", "3",
-                 "--stop-after", "1", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(config_file),
+                "--out",
+                str(out),
+                "--method",
+                "flexlora",
+                "--rounds",
+                "3",
+                "--stop-after",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert f"continue with: raflora run --resume {out}" in capsys.readouterr().out
-    assert main(["run", str(config_file), "--method", "flexlora", "--rounds", "3", "--resume", str(out), "--quiet"]) == 0
+    assert (
+        main(["run", str(config_file), "--method", "flexlora", "--rounds", "3", "--resume", str(out), "--quiet"]) == 0
+    )
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1, 2, 3] and {r["method"] for r in records} == {"flexlora"}
 
 
 def test_set_overrides_any_value(config_file, tmp_path):
     out = tmp_path / "run"
-    assert main(["run", str(config_file), "--out", str(out), "--quiet", "--set", "run.rounds=1",
-                 "--set", "ranks.ranks=[4]", "--set", "federation.method=flexlora",
-                 "--set", "federation.transport_dtype=bfloat16"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(config_file),
+                "--out",
+                str(out),
+                "--quiet",
+                "--set",
+                "run.rounds=1",
+                "--set",
+                "ranks.ranks=[4]",
+                "--set",
+                "federation.method=flexlora",
+                "--set",
+                "federation.transport_dtype=bfloat16",
+            ]
+        )
+        == 0
+    )
     config = tomllib.loads((out / "config.toml").read_text())
     assert config["ranks"]["ranks"] == [4] and config["federation"]["method"] == {"name": "flexlora"}
     assert config["federation"]["transport_dtype"] == "bfloat16"
@@ -111,15 +146,18 @@ def test_console_entry_point_exit_code(tmp_path):
     bad.write_text("[run]\nroundz = 1\n")
     done = subprocess.run([sys.executable, "-m", "raflora.cli", "run", str(bad)], capture_output=True, text=True)
     assert done.returncode == 2
-    assert done.stderr.strip() == ("error: unknown key run.roundz; [run] takes: device, keep_checkpoints, name, out, "
-                                   "rounds, runtime, seed, threads")
+    assert done.stderr.strip() == (
+        "error: unknown key run.roundz; [run] takes: device, keep_checkpoints, name, out, "
+        "rounds, runtime, seed, threads"
+    )
 
 
 def test_resume_needs_only_the_run_folder(config_file, tmp_path, capsys):
     # the method was overridden on the command line: the printed hint, followed literally, resumes
     out = tmp_path / "run"
-    assert main(["run", str(config_file), "--out", str(out), "--method", "flexlora", "--stop-after", "1",
-                 "--quiet"]) == 0
+    assert (
+        main(["run", str(config_file), "--out", str(out), "--method", "flexlora", "--stop-after", "1", "--quiet"]) == 0
+    )
     hint = capsys.readouterr().out.splitlines()[-1]
     assert hint == f"stopped after round 1; continue with: raflora run --resume {out}"
     assert main(hint.split("raflora ", 1)[1].split() + ["--quiet"]) == 0
@@ -131,8 +169,9 @@ def test_resume_needs_only_the_run_folder(config_file, tmp_path, capsys):
 def test_resume_with_a_config_that_differs_is_refused(config_file, tmp_path, capsys):
     # a config given as well as --resume is checked against the run's own
     out = tmp_path / "run"
-    assert main(["run", str(config_file), "--out", str(out), "--method", "flexlora", "--stop-after", "1",
-                 "--quiet"]) == 0
+    assert (
+        main(["run", str(config_file), "--out", str(out), "--method", "flexlora", "--stop-after", "1", "--quiet"]) == 0
+    )
     capsys.readouterr()
     assert main(["run", str(config_file), "--resume", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
@@ -143,8 +182,10 @@ def test_run_without_config_or_resume(tmp_path, capsys):
     assert main(["run"]) == 2
     assert main(["run", "--resume", str(tmp_path)]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err == ["error: give a config file, or --resume DIR to continue the run in DIR",
-                   f"error: cannot resume: {str(tmp_path)!r} holds no config.toml of a run"]
+    assert err == [
+        "error: give a config file, or --resume DIR to continue the run in DIR",
+        f"error: cannot resume: {str(tmp_path)!r} holds no config.toml of a run",
+    ]
 
 
 def test_version_and_python_m(capsys):
@@ -176,8 +217,10 @@ def test_simulate_methods_comma_or_space_separated(capsys):
 
 def test_log_file_and_level(config_file, tmp_path, capsys):
     out, log = tmp_path / "run", tmp_path / "run.log"
-    assert main(["run", str(config_file), "--out", str(out), "--quiet", "--log-file", str(log),
-                 "--log-level", "debug"]) == 0
+    assert (
+        main(["run", str(config_file), "--out", str(out), "--quiet", "--log-file", str(log), "--log-level", "debug"])
+        == 0
+    )
     printed = capsys.readouterr().out.splitlines()
     logged = log.read_text().splitlines()
     rounds = [line for line in printed if line.startswith("round ")]
@@ -186,8 +229,10 @@ def test_log_file_and_level(config_file, tmp_path, capsys):
         assert any(entry.endswith(" INFO " + line) for entry in logged)
     assert any(" DEBUG device cpu" in entry for entry in logged)
     # WARNING: the run is silent; an error still reaches the console (stderr) and the file
-    assert main(["run", str(config_file), "--out", str(out), "--quiet", "--log-level", "WARNING",
-                 "--log-file", str(log)]) == 2
+    assert (
+        main(["run", str(config_file), "--out", str(out), "--quiet", "--log-level", "WARNING", "--log-file", str(log)])
+        == 2
+    )
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.startswith("error: ") and "already holds a run" in captured.err
     assert log.read_text().splitlines()[-1].endswith(" ERROR " + captured.err.strip())
@@ -201,8 +246,9 @@ def test_report_writes_its_own_folder_and_never_over_a_report(config_file, tmp_p
     runs = []
     for method in ("flexlora", "raflora"):
         runs.append(tmp_path / method)
-        assert main(["run", str(config_file), "--out", str(runs[-1]), "--method", method, "--rounds", "1",
-                     "--quiet"]) == 0
+        assert (
+            main(["run", str(config_file), "--out", str(runs[-1]), "--method", method, "--rounds", "1", "--quiet"]) == 0
+        )
     capsys.readouterr()
     assert main(["report", str(runs[0])]) == 0
     assert (runs[0] / "report" / "report.json").is_file()

@@ -96,13 +96,18 @@ def test_user_task_missing_data_file(tmp_path):
 METHOD_BASE = BASE.replace("[federation]\nnum_clients = 4\n", "[federation]\nnum_clients = 4\n{method}\n")
 
 
-@pytest.mark.parametrize("method, expected", [
-    ('method = "florist"', {"tau": 0.9}),
-    ('[federation.method]\nname = "florist"\ntau = 0.5', {"tau": 0.5}),
-    ('[federation.method]\nname = "raflora"\nrank_levels = [2, 4, 8, 16]\nweighting = "uniform"',
-     {"rank_levels": [2, 4, 8, 16], "weighting": "uniform"}),
-    ('[federation.method]\nname = "fedsa"\nsfed_alpha = 2', {"sfed_alpha": 2.0, "num_clients": 0}),
-])
+@pytest.mark.parametrize(
+    "method, expected",
+    [
+        ('method = "florist"', {"tau": 0.9}),
+        ('[federation.method]\nname = "florist"\ntau = 0.5', {"tau": 0.5}),
+        (
+            '[federation.method]\nname = "raflora"\nrank_levels = [2, 4, 8, 16]\nweighting = "uniform"',
+            {"rank_levels": [2, 4, 8, 16], "weighting": "uniform"},
+        ),
+        ('[federation.method]\nname = "fedsa"\nsfed_alpha = 2', {"sfed_alpha": 2.0, "num_clients": 0}),
+    ],
+)
 def test_the_method_table_holds_the_methods_own_options(tmp_path, method, expected):
     config = load_config(write(tmp_path, METHOD_BASE.format(method=method)))
     assert config.federation.method.options() == expected
@@ -110,17 +115,33 @@ def test_the_method_table_holds_the_methods_own_options(tmp_path, method, expect
     assert again.federation.method == config.federation.method, "config.toml reads back to the same method"
 
 
-@pytest.mark.parametrize("method, overrides, message", [
-    ('method = "flexlora"', {"federation.method.tau": 0.5},
-     "unknown key federation.method.tau for method flexlora (florist has it); flexlora's options: none"),
-    ('[federation.method]\nname = "florist"\ntau = 1.5', {}, "federation.method: florist: tau must be in (0, 1], got 1.5"),
-    ('[federation.method]\ntau = 0.5', {}, "federation.method needs name = one of"),
-    ('method = "florist"\ntau = 0.8', {},
-     'federation.tau is now an option of the method: write it under [federation.method] (name = "florist", tau = ...)'),
-    ('method = "raflora"\nrank_levels = [2]', {}, "federation.rank_levels is now an option of the method"),
-    ('[federation.method]\nname = "raflora"\nrank_levels = [2, 4]', {},
-     "federation.method raflora: rank_levels [2, 4] must include every client rank [2, 4, 8, 16]"),
-])
+@pytest.mark.parametrize(
+    "method, overrides, message",
+    [
+        (
+            'method = "flexlora"',
+            {"federation.method.tau": 0.5},
+            "unknown key federation.method.tau for method flexlora (florist has it); flexlora's options: none",
+        ),
+        (
+            '[federation.method]\nname = "florist"\ntau = 1.5',
+            {},
+            "federation.method: florist: tau must be in (0, 1], got 1.5",
+        ),
+        ("[federation.method]\ntau = 0.5", {}, "federation.method needs name = one of"),
+        (
+            'method = "florist"\ntau = 0.8',
+            {},
+            'federation.tau is now an option of the method: write it under [federation.method] (name = "florist", tau = ...)',
+        ),
+        ('method = "raflora"\nrank_levels = [2]', {}, "federation.rank_levels is now an option of the method"),
+        (
+            '[federation.method]\nname = "raflora"\nrank_levels = [2, 4]',
+            {},
+            "federation.method raflora: rank_levels [2, 4] must include every client rank [2, 4, 8, 16]",
+        ),
+    ],
+)
 def test_method_mistakes_are_one_line(tmp_path, method, overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, METHOD_BASE.format(method=method)), overrides)
@@ -128,7 +149,9 @@ def test_method_mistakes_are_one_line(tmp_path, method, overrides, message):
 
 
 def test_method_override_takes_the_new_method_with_its_defaults_then_its_keys(tmp_path):
-    path = write(tmp_path, METHOD_BASE.format(method='[federation.method]\nname = "raflora"\nrank_levels = [2, 4, 8, 16]'))
+    path = write(
+        tmp_path, METHOD_BASE.format(method='[federation.method]\nname = "raflora"\nrank_levels = [2, 4, 8, 16]')
+    )
     config = load_config(path, {"federation.method": "florist", "federation.method.tau": 0.7})
     assert config.federation.method.name == "florist" and config.federation.method.tau == 0.7
     assert load_config(path, {"federation.method.weighting": "uniform"}).federation.method.rank_levels == [2, 4, 8, 16]

@@ -16,11 +16,13 @@ ORDERS = {
 
 @pytest.mark.parametrize("first", list(ORDERS))
 def test_registration_in_any_import_order(first):
-    code = (f"import raflora\n{ORDERS[first]}\n"
-            "from transformers import AutoModelForSequenceClassification\n"
-            "from transformers.models.auto.configuration_auto import CONFIG_MAPPING\n"
-            "from raflora.tasks.meanpool import MeanPoolConfig\n"
-            "assert 'raflora-meanpool' in CONFIG_MAPPING\n"
-            "assert MeanPoolConfig in AutoModelForSequenceClassification._model_mapping\n")
+    code = (
+        f"import raflora\n{ORDERS[first]}\n"
+        "from transformers import AutoModelForSequenceClassification\n"
+        "from transformers.models.auto.configuration_auto import CONFIG_MAPPING\n"
+        "from raflora.tasks.meanpool import MeanPoolConfig\n"
+        "assert 'raflora-meanpool' in CONFIG_MAPPING\n"
+        "assert MeanPoolConfig in AutoModelForSequenceClassification._model_mapping\n"
+    )
     done = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

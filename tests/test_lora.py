@@ -39,12 +39,15 @@ def test_lora_scale(rank):
     assert lora_scale("sfed", 2.0, rank, num_clients=9) == pytest.approx(2.0 * math.sqrt(9 / rank))
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: lora_scale("lora", 8.0, 0), "rank"),
-    (lambda: lora_scale("dora", 8.0, 4), "unknown scaling"),
-    (lambda: lora_scale("sfed", 8.0, 4), "num_clients"),
-    (lambda: lora_scale("sfed", 8.0, 4, num_clients=0), "num_clients"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: lora_scale("lora", 8.0, 0), "rank"),
+        (lambda: lora_scale("dora", 8.0, 4), "unknown scaling"),
+        (lambda: lora_scale("sfed", 8.0, 4), "num_clients"),
+        (lambda: lora_scale("sfed", 8.0, 4, num_clients=0), "num_clients"),
+    ],
+)
 def test_lora_scale_refuses_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()

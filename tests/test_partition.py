@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 
 from raflora.config import RanksConfig
-from raflora.ranks import client_ranks
 from raflora.partition import dirichlet_partition, iid_partition, key_partition, partition
+from raflora.ranks import client_ranks
 
 
 def _check_cover(parts, n):

@@ -5,7 +5,6 @@ q_j = sum_{i: r_i >= j} p_i of its singular value per round, so rho_{r_min} foll
 """
 
 import pytest
-import torch
 
 from raflora.simulate import simulate_collapse
 

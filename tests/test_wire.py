@@ -10,8 +10,12 @@ from raflora.wire import decode_factors, encode_factors
 def factors():
     g = torch.Generator().manual_seed(0)
     return {
-        "model.layers.0.self_attn.q_proj": LoRAFactors(torch.randn(4, 32, generator=g), torch.randn(24, 4, generator=g), 0.5),
-        "model.layers.0.self_attn.v_proj": LoRAFactors(torch.randn(2, 32, generator=g), torch.randn(24, 2, generator=g), 8 / 3),
+        "model.layers.0.self_attn.q_proj": LoRAFactors(
+            torch.randn(4, 32, generator=g), torch.randn(24, 4, generator=g), 0.5
+        ),
+        "model.layers.0.self_attn.v_proj": LoRAFactors(
+            torch.randn(2, 32, generator=g), torch.randn(24, 2, generator=g), 8 / 3
+        ),
     }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from raflora.aggregation.carryover import Carryover
 from raflora.aggregation.fedit import FedIT
@@ -30,8 +30,7 @@ from raflora.lora import ClientUpdate, LowRank
 
 AGGREGATORS: dict[str, type[Method]] = {
     cls.name: cls
-    for cls in (FedIT, ZeroPad, HetLoRA, Replication, FFALoRA, FedSALoRA, FLoRA, FlexLoRA, FLoRIST, RaFLoRA,
-                Carryover)
+    for cls in (FedIT, ZeroPad, HetLoRA, Replication, FFALoRA, FedSALoRA, FLoRA, FlexLoRA, FLoRIST, RaFLoRA, Carryover)
 }
 
 
@@ -93,15 +92,25 @@ def aggregate(
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1):
         raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
     method = method_of(method, options, "aggregate()")
-    return method.aggregate(updates, modules=modules, shapes=shapes, seed=seed, workers=workers,
-                            max_norm_ratio=max_norm_ratio, previous=previous, top_rank=top_rank)
+    return method.aggregate(
+        updates,
+        modules=modules,
+        shapes=shapes,
+        seed=seed,
+        workers=workers,
+        max_norm_ratio=max_norm_ratio,
+        previous=previous,
+        top_rank=top_rank,
+    )
 
 
 def _methods_doc() -> str:
     lines = []
     for name, cls in AGGREGATORS.items():
-        opts = ", ".join(f"{f.name}={f.default!r}" if f.default is not dataclasses.MISSING else f"{f.name}=[]"
-                         for f in cls.option_fields())
+        opts = ", ".join(
+            f"{f.name}={f.default!r}" if f.default is not dataclasses.MISSING else f"{f.name}=[]"
+            for f in cls.option_fields()
+        )
         lines.append(f"    - ``{name}``{f' ({opts})' if opts else ''}: {cls.__doc__.splitlines()[0]}")
     return "\n".join(lines)
 

@@ -42,8 +42,9 @@ from raflora.lora import LowRank
 
 def carried_weights(ranks: list[int], weights: list[float], top: int) -> torch.Tensor:
     """``1 - q_j`` for ``j = 1 .. top``, ``q_j`` the summed weight of the ranks that reach ``j``."""
-    return torch.tensor([1.0 - sum(p for r, p in zip(ranks, weights) if r >= j) for j in range(1, top + 1)],
-                        dtype=torch.float64)
+    return torch.tensor(
+        [1.0 - sum(p for r, p in zip(ranks, weights) if r >= j) for j in range(1, top + 1)], dtype=torch.float64
+    )
 
 
 @dataclass

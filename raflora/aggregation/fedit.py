@@ -8,7 +8,6 @@ Sends and receives ``r (m + n)`` values per module.
 from __future__ import annotations
 
 from collections import Counter
-
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -34,8 +33,11 @@ class FedIT(Method):
             common = Counter(ranks).most_common(1)[0][0]
             for i, (u, r) in enumerate(zip(checked.updates, ranks)):
                 if r != common and i not in refused:
-                    refused[i] = (module, f"client {u.client_id!r}: module {module!r}: fedit needs homogeneous "
-                                  f"ranks, got rank {r} where the round's clients use {common} (use zero_pad or raflora)")
+                    refused[i] = (
+                        module,
+                        f"client {u.client_id!r}: module {module!r}: fedit needs homogeneous "
+                        f"ranks, got rank {r} where the round's clients use {common} (use zero_pad or raflora)",
+                    )
         return refused
 
     def combine(self, checked: Checked, seed: int) -> dict[str, LowRank]:

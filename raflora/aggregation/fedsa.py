@@ -33,8 +33,11 @@ class FedSALoRA(Method):
     private: ClassVar[str] = "B"
     result_type: ClassVar[type] = SharedAResult
 
-    sfed_alpha: float = option(0.0, help="> 0: clients train with SFed-LoRA's scale alpha * sqrt(N / r) in "
-                               "place of lora.scaling's (0: off); at most 1e4")
+    sfed_alpha: float = option(
+        0.0,
+        help="> 0: clients train with SFed-LoRA's scale alpha * sqrt(N / r) in "
+        "place of lora.scaling's (0: off); at most 1e4",
+    )
     num_clients: int = option(0, help="SFed-LoRA's N (0: the clients sampled per round)")
 
     def check(self) -> None:

@@ -41,8 +41,11 @@ class FFALoRA(Method):
             for i, u in enumerate(checked.updates):
                 A = u.factors[module].A
                 if i not in refused and not torch.allclose(A, frozen[: A.shape[0]], rtol=0.0, atol=tol):
-                    refused[i] = (module, f"client {u.client_id!r}: module {module!r}: A is not the shared frozen "
-                                  f"init (seed {seed}); ffa trains B only")
+                    refused[i] = (
+                        module,
+                        f"client {u.client_id!r}: module {module!r}: A is not the shared frozen "
+                        f"init (seed {seed}); ffa trains B only",
+                    )
         return refused
 
     def combine(self, checked: Checked, seed: int) -> dict[str, LowRank]:

@@ -9,16 +9,16 @@ rank-``p`` global adapter: ``p (m + n)`` values per module.
 
 from __future__ import annotations
 
-import torch
-
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
+
 from raflora.aggregation.method import Method, option
+from raflora.aggregation.numerics import stable_svd
 from raflora.aggregation.result import MergeResult
 from raflora.aggregation.stacking import fedavg_stacks
 from raflora.aggregation.validate import Checked
-from raflora.aggregation.numerics import stable_svd
 from raflora.lora import LowRank
 
 
@@ -42,8 +42,11 @@ class FLoRIST(Method):
     merges_into_base: ClassVar[bool] = True
     result_type: ClassVar[type] = MergeResult
 
-    tau: float = option(0.9, help="energy threshold in (0, 1]: keep the smallest rank whose share of the "
-                        "squared singular values reaches tau (1 keeps every direction: flora)")
+    tau: float = option(
+        0.9,
+        help="energy threshold in (0, 1]: keep the smallest rank whose share of the "
+        "squared singular values reaches tau (1 keeps every direction: flora)",
+    )
 
     def check(self) -> None:
         if not 0.0 < self.tau <= 1.0:

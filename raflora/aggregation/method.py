@@ -27,14 +27,15 @@ Adding a method is one file with one such class and one line in the registry
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from raflora.aggregation.numerics import NumericalFailure, all_finite, fits, log2_norm, log2_product_norm, stable_svd
 from raflora.aggregation.result import AggregationResult
 from raflora.aggregation.stacking import Stack, append_components
-from raflora.aggregation.numerics import NumericalFailure, all_finite, fits, log2_product_norm, log2_norm, stable_svd
 from raflora.aggregation.validate import (
     Checked,
     NoValidUpdates,
@@ -190,22 +191,29 @@ class Method:
                 continue
             # The module is unknown when combine raised: blame the largest norm of any module.
             norms = {m: update_log2_norms(checked, m, self.uploads) for m in ([module] if module else checked.modules)}
-            module, worst = max(((m, i) for m, ns in norms.items() for i in range(len(ns))),
-                                key=lambda mi: norms[mi[0]][mi[1]])
+            module, worst = max(
+                ((m, i) for m, ns in norms.items() for i in range(len(ns))), key=lambda mi: norms[mi[0]][mi[1]]
+            )
             cid = checked.updates[worst].client_id
-            checked = checked.without({worst: (module, f"client {cid!r}: module {module!r}: {why} in float64; "
-                                               "this update has the largest norm")})
+            checked = checked.without(
+                {
+                    worst: (
+                        module,
+                        f"client {cid!r}: module {module!r}: {why} in float64; this update has the largest norm",
+                    )
+                }
+            )
 
-    def carry(self, factors: LowRank, previous: LowRank | None, checked: Checked, module: str,
-              top_rank: int | None) -> LowRank:
+    def carry(
+        self, factors: LowRank, previous: LowRank | None, checked: Checked, module: str, top_rank: int | None
+    ) -> LowRank:
         """What of the previous round's global update ``previous`` this round's ``factors`` of
         ``module`` carry on (only when the round passes it: ``keeps_global`` methods, or
         ``federation.empty_partition = "keep"``). Default: the components no update reached
         (:meth:`keep_unreached`)."""
         return self.keep_unreached(factors, previous, max(checked.ranks(module)), top_rank)
 
-    def keep_unreached(self, factors: LowRank, previous: LowRank | None, reached: int,
-                       top_rank: int | None) -> LowRank:
+    def keep_unreached(self, factors: LowRank, previous: LowRank | None, reached: int, top_rank: int | None) -> LowRank:
         """``factors`` plus the components ``reached + 1 .. top_rank`` of ``previous`` (its singular
         directions in descending order): a rank partition that no update of this round reaches
         keeps its previous global component instead of losing it (``federation.empty_partition =
@@ -233,15 +241,17 @@ class Method:
         return None
 
     # -- the client's side -------------------------------------------------------------------------
-    def missing_part(self, module: str, part: str, rank: int, shape: tuple[int, int], seed: int,
-                     dtype: torch.dtype = torch.float32) -> Tensor:
+    def missing_part(
+        self, module: str, part: str, rank: int, shape: tuple[int, int], seed: int, dtype: torch.dtype = torch.float32
+    ) -> Tensor:
         """The factor ``part`` of a module that did not travel, as the receiver holds it: zeros by
         default (the receiver has nothing); FFA-LoRA regenerates its frozen ``A`` from the seed."""
         m, n = shape
         return torch.zeros((rank, n) if part == "A" else (m, rank), dtype=dtype)
 
-    def client_start(self, received: Mapping[str, LoRAFactors],
-                     kept: Mapping[str, Tensor] | None) -> dict[str, LoRAFactors]:
+    def client_start(
+        self, received: Mapping[str, LoRAFactors], kept: Mapping[str, Tensor] | None
+    ) -> dict[str, LoRAFactors]:
         """What a client trains from: the factors it received, with its ``private`` factor put
         back from what it ``kept`` after its last round (``None``: it has not trained yet)."""
         if not self.private or not kept:

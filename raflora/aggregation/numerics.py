@@ -151,7 +151,6 @@ def stable_svdvals(A: Tensor) -> Tensor:
     return S if e is None else _back(S, e, A.dtype)
 
 
-
 __all__ = [
     "NumericalFailure",
     "all_finite",

@@ -6,16 +6,14 @@ differ combine correctly: the averaged pair satisfies ``delta = B_avg @ A_avg``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 from raflora.lora import LoRAFactors, LowRank
 
 
-def average_factors(
-    factors: Sequence[LoRAFactors], weights: Sequence[float], renormalise: bool = False
-) -> LowRank:
+def average_factors(factors: Sequence[LoRAFactors], weights: Sequence[float], renormalise: bool = False) -> LowRank:
     """Weighted average of ``(s_i B_i, A_i)`` padded to the largest rank.
 
     ``renormalise=False`` (zero padding): component ``j`` is ``sum_i w_i x_i[j]`` with ``x_i[j] = 0``

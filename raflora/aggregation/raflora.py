@@ -23,8 +23,9 @@ Sends and receives ``r_i (m + n)`` values per module.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 
@@ -48,10 +49,10 @@ def partition_weights(ranks: Sequence[int], weights: Sequence[float], levels: Se
             if all(rr >= level for rr in ranks):
                 # Every client reaches it: the share is p itself. Dividing by sum(p), which
                 # rounding can leave a hair off 1, would break "homogeneous ranks == FlexLoRA".
-                c[low:min(level, r)] = p
+                c[low : min(level, r)] = p
             else:
                 reach = sum(w for rr, w in zip(ranks, weights) if rr >= level)
-                c[low:min(level, r)] = p / reach
+                c[low : min(level, r)] = p / reach
             low = level
         out.append(c)
     return out
@@ -70,16 +71,24 @@ class RaFLoRA(Method):
     # keeps its previous component instead: measured worse on text and images (docs/results.md, experiment 8)
     keeps_global: ClassVar[bool] = False
 
-    rank_levels: list[int] = option(factory=list, help="the federation's rank set, which splits the components "
-                                    "into partitions ([]: the clients' ranks; each client rank must be a level)")
-    weighting: str = option("data", help="client weight inside a partition: data (its share of the examples, "
-                            "p_i) or uniform (every contributing client alike)")
+    rank_levels: list[int] = option(
+        factory=list,
+        help="the federation's rank set, which splits the components "
+        "into partitions ([]: the clients' ranks; each client rank must be a level)",
+    )
+    weighting: str = option(
+        "data",
+        help="client weight inside a partition: data (its share of the examples, "
+        "p_i) or uniform (every contributing client alike)",
+    )
 
     def check(self) -> None:
         if any(int(level) < 1 for level in self.rank_levels):
             raise ValueError(f"raflora: rank_levels must be positive integers, got {list(self.rank_levels)}")
         if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"raflora: weighting {self.weighting!r} is not known; choose one of {', '.join(WEIGHTINGS)}")
+            raise ValueError(
+                f"raflora: weighting {self.weighting!r} is not known; choose one of {', '.join(WEIGHTINGS)}"
+            )
 
     def check_ranks(self, client_ranks):
         ranks = sorted(set(client_ranks))
@@ -100,8 +109,11 @@ class RaFLoRA(Method):
         for m in checked.modules:
             for i, (u, r) in enumerate(zip(checked.updates, checked.ranks(m))):
                 if r not in levels and i not in refused:
-                    refused[i] = (m, f"client {u.client_id!r}: module {m!r}: rank {r} is not one of the "
-                                  f"federation's rank_levels {levels}")
+                    refused[i] = (
+                        m,
+                        f"client {u.client_id!r}: module {m!r}: rank {r} is not one of the "
+                        f"federation's rank_levels {levels}",
+                    )
         return refused
 
     def combine(self, checked: Checked, seed: int) -> dict[str, LowRank]:

@@ -10,7 +10,8 @@ from :func:`raflora.lora.product_svd`. Subclasses differ in what a client starts
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Hashable
+from collections.abc import Hashable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -61,8 +62,10 @@ class AggregationResult:
 
     def __repr__(self) -> str:
         kept = ", ".join(f"{c!r}: {p:.3f}" for c, p in self.weights.items())
-        return (f"<{type(self).__name__} of {self.method!r}: {len(self.modules)} modules, "
-                f"weights {{{kept}}}, {len(self.rejected)} rejected>")
+        return (
+            f"<{type(self).__name__} of {self.method!r}: {len(self.modules)} modules, "
+            f"weights {{{kept}}}, {len(self.rejected)} rejected>"
+        )
 
     # -- the global update -------------------------------------------------------------------
     def _module(self, module: str) -> str:
@@ -116,15 +119,11 @@ class AggregationResult:
         """The given scale, else the one the round's clients of that rank used."""
         if scale is not None:
             return float(scale)
-        used = {
-            self._scales[module][cid] for cid, r in self._ranks[self._module(module)].items() if r == rank
-        }
+        used = {self._scales[module][cid] for cid, r in self._ranks[self._module(module)].items() if r == rank}
         if len(used) == 1:
             return used.pop()
         found = "no client of that rank" if not used else f"clients used {sorted(used)}"
-        raise ValueError(
-            f"client_factors: module {module!r}: pass scale= for rank {rank} ({found} in this round)"
-        )
+        raise ValueError(f"client_factors: module {module!r}: pass scale= for rank {rank} ({found} in this round)")
 
     def client_factors(self, module: str, rank: int, scale: float | None = None) -> LoRAFactors:
         """The factors a client of ``rank`` starts from next round, with its ``scale`` divided out
@@ -251,8 +250,10 @@ class SharedAResult(AggregationResult):
     """
 
     def delta_factors(self, module):
-        raise ValueError(f"{self.method.name}: module {self._module(module)!r}: each client keeps its own B, so the "
-                         "server has no global update; shared_a(module) is the global part")
+        raise ValueError(
+            f"{self.method.name}: module {self._module(module)!r}: each client keeps its own B, so the "
+            "server has no global update; shared_a(module) is the global part"
+        )
 
     def shared_a(self, module: str) -> Tensor:
         """The averaged ``A`` (``r_max x n``), the only global part."""
@@ -266,8 +267,9 @@ class SharedAResult(AggregationResult):
     def _hand_back(self, module, rank, scale):
         A = self._factors[module].A
         m = self.shapes[module][0]
-        B_r, A_r = pad_factors(module, LowRank(torch.zeros((m, A.shape[0]), dtype=A.dtype, device=A.device), A),
-                               rank, self.seed)
+        B_r, A_r = pad_factors(
+            module, LowRank(torch.zeros((m, A.shape[0]), dtype=A.dtype, device=A.device), A), rank, self.seed
+        )
         return LoRAFactors(A_r, B_r, scale)
 
     def download_values(self, module, rank):

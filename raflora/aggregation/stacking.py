@@ -13,7 +13,7 @@ with every client's factors kept). It reads as a :class:`~raflora.lora.LowRank` 
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -76,7 +76,7 @@ class Stack(PairForm):
         out = torch.empty((self.rank, first.shape[1]), dtype=first.dtype, device=first.device)
         low = 0
         for _, A, w in self.parts:
-            rows = out[low:low + A.shape[0]]
+            rows = out[low : low + A.shape[0]]
             if w is None:
                 rows.copy_(A)
             else:
@@ -94,6 +94,7 @@ class Stack(PairForm):
     def log2_norm_bounds(self) -> tuple[float, float]:
         """Upper bounds of ``log2 ||B||_F`` and ``log2 ||A||_F`` from the parts, without forming
         the stack (``||A_i diag(w_i)|| <= ||A_i|| max |w_i|``); never overflow."""
+
         def total(logs: list[float]) -> float:
             top = max(logs)
             if top == -math.inf:
@@ -128,8 +129,9 @@ def stack_factors(factors: Sequence[LoRAFactors], column_weights: Sequence[Tenso
     ``column_weights[i]`` is a length-``r_i`` tensor ``c_i`` (a constant ``p_i`` for FedAvg-style
     weighting, raFLoRA's partition weights otherwise).
     """
-    return Stack([(f.B, f.A, f.scale * c.to(dtype=f.A.dtype, device=f.A.device))
-                  for f, c in zip(factors, column_weights)])
+    return Stack(
+        [(f.B, f.A, f.scale * c.to(dtype=f.A.dtype, device=f.A.device)) for f, c in zip(factors, column_weights)]
+    )
 
 
 def constant_weights(factors: Sequence[LoRAFactors], weights: Sequence[float]) -> list[Tensor]:

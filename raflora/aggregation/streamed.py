@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 import struct
 from collections import Counter
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -108,8 +109,9 @@ class ModuleResults:
     ``method`` and ``seed`` are the round's; every per-module call (``client_factors``,
     ``singular_values``, ``delta_factors``, ...) goes to that module's result."""
 
-    def __init__(self, method: Method, results: Mapping[str, AggregationResult], rejected: Sequence[Rejection],
-                 seed: int):
+    def __init__(
+        self, method: Method, results: Mapping[str, AggregationResult], rejected: Sequence[Rejection], seed: int
+    ):
         self.method = method
         self.seed = seed
         self._results = dict(results)
@@ -120,8 +122,10 @@ class ModuleResults:
         self.shapes = {m: r.shapes[m] for m, r in self._results.items()}
 
     def __repr__(self) -> str:
-        return (f"<ModuleResults of {self.method!r}: {len(self.modules)} modules, {len(self.weights)} clients, "
-                f"{len(self.rejected)} rejected>")
+        return (
+            f"<ModuleResults of {self.method!r}: {len(self.modules)} modules, {len(self.weights)} clients, "
+            f"{len(self.rejected)} rejected>"
+        )
 
     def precompute(self, workers: int = 1) -> ModuleResults:
         return self  # every module's spectrum and top factors were computed in its pass
@@ -162,8 +166,11 @@ def _load_all(uploads: Sequence[UploadFile], module: str, refused: _Refused) -> 
         try:
             out.append(u.load([module]))
         except Exception as err:  # an unreadable file refuses its client, the round goes on
-            refused.add(u.client_id, None,
-                        f"client {u.client_id!r}: upload {str(u.path)!r} cannot be read ({str(err).splitlines()[0]})")
+            refused.add(
+                u.client_id,
+                None,
+                f"client {u.client_id!r}: upload {str(u.path)!r} cannot be read ({str(err).splitlines()[0]})",
+            )
     return out
 
 

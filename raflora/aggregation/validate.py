@@ -9,12 +9,12 @@ from __future__ import annotations
 import math
 import numbers
 from collections import Counter
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Hashable, Iterable, Mapping, Sequence
 
 import torch
 
-from raflora.aggregation.numerics import all_finite, log2_product_norm, log2_norm
+from raflora.aggregation.numerics import all_finite, log2_norm, log2_product_norm
 from raflora.aggregation.workers import for_each_module
 from raflora.lora import ClientUpdate, LoRAFactors
 
@@ -59,10 +59,18 @@ class Checked:
 
     def cast(self, dtype: torch.dtype) -> Checked:
         """The same round with every factor in ``dtype`` (the float64 retry of a failed combine)."""
-        return replace(self, dtype=dtype, updates=tuple(
-            ClientUpdate(u.client_id, {m: LoRAFactors(f.A.to(dtype), f.B.to(dtype), f.scale)
-                                       for m, f in u.factors.items()}, u.num_examples)
-            for u in self.updates))
+        return replace(
+            self,
+            dtype=dtype,
+            updates=tuple(
+                ClientUpdate(
+                    u.client_id,
+                    {m: LoRAFactors(f.A.to(dtype), f.B.to(dtype), f.scale) for m, f in u.factors.items()},
+                    u.num_examples,
+                )
+                for u in self.updates
+            ),
+        )
 
 
 def update_log2_norms(checked: Checked, module: str, uploads: str) -> list[float]:
@@ -82,18 +90,22 @@ def update_log2_norms(checked: Checked, module: str, uploads: str) -> list[float
 
 def check_ratio(max_norm_ratio) -> float:
     """``max_norm_ratio`` as a float; ValueError unless it is 0 (off) or a finite number >= 1."""
-    if isinstance(max_norm_ratio, bool) or not isinstance(max_norm_ratio, numbers.Real) or not (
-            max_norm_ratio == 0 or 1 <= max_norm_ratio < math.inf):
+    if (
+        isinstance(max_norm_ratio, bool)
+        or not isinstance(max_norm_ratio, numbers.Real)
+        or not (max_norm_ratio == 0 or 1 <= max_norm_ratio < math.inf)
+    ):
         raise ValueError(f"max_norm_ratio must be 0 (off) or a finite number >= 1, got {max_norm_ratio!r}")
     return float(max_norm_ratio)
 
 
 def _power(log2_value: float) -> str:
-    return f"{2.0 ** log2_value:.3g}" if log2_value < 1000 else f"1e{log2_value * math.log10(2):.0f}"
+    return f"{2.0**log2_value:.3g}" if log2_value < 1000 else f"1e{log2_value * math.log10(2):.0f}"
 
 
-def norm_outliers(checked: Checked, uploads: str, max_norm_ratio: float,
-                  workers: int | None = None) -> dict[int, tuple[str, str]]:
+def norm_outliers(
+    checked: Checked, uploads: str, max_norm_ratio: float, workers: int | None = None
+) -> dict[int, tuple[str, str]]:
     """Updates whose norm in some module exceeds ``max_norm_ratio`` times the round's median norm
     there, by index, with the module and the ratio in the reason.
 
@@ -107,8 +119,9 @@ def norm_outliers(checked: Checked, uploads: str, max_norm_ratio: float,
         return {}
     limit = math.log2(max_norm_ratio)
     by_module: dict[str, list[float]] = {}
-    for_each_module(lambda m: by_module.__setitem__(m, update_log2_norms(checked, m, uploads)), checked.modules,
-                    workers or 1)
+    for_each_module(
+        lambda m: by_module.__setitem__(m, update_log2_norms(checked, m, uploads)), checked.modules, workers or 1
+    )
     refused: dict[int, tuple[str, str]] = {}
     for module in checked.modules:
         norms = by_module[module]
@@ -117,9 +130,12 @@ def norm_outliers(checked: Checked, uploads: str, max_norm_ratio: float,
             continue
         for i, (u, norm) in enumerate(zip(checked.updates, norms)):
             if i not in refused and norm - median > limit:
-                refused[i] = (module, f"client {u.client_id!r}: module {module!r}: update norm {_power(norm)} is "
-                              f"{_power(norm - median)} times the round's median {_power(median)} "
-                              f"(max_norm_ratio {max_norm_ratio:g})")
+                refused[i] = (
+                    module,
+                    f"client {u.client_id!r}: module {module!r}: update norm {_power(norm)} is "
+                    f"{_power(norm - median)} times the round's median {_power(median)} "
+                    f"(max_norm_ratio {max_norm_ratio:g})",
+                )
     return refused
 
 
@@ -210,8 +226,13 @@ def check_updates(
             continue
         problem = count_problem(u.num_examples)
         if problem:
-            rejected.append((u.client_id, None, f"client {u.client_id!r}: num_examples must be a positive integer "
-                                                f"below 10**12, got {problem}"))
+            rejected.append(
+                (
+                    u.client_id,
+                    None,
+                    f"client {u.client_id!r}: num_examples must be a positive integer below 10**12, got {problem}",
+                )
+            )
             continue
         try:
             hash(u.client_id)
@@ -230,8 +251,8 @@ def check_updates(
     if not candidates:
         raise NoValidUpdates(_nothing_left(rejected))
 
-    expected = tuple(modules) if modules is not None else tuple(
-        _most_common(tuple(sorted(u.factors)) for u in candidates)
+    expected = (
+        tuple(modules) if modules is not None else tuple(_most_common(tuple(sorted(u.factors)) for u in candidates))
     )
     shapes = dict(shapes or {})
     for module in expected:
@@ -240,8 +261,10 @@ def check_updates(
                 (f.B.shape[0], f.A.shape[1])
                 for u in candidates
                 if isinstance(f := u.factors.get(module), LoRAFactors)
-                and isinstance(f.A, torch.Tensor) and isinstance(f.B, torch.Tensor)
-                and f.A.dim() == 2 and f.B.dim() == 2
+                and isinstance(f.A, torch.Tensor)
+                and isinstance(f.B, torch.Tensor)
+                and f.A.dim() == 2
+                and f.B.dim() == 2
             ]
             if seen:
                 shapes[module] = tuple(int(x) for x in _most_common(seen))

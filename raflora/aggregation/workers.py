@@ -9,8 +9,8 @@ scale with the cores. A module's numbers do not depend on which worker computed 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable
 
 import torch
 

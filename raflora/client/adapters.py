@@ -16,8 +16,8 @@ trained. Forward passes run under :meth:`AdapterModel.autocast` (``train.precisi
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -87,16 +87,14 @@ class AdapterModel:
         from peft.tuners.lora import LoraLayer
 
         return {
-            name[len(PREFIX):]: module
-            for name, module in self.peft.named_modules()
-            if isinstance(module, LoraLayer)
+            name[len(PREFIX) :]: module for name, module in self.peft.named_modules() if isinstance(module, LoraLayer)
         }
 
     def _head_wrappers(self) -> dict[str, nn.Module]:
         from peft.utils.other import ModulesToSaveWrapper
 
         return {
-            name[len(PREFIX):]: module
+            name[len(PREFIX) :]: module
             for name, module in self.peft.named_modules()
             if isinstance(module, ModulesToSaveWrapper)
         }

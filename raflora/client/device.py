@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import ContextManager
+from contextlib import AbstractContextManager as ContextManager
 
 import torch
 
@@ -45,12 +45,16 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("mps")
     index = _CUDA.fullmatch(device).group(1)
     if not torch.cuda.is_available():
-        raise ConfigError(f"run.device = {device!r} but torch sees no CUDA GPU here (torch {torch.__version__}); "
-                          "use 'auto' or 'cpu', or install a CUDA build of torch (docs/install.md)")
+        raise ConfigError(
+            f"run.device = {device!r} but torch sees no CUDA GPU here (torch {torch.__version__}); "
+            "use 'auto' or 'cpu', or install a CUDA build of torch (docs/install.md)"
+        )
     count = torch.cuda.device_count()
     if index is not None and int(index) >= count:
-        raise ConfigError(f"run.device = {device!r} but this machine has {count} CUDA "
-                          f"device{'' if count == 1 else 's'} (cuda:0{f' to cuda:{count - 1}' if count > 1 else ''})")
+        raise ConfigError(
+            f"run.device = {device!r} but this machine has {count} CUDA "
+            f"device{'' if count == 1 else 's'} (cuda:0{f' to cuda:{count - 1}' if count > 1 else ''})"
+        )
     return torch.device(device)
 
 

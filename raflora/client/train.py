@@ -8,8 +8,8 @@ the run seed, the round and the client, so a resumed run repeats an uninterrupte
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -25,9 +25,9 @@ class LocalResult:
     factors: dict[str, LoRAFactors]
     head: dict[str, Tensor]
     num_examples: int
-    loss: float          # mean training loss over the steps (nan if any step diverged)
+    loss: float  # mean training loss over the steps (nan if any step diverged)
     steps: int
-    diverged: bool       # a non-finite loss was seen; the update is sent anyway
+    diverged: bool  # a non-finite loss was seen; the update is sent anyway
 
 
 def num_local_steps(train: TrainConfig, num_examples: int) -> int:

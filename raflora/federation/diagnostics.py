@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from raflora.aggregation import AggregationResult
 from raflora.lora import energy_by_partition, energy_ratio

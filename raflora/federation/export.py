@@ -11,8 +11,8 @@ folder with its tokenizer, any other model as ``model.safetensors`` of its state
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from safetensors.torch import save_file
@@ -33,7 +33,9 @@ def global_svd(state: FederationState, base0: Mapping[str, Tensor], module: str)
     return product_svd(B, A)
 
 
-def global_factors(state: FederationState, base0: Mapping[str, Tensor], rank: int, scale: float) -> dict[str, LoRAFactors]:
+def global_factors(
+    state: FederationState, base0: Mapping[str, Tensor], rank: int, scale: float
+) -> dict[str, LoRAFactors]:
     out = {}
     for module in sorted(base0):
         m, n = base0[module].shape
@@ -58,8 +60,14 @@ def write_adapter(
     base_path = model.save_adapter(folder, rank, scale, global_factors(state, base0, rank, scale), state.head, base0)
     base = model.peft.get_base_model()
     facts = CardFacts(
-        task_type=peft_task_type(base), base=base_path, source=weights_source(base), rounds=state.round,
-        rank=rank, scale=scale, target_modules=model.target_modules, head_modules=model.head_modules,
+        task_type=peft_task_type(base),
+        base=base_path,
+        source=weights_source(base),
+        rounds=state.round,
+        rank=rank,
+        scale=scale,
+        target_modules=model.target_modules,
+        head_modules=model.head_modules,
         **run_facts(state.metrics, getattr(task, "metric", None)),
     )
     write_card(folder, facts)
@@ -94,8 +102,12 @@ def write_merged(task, state: FederationState, folder: Path) -> Path:
     else:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     facts = CardFacts(
-        task_type=peft_task_type(model), base=getattr(model, "name_or_path", None) or None,
-        source=weights_source(model), rounds=state.round, head_modules=list(task.head_modules), merged=True,
+        task_type=peft_task_type(model),
+        base=getattr(model, "name_or_path", None) or None,
+        source=weights_source(model),
+        rounds=state.round,
+        head_modules=list(task.head_modules),
+        merged=True,
         **run_facts(state.metrics, task.metric),
     )
     write_card(folder, facts)
@@ -116,8 +128,10 @@ def export_run(run_dir: str | Path, out: str | Path, merged: bool = False, rank:
     config = load_config(run_dir / "config.toml", legacy=True)
     method = config.federation.method
     if method.private:
-        raise ConfigError(f"{str(run_dir)!r}: {method.name} keeps each client's {method.private} on the client, so the "
-                          "run has no global model to export")
+        raise ConfigError(
+            f"{str(run_dir)!r}: {method.name} keeps each client's {method.private} on the client, so the "
+            "run has no global model to export"
+        )
     torch.set_num_threads(config.run.threads)
     task = build_task(config.task.name, **config.task.options)
     state = load_checkpoint(checkpoint)

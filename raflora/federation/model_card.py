@@ -57,28 +57,40 @@ class CardFacts:
 def _load_snippet(facts: CardFacts, folder: str) -> str:
     if facts.merged:
         if facts.task_type == "SEQ_CLS":
-            return ("import raflora  # registers the raflora-meanpool model type with transformers\n"
-                    "from transformers import AutoModelForSequenceClassification\n"
-                    f"model = AutoModelForSequenceClassification.from_pretrained({folder!r})")
+            return (
+                "import raflora  # registers the raflora-meanpool model type with transformers\n"
+                "from transformers import AutoModelForSequenceClassification\n"
+                f"model = AutoModelForSequenceClassification.from_pretrained({folder!r})"
+            )
         if facts.task_type == "CAUSAL_LM":
-            return ("from transformers import AutoModelForCausalLM\n"
-                    f"model = AutoModelForCausalLM.from_pretrained({folder!r})")
+            return (
+                "from transformers import AutoModelForCausalLM\n"
+                f"model = AutoModelForCausalLM.from_pretrained({folder!r})"
+            )
         if facts.base == VISION_BASE:
             return f"from raflora.tasks.vision import load_merged\nmodel = load_merged({folder!r})"
-        return ("from safetensors.torch import load_file\n"
-                "model = task.load_model()  # task: the run's raflora task\n"
-                f"model.load_state_dict(load_file({folder + '/model.safetensors'!r}))")
+        return (
+            "from safetensors.torch import load_file\n"
+            "model = task.load_model()  # task: the run's raflora task\n"
+            f"model.load_state_dict(load_file({folder + '/model.safetensors'!r}))"
+        )
     if facts.task_type == "SEQ_CLS":
-        return ("import raflora  # registers the raflora-meanpool model type with transformers\n"
-                "from peft import AutoPeftModelForSequenceClassification\n"
-                f"model = AutoPeftModelForSequenceClassification.from_pretrained({folder!r})")
+        return (
+            "import raflora  # registers the raflora-meanpool model type with transformers\n"
+            "from peft import AutoPeftModelForSequenceClassification\n"
+            f"model = AutoPeftModelForSequenceClassification.from_pretrained({folder!r})"
+        )
     if facts.task_type == "CAUSAL_LM":
-        return ("from peft import AutoPeftModelForCausalLM  # no raflora import needed\n"
-                f"model = AutoPeftModelForCausalLM.from_pretrained({folder!r})")
+        return (
+            "from peft import AutoPeftModelForCausalLM  # no raflora import needed\n"
+            f"model = AutoPeftModelForCausalLM.from_pretrained({folder!r})"
+        )
     if facts.base == VISION_BASE:
         return f"from raflora.tasks.vision import load_adapter\nmodel = load_adapter({folder!r})"
-    return ("from peft import PeftModel\n"
-            f"model = PeftModel.from_pretrained(task.load_model(), {folder!r})  # task: the run's raflora task")
+    return (
+        "from peft import PeftModel\n"
+        f"model = PeftModel.from_pretrained(task.load_model(), {folder!r})  # task: the run's raflora task"
+    )
 
 
 def model_card(facts: CardFacts, folder: str) -> str:
@@ -91,18 +103,33 @@ def model_card(facts: CardFacts, folder: str) -> str:
     data = ModelCardData(
         library_name="transformers" if facts.merged else "peft",
         base_model=hub_id(facts.source) or None,
-        pipeline_tag=PIPELINE_TAGS.get(facts.task_type) or ("image-classification" if facts.base == VISION_BASE else None),
+        pipeline_tag=PIPELINE_TAGS.get(facts.task_type)
+        or ("image-classification" if facts.base == VISION_BASE else None),
         tags=tags,
     )
     what = "merged model (base weights + global update)" if facts.merged else "LoRA adapter"
     ranks = ", ".join(str(r) for r in facts.client_ranks) or "unknown"
-    rows = [("base model", f"`{hub_id(facts.source) or facts.source or 'built in memory'}`"
-             + (f" (weights from `{facts.source}`)" if hub_id(facts.source) and facts.source != hub_id(facts.source) else ""))]
+    rows = [
+        (
+            "base model",
+            f"`{hub_id(facts.source) or facts.source or 'built in memory'}`"
+            + (
+                f" (weights from `{facts.source}`)"
+                if hub_id(facts.source) and facts.source != hub_id(facts.source)
+                else ""
+            ),
+        )
+    ]
     if facts.base and facts.base != facts.source:
         rows.append(("`base_model_name_or_path`", f"`{facts.base}`"))
     if not facts.merged and facts.rank is not None:
-        rows.append(("adapter", f"LoRA rank {facts.rank}, scale {facts.scale:g} (`lora_alpha` = {facts.scale * facts.rank:g}) on "
-                     + ", ".join(f"`{m}`" for m in facts.target_modules)))
+        rows.append(
+            (
+                "adapter",
+                f"LoRA rank {facts.rank}, scale {facts.scale:g} (`lora_alpha` = {facts.scale * facts.rank:g}) on "
+                + ", ".join(f"`{m}`" for m in facts.target_modules),
+            )
+        )
     if facts.head_modules:
         rows.append(("trained head", ", ".join(f"`{m}`" for m in facts.head_modules)))
     rows += [("aggregation method", f"`{facts.method}`"), ("client LoRA ranks", ranks), ("rounds", str(facts.rounds))]
@@ -110,12 +137,19 @@ def model_card(facts: CardFacts, folder: str) -> str:
         rows.append((facts.metric, f"{facts.score:.4f} (global model, round {facts.score_round})"))
     table = "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
     head = ", with the trained head" if facts.head_modules else ""
-    note = "" if facts.merged else (
-        f"\nThe adapter is the best rank-{facts.rank} approximation of the run's global update (exact "
-        f"when the update's rank is at most {facts.rank}){head}.\n")
+    note = (
+        ""
+        if facts.merged
+        else (
+            f"\nThe adapter is the best rank-{facts.rank} approximation of the run's global update (exact "
+            f"when the update's rank is at most {facts.rank}){head}.\n"
+        )
+    )
     snippet = _load_snippet(facts, folder)
     if facts.task_type and facts.source and not facts.merged:
-        snippet += f"\n\nfrom transformers import AutoTokenizer\ntokenizer = AutoTokenizer.from_pretrained({facts.source!r})"
+        snippet += (
+            f"\n\nfrom transformers import AutoTokenizer\ntokenizer = AutoTokenizer.from_pretrained({facts.source!r})"
+        )
     body = (
         f"# Federated {what} trained with raflora\n\n"
         f"Global model of a federated run: `{facts.method}` aggregation of clients with heterogeneous LoRA "

@@ -14,8 +14,8 @@ import math
 import random
 import statistics
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -65,7 +65,6 @@ def fill_missing(setup: RunSetup):
     return lambda module, part, rank, shape: setup.method.missing_part(module, part, rank, shape, seed)
 
 
-
 def client_download(setup: RunSetup, state: FederationState, client: int) -> tuple[dict[str, LoRAFactors], Packet, int]:
     """What the server sends ``client`` this round: its rank's start factors (before the wire), the
     packet they travel in (encoded once, in ``transport_dtype``) and the bytes the client receives
@@ -81,22 +80,38 @@ def client_receive(setup: RunSetup, packet: Packet, sent: Mapping[str, LoRAFacto
 
 
 def train_client(
-    setup: RunSetup, round_: int, client: int, received: dict[str, LoRAFactors], head: dict[str, Tensor],
-    kept: Kept | None = None, on_step: Callable[[], None] | None = None,
+    setup: RunSetup,
+    round_: int,
+    client: int,
+    received: dict[str, LoRAFactors],
+    head: dict[str, Tensor],
+    kept: Kept | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> LocalResult:
     """``client`` trains its own rank's adapter from what it ``received`` (with its own private part
     put back from ``kept``) on its own examples."""
     method = setup.method
     return train_local(
-        setup.model, setup.task, setup.client_examples(client), setup.ranks[client],
-        method.client_start(received, kept), head, setup.config.train,
-        seed=setup.client_seed(round_, client), lr_at=lambda f: setup.lr_at(round_, f),
-        train_a=method.trains_a, on_step=on_step,
+        setup.model,
+        setup.task,
+        setup.client_examples(client),
+        setup.ranks[client],
+        method.client_start(received, kept),
+        head,
+        setup.config.train,
+        seed=setup.client_seed(round_, client),
+        lr_at=lambda f: setup.lr_at(round_, f),
+        train_a=method.trains_a,
+        on_step=on_step,
     )
 
 
 def run_client(
-    setup: RunSetup, state: FederationState, round_: int, client: int, kept: dict[int, Kept],
+    setup: RunSetup,
+    state: FederationState,
+    round_: int,
+    client: int,
+    kept: dict[int, Kept],
     on_step: Callable[[], None] | None = None,
 ) -> ClientTurn:
     """A client's part of round ``round_`` in one process: its start factors go down the wire
@@ -104,17 +119,27 @@ def run_client(
     part in ``kept[client]``, its factors come back up the wire."""
     fed = setup.config.federation
     start, packet, bytes_down = client_download(setup, state, client)
-    local = train_client(setup, round_, client, client_receive(setup, packet, start), state.head,
-                         kept.get(client), on_step)
+    local = train_client(
+        setup, round_, client, client_receive(setup, packet, start), state.head, kept.get(client), on_step
+    )
     if setup.method.private:
         kept[client] = setup.method.client_keeps(local.factors)
     factors, nbytes = transmit(local.factors, fed.transport_dtype, setup.method.uploads, fill_missing(setup))
-    return ClientTurn(ClientUpdate(client, factors, local.num_examples), local.head, local.loss, local.diverged,
-                      bytes_down=bytes_down, bytes_up=nbytes)
+    return ClientTurn(
+        ClientUpdate(client, factors, local.num_examples),
+        local.head,
+        local.loss,
+        local.diverged,
+        bytes_down=bytes_down,
+        bytes_up=nbytes,
+    )
 
 
 def run_round(
-    setup: RunSetup, state: FederationState, round_: int, kept: dict[int, Kept],
+    setup: RunSetup,
+    state: FederationState,
+    round_: int,
+    kept: dict[int, Kept],
     on_step: Callable[[], None] | None = None,
 ) -> dict:
     """Run round ``round_`` (1-based) in one process, update ``state`` and ``kept`` in place, return
@@ -122,8 +147,9 @@ def run_round(
     began = time.perf_counter()
     sampled = setup.sample_clients(round_)
     dropped = dropped_clients(setup, round_, sampled)
-    turns = {client: run_client(setup, state, round_, client, kept, on_step)
-             for client in sampled if client not in dropped}
+    turns = {
+        client: run_client(setup, state, round_, client, kept, on_step) for client in sampled if client not in dropped
+    }
     evaluate = None
     if setup.method.private:
         # The clients that took part this round, as the Flower strategy asks them to evaluate.
@@ -143,9 +169,16 @@ def dropped_clients(setup: RunSetup, round_: int, sampled: list[int]) -> list[in
 
 
 def close_round(
-    setup: RunSetup, state: FederationState, round_: int, sampled: list[int], turns: dict[int, ClientTurn],
-    refused: list[dict], began: float, bytes_down: int | None = None,
-    evaluate_clients: Callable[[], dict[int, dict[str, float]]] | None = None, dropped: Sequence[int] = (),
+    setup: RunSetup,
+    state: FederationState,
+    round_: int,
+    sampled: list[int],
+    turns: dict[int, ClientTurn],
+    refused: list[dict],
+    began: float,
+    bytes_down: int | None = None,
+    evaluate_clients: Callable[[], dict[int, dict[str, float]]] | None = None,
+    dropped: Sequence[int] = (),
 ) -> dict:
     """The server's part of round ``round_`` once the clients' ``turns`` are in: aggregate, merge,
     diagnose, evaluate; update ``state`` in place and return the round's metrics. ``refused`` lists
@@ -169,25 +202,39 @@ def close_round(
             diverged.append(client)
     if bytes_down is None:
         bytes_down = sum(turn.bytes_down for turn in turns.values())
-    record = {"round": round_, "method": setup.method.name, "clients": sampled,
-              "ranks": [setup.ranks[c] for c in sampled], "dropped": sorted(dropped), "diverged": diverged}
+    record = {
+        "round": round_,
+        "method": setup.method.name,
+        "clients": sampled,
+        "ranks": [setup.ranks[c] for c in sampled],
+        "dropped": sorted(dropped),
+        "diverged": diverged,
+    }
     rejected = list(refused)
     keep = config.federation.empty_partition == "keep"  # the previous update fills unreached partitions
     try:
         # workers: the modules are factorized side by side on run.threads threads (bit-identical
         # to one thread at a time, see raflora.aggregation.workers)
-        result = setup.method.aggregate(updates, modules=sorted(setup.shapes), shapes=setup.shapes,
-                                        seed=config.run.seed, workers=config.run.threads,
-                                        max_norm_ratio=config.federation.max_norm_ratio,
-                                        previous=state.delta if keep else None, top_rank=max(setup.levels))
+        result = setup.method.aggregate(
+            updates,
+            modules=sorted(setup.shapes),
+            shapes=setup.shapes,
+            seed=config.run.seed,
+            workers=config.run.threads,
+            max_norm_ratio=config.federation.max_norm_ratio,
+            previous=state.delta if keep else None,
+            top_rank=max(setup.levels),
+        )
     except NoValidUpdates as err:
         result = None
         rejected.append({"client": None, "module": None, "reason": str(err)})
     else:
         rejected += [{"client": c, "module": m, "reason": why} for c, m, why in result.rejected]
-    accepted = {} if result is None else {
-        c: w for c, w in result.weights.items() if all(torch.isfinite(t).all() for t in heads[c].values())
-    }
+    accepted = (
+        {}
+        if result is None
+        else {c: w for c, w in result.weights.items() if all(torch.isfinite(t).all() for t in heads[c].values())}
+    )
     for c in sorted(set(result.weights if result else ()) - set(accepted)):
         rejected.append({"client": c, "module": None, "reason": f"client {c!r}: head contains NaN or Inf"})
     record.update(accepted=len(accepted), rejected=rejected)
@@ -248,8 +295,12 @@ def personal_summary(metric: str, by_client: Mapping[int, Mapping[str, float]]) 
         return {}
     values = [v[metric] for v in by_client.values()]
     losses = [v["loss"] for v in by_client.values()]
-    return {metric: statistics.fmean(values), "loss": statistics.fmean(losses),
-            f"{metric}_std": statistics.pstdev(values), f"{metric}_by_client": {str(c): v[metric] for c, v in by_client.items()}}
+    return {
+        metric: statistics.fmean(values),
+        "loss": statistics.fmean(losses),
+        f"{metric}_std": statistics.pstdev(values),
+        f"{metric}_by_client": {str(c): v[metric] for c, v in by_client.items()},
+    }
 
 
 def steps_in_round(setup: RunSetup, round_: int) -> int:

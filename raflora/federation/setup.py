@@ -15,9 +15,9 @@ from raflora.aggregation import Method
 from raflora.client.adapters import AdapterModel
 from raflora.client.device import resolve_device
 from raflora.config import Config, ConfigError
-from raflora.ranks import client_ranks
 from raflora.lora import fresh_factors, lora_scale
 from raflora.partition import partition
+from raflora.ranks import client_ranks
 from raflora.tasks import build_task
 from raflora.tasks.base import Task, TaskData
 from raflora.tasks.common import spinner, subsample
@@ -40,10 +40,10 @@ class RunSetup:
     config: Config
     task: Task
     data: TaskData
-    shards: list[list[int]]       # example indices per client
-    ranks: list[int]              # rank per client
-    levels: list[int]             # the federation's rank set (the diagnostics' rank partitions)
-    scales: dict[int, float]      # rank -> s (also for r_max, the export rank)
+    shards: list[list[int]]  # example indices per client
+    ranks: list[int]  # rank per client
+    levels: list[int]  # the federation's rank set (the diagnostics' rank partitions)
+    scales: dict[int, float]  # rank -> s (also for r_max, the export rank)
     model: AdapterModel
     shapes: dict[str, tuple[int, int]]
     test: list
@@ -97,12 +97,20 @@ def build_setup(config: Config) -> RunSetup:
     method = fed.method.bind(ranks, n)
     levels = method.rank_partitions(ranks)
     lora = config.lora
-    scales = {r: method.scale_for(r, lora_scale(lora.scaling, lora.alpha, r, n))
-              for r in sorted(set(ranks) | {config.ranks.r_max})}
+    scales = {
+        r: method.scale_for(r, lora_scale(lora.scaling, lora.alpha, r, n))
+        for r in sorted(set(ranks) | {config.ranks.r_max})
+    }
     torch.manual_seed(seed)
     model = AdapterModel(
-        load_model(task, config), task.target_modules, task.head_modules, sorted(set(ranks)), scales, lora.dropout,
-        device=device, precision=config.train.precision,
+        load_model(task, config),
+        task.target_modules,
+        task.head_modules,
+        sorted(set(ranks)),
+        scales,
+        lora.dropout,
+        device=device,
+        precision=config.train.precision,
     )
     test = list(data.test)
     if config.eval.max_examples > 0:
@@ -125,6 +133,7 @@ def check_inputs(config: Config) -> None:
 # The three steps below read the user's files and models. What they refuse is a config problem
 # (one line, exit 2), raised here while the run is set up: before the first round, not in it.
 
+
 def load_data(task: Task, config: Config) -> TaskData:
     """The task's examples; a data file that cannot be used is a ConfigError naming it."""
     try:
@@ -134,8 +143,10 @@ def load_data(task: Task, config: Config) -> TaskData:
     except (ValueError, OSError, ImportError) as err:  # UnicodeError and csv problems are ValueErrors
         raise ConfigError(f"task {config.task.name!r}: {err}") from None
     if not data.train or not data.test:
-        raise ConfigError(f"task {config.task.name!r} has {len(data.train)} training and {len(data.test)} test examples; "
-                          "it needs some of each")
+        raise ConfigError(
+            f"task {config.task.name!r} has {len(data.train)} training and {len(data.test)} test examples; "
+            "it needs some of each"
+        )
     return data
 
 
@@ -143,8 +154,16 @@ def split_among_clients(config: Config, data: TaskData) -> list[list[int]]:
     """The partition of the training examples; too few examples (or keys) for the clients is a ConfigError."""
     p, n = config.partition, config.federation.num_clients
     try:
-        return partition(p.scheme, n, len(data.train), data.train_labels, data.train_keys, alpha=p.alpha,
-                         seed=derived_seed("partition", config.run.seed), min_examples=p.min_examples)
+        return partition(
+            p.scheme,
+            n,
+            len(data.train),
+            data.train_labels,
+            data.train_keys,
+            alpha=p.alpha,
+            seed=derived_seed("partition", config.run.seed),
+            min_examples=p.min_examples,
+        )
     except ValueError as err:
         source = data.info.get("source")
         where = f" (examples from {source!r})" if source else ""

@@ -38,11 +38,11 @@ CLIENTS_TENSORS = "clients.safetensors"
 
 @dataclass
 class FederationState:
-    round: int = 0                                                     # rounds completed
+    round: int = 0  # rounds completed
     starts: dict[int, dict[str, LoRAFactors]] = field(default_factory=dict)  # rank -> next start
     head: dict[str, Tensor] = field(default_factory=dict)
-    delta: dict[str, LowRank] = field(default_factory=dict)            # last global update per module
-    base: dict[str, Tensor] = field(default_factory=dict)              # merged base weights
+    delta: dict[str, LowRank] = field(default_factory=dict)  # last global update per module
+    base: dict[str, Tensor] = field(default_factory=dict)  # merged base weights
     metrics: list[dict] = field(default_factory=list)
 
 
@@ -70,8 +70,9 @@ def _tensors(state: FederationState) -> dict[str, Tensor]:
     return {k: v.detach().cpu().clone().contiguous() for k, v in out.items()}
 
 
-def save_checkpoint(state: FederationState, folder: Path, keep: int = 2,
-                    kept: dict[int, dict[str, Tensor]] | None = None) -> Path:
+def save_checkpoint(
+    state: FederationState, folder: Path, keep: int = 2, kept: dict[int, dict[str, Tensor]] | None = None
+) -> Path:
     """Write ``folder/round_<k>`` with a manifest of checksums, durably and atomically (temporary
     folder, fsync, rename); keep the last ``keep`` by round number. ``kept``: the clients' own kept
     factors, written beside when a runtime plays the clients."""
@@ -82,8 +83,11 @@ def save_checkpoint(state: FederationState, folder: Path, keep: int = 2,
     scales = {str(r): {m: f.scale for m, f in fs.items()} for r, fs in state.starts.items()}
     meta = {"round": state.round, "scales": scales, "metrics": clean_json(state.metrics)}
     files = {STATE_TENSORS: save(_tensors(state)), STATE_JSON: json.dumps(meta, indent=1).encode()}
-    clients = {f"{client}/{module}": t.detach().cpu().contiguous() for client, ts in (kept or {}).items()
-               for module, t in ts.items()}
+    clients = {
+        f"{client}/{module}": t.detach().cpu().contiguous()
+        for client, ts in (kept or {}).items()
+        for module, t in ts.items()
+    }
     if clients:
         files[CLIENTS_TENSORS] = save(clients)
     shutil.rmtree(final, ignore_errors=True)

@@ -12,8 +12,8 @@ and receiver are different processes (the Flower runtime ships the packet's ``wi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -26,7 +26,7 @@ Fill = Callable[[str, str, int, "tuple[int, int]"], Tensor]  # (module, part, ra
 
 @dataclass
 class Packet:
-    wire: bytes   # the serialised factors: these bytes are counted
+    wire: bytes  # the serialised factors: these bytes are counted
     shapes: dict[str, tuple[int, int]]  # module -> (m, n), so the receiver can fill what did not travel
 
 
@@ -46,7 +46,9 @@ def unpack(packet: Packet, fill: Fill, factor_dtype: torch.dtype = torch.float32
     return received
 
 
-def receive(packet: Packet, sent: Mapping[str, LoRAFactors], dtype: str, parts: str, fill: Fill) -> dict[str, LoRAFactors]:
+def receive(
+    packet: Packet, sent: Mapping[str, LoRAFactors], dtype: str, parts: str, fill: Fill
+) -> dict[str, LoRAFactors]:
     """The factors ``sent`` as the receiver of ``packet`` sees them: the float32 round trip of the
     sent parts is exact, so those are ``sent``'s own; otherwise :func:`unpack` (cast back to the
     sender's dtype). Parts not sent come from ``fill``."""
@@ -60,7 +62,9 @@ def receive(packet: Packet, sent: Mapping[str, LoRAFactors], dtype: str, parts: 
     return out
 
 
-def transmit(factors: Mapping[str, LoRAFactors], dtype: str, parts: str, fill: Fill) -> tuple[dict[str, LoRAFactors], int]:
+def transmit(
+    factors: Mapping[str, LoRAFactors], dtype: str, parts: str, fill: Fill
+) -> tuple[dict[str, LoRAFactors], int]:
     """``(factors as received, bytes on the wire)``."""
     packet = pack(factors, dtype, parts)
     return receive(packet, factors, dtype, parts, fill), len(packet.wire)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from raflora.report.load import ReportError, Run, expand, load_run, load_runs
 from raflora.report.summary import build_report
@@ -30,8 +30,12 @@ def default_folder(run_folders: Sequence[str | Path]) -> Path:
     return common / "report"
 
 
-def write_report(run_folders: Sequence[str | Path], out: str | Path, reference: str | None = None,
-                 sweep: tuple[dict, Path] | None = None) -> dict:
+def write_report(
+    run_folders: Sequence[str | Path],
+    out: str | Path,
+    reference: str | None = None,
+    sweep: tuple[dict, Path] | None = None,
+) -> dict:
     """Write report.md, report.html, report.json and the plots for ``run_folders`` into ``out``;
     returns the report's numbers (report.json's content). Paired differences are ``reference``
     (a method; default the first run's) minus each other method of the same setting.

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from raflora.config import ConfigError
 
@@ -48,6 +48,7 @@ def clear_target(folder: Path, overwrite: bool) -> None:
     if not (folder / "report.json").is_file():
         raise ConfigError(f"{str(folder)!r} exists and holds no report; choose another --out")
     if not overwrite:
-        raise ConfigError(f"{str(folder)!r} already holds a report; pass --overwrite to replace it or --out to "
-                          "write elsewhere")
+        raise ConfigError(
+            f"{str(folder)!r} already holds a report; pass --overwrite to replace it or --out to write elsewhere"
+        )
     shutil.rmtree(folder)  # no plot of a run that is no longer in the report stays behind

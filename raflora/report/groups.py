@@ -14,11 +14,12 @@ partition, the sampled clients, the initial adapters), which is most of the spre
 from __future__ import annotations
 
 import statistics
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from raflora.report.method_keys import follows_method
 
-PER_RUN_KEYS = ("run.out", "run.seed", "run.threads")   # what changes between the runs of one group
+PER_RUN_KEYS = ("run.out", "run.seed", "run.threads")  # what changes between the runs of one group
 STAT_FIELDS = ("final_metric", "best_metric", "rho_rmin_last", "final_loss")  # final_loss: the test loss
 
 
@@ -27,9 +28,14 @@ def stats(values: Sequence[float]) -> dict[str, Any] | None:
     values = [v for v in values if v is not None]
     if not values:
         return None
-    return {"n": len(values), "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else None,
-            "min": min(values), "max": max(values), "values": list(values)}
+    return {
+        "n": len(values),
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "min": min(values),
+        "max": max(values),
+        "values": list(values),
+    }
 
 
 def _setting(flat: dict[str, Any], drop: Callable[[str], bool]) -> str:
@@ -72,12 +78,15 @@ def _energy_rounds(members: list[dict]) -> list[dict]:
             for key, share in row["shares"].items():
                 if share is not None:
                     cells.setdefault(key, []).append(share)
-    return [{"round": k, "shares": {key: statistics.fmean(v) for key, v in cells.items()}}
-            for k, cells in sorted(by_round.items())]
+    return [
+        {"round": k, "shares": {key: statistics.fmean(v) for key, v in cells.items()}}
+        for k, cells in sorted(by_round.items())
+    ]
 
 
-def build_groups(summaries: Sequence[dict], flats: Sequence[dict[str, Any]],
-                 metric: str) -> tuple[list[dict], list[str]]:
+def build_groups(
+    summaries: Sequence[dict], flats: Sequence[dict[str, Any]], metric: str
+) -> tuple[list[dict], list[str]]:
     """One group per setting, in the order of its first run, and each group's setting for pairing
     (its config without the method, the method's options, the seed and the folder); ``summaries``
     are the per-run numbers (:func:`raflora.report.summary.summarize_run`), ``flats`` the runs'
@@ -94,8 +103,13 @@ def build_groups(summaries: Sequence[dict], flats: Sequence[dict[str, Any]],
             label += "'"
         used.add(label)
         seeds = [flats[i].get("run.seed", 0) for i in indices]
-        group = {"label": label, "method": method, "runs": [m["label"] for m in members], "seeds": seeds,
-                 "r_min": members[0]["r_min"]}
+        group = {
+            "label": label,
+            "method": method,
+            "runs": [m["label"] for m in members],
+            "seeds": seeds,
+            "r_min": members[0]["r_min"],
+        }
         pair_settings.append(_setting(flats[indices[0]], lambda key: key in PER_RUN_KEYS or follows_method(key)))
         group.update({field: stats([_value(m, field) for m in members]) for field in STAT_FIELDS})
         for field in ("bytes_up", "bytes_down", "seconds"):
@@ -115,8 +129,9 @@ def _seed_values(group: dict, summaries: dict[str, dict], field: str) -> dict[in
     return values
 
 
-def paired_differences(groups: Sequence[dict], pair_settings: Sequence[str], summaries: Sequence[dict],
-                       reference: str) -> list[dict]:
+def paired_differences(
+    groups: Sequence[dict], pair_settings: Sequence[str], summaries: Sequence[dict], reference: str
+) -> list[dict]:
     """``reference - other`` per seed for every group that has a reference group of its setting
     (``pair_settings``: :func:`build_groups`'s)."""
     by_label = {s["label"]: s for s in summaries}
@@ -131,7 +146,10 @@ def paired_differences(groups: Sequence[dict], pair_settings: Sequence[str], sum
             mine, theirs = _seed_values(ref, by_label, field), _seed_values(group, by_label, field)
             seeds = [s for s in ref["seeds"] if s in mine and s in theirs]
             diffs = {s: mine[s] - theirs[s] for s in seeds}
-            pair[field] = None if not diffs else {**stats(list(diffs.values())),
-                                                  "per_seed": {str(s): d for s, d in diffs.items()}}
+            pair[field] = (
+                None
+                if not diffs
+                else {**stats(list(diffs.values())), "per_seed": {str(s): d for s, d in diffs.items()}}
+            )
         pairs.append(pair)
     return pairs

@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Sequence
 from html import escape
 from pathlib import Path
-from typing import Sequence
 
-from raflora.report.tables import (SEEDS_NOTE, difference_rows, energy_rows, group_rows, has_seeds, intro,
-                                   paired_rows, per_round_rows, per_round_sections, summary_rows)
+from raflora.report.tables import (
+    SEEDS_NOTE,
+    difference_rows,
+    energy_rows,
+    group_rows,
+    has_seeds,
+    intro,
+    paired_rows,
+    per_round_rows,
+    per_round_sections,
+    summary_rows,
+)
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; max-width: 1200px; }
@@ -40,8 +50,7 @@ def html_table(header: Sequence[str], rows: Sequence[Sequence[str]], table_id: s
     head = "".join(f"<th>{escape(cell)}</th>" for cell in header)
     body = "".join("<tr>" + "".join(_cell(cell) for cell in row) + "</tr>\n" for row in rows)
     ident = f' id="{escape(table_id)}"' if table_id else ""
-    return (f'<div class="wide"><table{ident}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n'
-            "</table></div>")
+    return f'<div class="wide"><table{ident}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table></div>'
 
 
 def embedded_image(path: Path) -> str:
@@ -52,19 +61,30 @@ def embedded_image(path: Path) -> str:
 def report_html(report: dict, folder: Path, plots: Sequence[str] = ()) -> str:
     """The page; ``plots`` are PNG file names in ``folder``, read and embedded."""
     title = f"Report: {len(report['runs'])} run(s) of task {report['task']}"
-    parts = [f"<h1>{escape(title)}</h1>", f'<p class="note">{escape(intro(report))}</p>',
-             html_table(*summary_rows(report), table_id="summary")]
+    parts = [
+        f"<h1>{escape(title)}</h1>",
+        f'<p class="note">{escape(intro(report))}</p>',
+        html_table(*summary_rows(report), table_id="summary"),
+    ]
     if has_seeds(report):
-        parts += ["<h2>Over seeds</h2>", f'<p class="note">{escape(SEEDS_NOTE)}</p>',
-                  html_table(*group_rows(report), table_id="groups")]
+        parts += [
+            "<h2>Over seeds</h2>",
+            f'<p class="note">{escape(SEEDS_NOTE)}</p>',
+            html_table(*group_rows(report), table_id="groups"),
+        ]
         if report["paired"]:
-            parts += [f"<h3>Paired differences (reference {escape(report['reference'])})</h3>",
-                      html_table(*paired_rows(report), table_id="paired")]
+            parts += [
+                f"<h3>Paired differences (reference {escape(report['reference'])})</h3>",
+                html_table(*paired_rows(report), table_id="paired"),
+            ]
     if report.get("sweep"):
         from raflora.report.sweep_table import SWEEP_NOTE, sweep_rows
 
-        parts += ["<h2>Sweep</h2>", f'<p class="note">{escape(SWEEP_NOTE)}</p>',
-                  html_table(*sweep_rows(report), table_id="sweep")]
+        parts += [
+            "<h2>Sweep</h2>",
+            f'<p class="note">{escape(SWEEP_NOTE)}</p>',
+            html_table(*sweep_rows(report), table_id="sweep"),
+        ]
     if report["differences"]:
         parts += ["<h2>What differs between the runs</h2>", html_table(*difference_rows(report, code=False))]
     header, rows = energy_rows(report)
@@ -76,5 +96,7 @@ def report_html(report: dict, folder: Path, plots: Sequence[str] = ()) -> str:
     for title_, value, show in per_round_sections(report):
         parts += [f"<h3>{escape(title_)}</h3>", html_table(*per_round_rows(report, value, show))]
     body = "\n".join(parts)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{escape(title)}</title>\n'
-            f"<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{escape(title)}</title>\n'
+        f"<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )

@@ -11,9 +11,10 @@ import json
 import math
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from raflora.config import ConfigError, RanksConfig
 
@@ -28,11 +29,11 @@ class Run:
     """One run folder as the report sees it."""
 
     path: Path
-    label: str                       # the name in tables, legends and report.json
+    label: str  # the name in tables, legends and report.json
     config: dict[str, dict[str, Any]]  # the resolved config.toml, section -> key -> value
-    records: list[dict]              # metrics.jsonl, one dict per round, in file order
-    metric: str                      # the task's metric field: "accuracy" or "exact_match"
-    r_min: int                       # smallest client rank: rho_rmin is measured at this rank
+    records: list[dict]  # metrics.jsonl, one dict per round, in file order
+    metric: str  # the task's metric field: "accuracy" or "exact_match"
+    r_min: int  # smallest client rank: rho_rmin is measured at this rank
     client_ranks: list[int] = field(default_factory=list)
 
     @property
@@ -63,8 +64,8 @@ def _read_config(folder: Path) -> dict[str, dict[str, Any]]:
 def method_label(federation: dict[str, Any]) -> str:
     """The ``[federation]`` table's method as one value for tables: its name, with the options that
     differ from the method's defaults (``florist (tau=0.8)``); reads older flat run folders too."""
-    from raflora.config_io import _legacy_federation
     from raflora.aggregation import AGGREGATORS
+    from raflora.config_io import _legacy_federation
 
     table = dict(_legacy_federation(federation)["method"])
     name = table.pop("name", "?")
@@ -125,8 +126,15 @@ def load_run(folder: str | Path, label: str | None = None) -> Run:
         raise ReportError(f"{folder / 'config.toml'}: cannot tell the client ranks from [ranks]: {err}") from None
     if not ranks:
         raise ReportError(f"{folder / 'config.toml'}: [ranks] gives no client a rank")
-    return Run(path=folder, label=label or folder.name, config=config, records=records,
-               metric=_metric_of(task), r_min=min(ranks), client_ranks=ranks)
+    return Run(
+        path=folder,
+        label=label or folder.name,
+        config=config,
+        records=records,
+        metric=_metric_of(task),
+        r_min=min(ranks),
+        client_ranks=ranks,
+    )
 
 
 def _labels(folders: Sequence[Path]) -> list[str]:
@@ -181,7 +189,8 @@ def load_runs(folders: Sequence[str | Path]) -> list[Run]:
         if (run.task, run.metric) != (first.task, first.metric):
             raise ReportError(
                 f"runs of different tasks cannot share a report: {first.path} is {first.task} ({first.metric}), "
-                f"{run.path} is {run.task} ({run.metric}); report them separately")
+                f"{run.path} is {run.task} ({run.metric}); report them separately"
+            )
     return runs
 
 

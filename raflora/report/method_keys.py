@@ -19,7 +19,7 @@ def option_name(key: str) -> str | None:
     """``federation.method.tau`` -> ``tau``; None for a key that is no method's option (``train.lr``,
     ``federation.num_clients``)."""
     if key.startswith(METHOD_PREFIX):
-        return key[len(METHOD_PREFIX):]
+        return key[len(METHOD_PREFIX) :]
     return None
 
 

@@ -64,11 +64,22 @@ def _mean_lines(ax, report: dict, field: str) -> list[float]:
     for group in report["groups"]:
         rows = group["per_round"][field]
         xs = [row["round"] for row in rows]
-        (line,) = ax.plot(xs, [row["mean"] for row in rows], marker="o", markersize=3,
-                          label=group["label"] + (f" ({len(group['runs'])} seeds)" if len(group["runs"]) > 1 else ""))
+        (line,) = ax.plot(
+            xs,
+            [row["mean"] for row in rows],
+            marker="o",
+            markersize=3,
+            label=group["label"] + (f" ({len(group['runs'])} seeds)" if len(group["runs"]) > 1 else ""),
+        )
         if len(group["runs"]) > 1:
-            ax.fill_between(xs, [row["min"] for row in rows], [row["max"] for row in rows],
-                            color=line.get_color(), alpha=0.2, linewidth=0)
+            ax.fill_between(
+                xs,
+                [row["min"] for row in rows],
+                [row["max"] for row in rows],
+                color=line.get_color(),
+                alpha=0.2,
+                linewidth=0,
+            )
         drawn += [row[k] for row in rows for k in ("min", "max")]
         rounds += xs
     _rounds_axis(ax, rounds)
@@ -112,12 +123,16 @@ def plot_rho(report: dict, path: Path) -> None:
 def plot_energy(report: dict, path: Path) -> None:
     figure, (ax,) = _figure()
     # the last round of each group (mean over its seeds): one bar per group and partition
-    groups = [(group["label"], group["energy_per_round"][-1]) for group in report["groups"] if group["energy_per_round"]]
+    groups = [
+        (group["label"], group["energy_per_round"][-1]) for group in report["groups"] if group["energy_per_round"]
+    ]
     keys = sorted({k for _, last in groups for k in last["shares"]}, key=partition_order)
     width = 0.8 / max(1, len(groups))
     for i, (label, last) in enumerate(groups):
         xs = [k + (i - (len(groups) - 1) / 2) * width for k in range(len(keys))]
-        ax.bar(xs, [last["shares"].get(key) or 0.0 for key in keys], width=width, label=f"{label} (round {last['round']})")
+        ax.bar(
+            xs, [last["shares"].get(key) or 0.0 for key in keys], width=width, label=f"{label} (round {last['round']})"
+        )
     ax.set_xticks(range(len(keys)), [f"{key}" for key in keys])
     ax.set_xlabel("singular directions (rank partition)")
     ax.set_ylabel("share of the update's energy" + (" (mean over seeds)" if _seeded(report) else ""))
@@ -143,16 +158,30 @@ def plot_energy_rounds(report: dict, path: Path) -> None:
         else:
             grid = [[cell["shares"].get(key, math.nan) for cell in cells] for key in keys]
             rounds = [cell["round"] for cell in cells]
-            image = ax.imshow(grid, aspect="auto", origin="lower", vmin=0.0, vmax=1.0, cmap="viridis",
-                              extent=(rounds[0] - 0.5, rounds[-1] + 0.5, -0.5, len(keys) - 0.5))
+            image = ax.imshow(
+                grid,
+                aspect="auto",
+                origin="lower",
+                vmin=0.0,
+                vmax=1.0,
+                cmap="viridis",
+                extent=(rounds[0] - 0.5, rounds[-1] + 0.5, -0.5, len(keys) - 0.5),
+            )
             ax.set_yticks(range(len(keys)), keys)
             ax.set_xlabel("round")
             if len(rounds) <= 12:  # few enough cells to print each share: 0.83 and 0.99 look alike in colour
-                for row, key in enumerate(keys):
+                for row, _key in enumerate(keys):
                     for round_, share in zip(rounds, grid[row]):
                         if not math.isnan(share):
-                            ax.text(round_, row, f"{share:.2f}", ha="center", va="center", fontsize=7,
-                                    color="black" if share > 0.6 else "white")
+                            ax.text(
+                                round_,
+                                row,
+                                f"{share:.2f}",
+                                ha="center",
+                                va="center",
+                                fontsize=7,
+                                color="black" if share > 0.6 else "white",
+                            )
         ax.set_ylabel("singular directions")
         ax.set_title(group["label"], fontsize=10)
     if image is not None:
@@ -167,8 +196,10 @@ def plot_bytes(report: dict, path: Path) -> None:
     largest = max(g[d]["mean"] for g in groups for d in ("bytes_up", "bytes_down"))
     unit, divisor = ("GB", 1e9) if largest >= 1e9 else ("MB", 1e6) if largest >= 1e6 else ("kB", 1e3)
     width = 0.4
-    for offset, direction, name in ((-width / 2, "bytes_up", "uploaded by clients"),
-                                    (width / 2, "bytes_down", "sent to clients")):
+    for offset, direction, name in (
+        (-width / 2, "bytes_up", "uploaded by clients"),
+        (width / 2, "bytes_down", "sent to clients"),
+    ):
         values = [g[direction]["mean"] / divisor for g in groups]
         bars = ax.bar([k + offset for k in range(len(groups))], values, width=width, label=name)
         ax.bar_label(bars, fmt="%.3g", fontsize=8)

@@ -8,7 +8,8 @@ per round. ``differences`` lists the config values that are not the same in ever
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from raflora.report.groups import build_groups, paired_differences
 from raflora.report.load import ReportError, Run, finite
@@ -62,8 +63,11 @@ def last_energy(run: Run) -> dict | None:
 
 def energy_rounds(run: Run) -> list[dict]:
     """Energy share per rank partition in every round that has it (the heatmap's columns)."""
-    return [{"round": r["round"], "shares": {k: finite(v) for k, v in r["energy_by_partition"].items()}}
-            for r in run.records if r.get("energy_by_partition")]
+    return [
+        {"round": r["round"], "shares": {k: finite(v) for k, v in r["energy_by_partition"].items()}}
+        for r in run.records
+        if r.get("energy_by_partition")
+    ]
 
 
 def summarize_run(run: Run) -> dict[str, Any]:
@@ -94,16 +98,23 @@ def summarize_run(run: Run) -> dict[str, Any]:
 
 
 def _flat(config: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return {f"{section}.{key}": value for section, table in config.items() if isinstance(table, dict)
-            for key, value in table.items()}
+    return {
+        f"{section}.{key}": value
+        for section, table in config.items()
+        if isinstance(table, dict)
+        for key, value in table.items()
+    }
 
 
 def differences(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
     """``{"federation.method": {label: value, ...}}`` for every config value not shared by all runs."""
     flats = [_flat(run.config) for run in runs]
     keys = sorted(set().union(*flats) - set(IGNORED_DIFFERENCES))
-    return {key: {run.label: flat.get(key) for run, flat in zip(runs, flats)}
-            for key in keys if len({repr(flat.get(key)) for flat in flats}) > 1}
+    return {
+        key: {run.label: flat.get(key) for run, flat in zip(runs, flats)}
+        for key in keys
+        if len({repr(flat.get(key)) for flat in flats}) > 1
+    }
 
 
 def build_report(runs: Sequence[Run], reference: str | None = None) -> dict[str, Any]:

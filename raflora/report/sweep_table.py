@@ -6,8 +6,8 @@ which runs make each cell; a method a point sets nothing new for reuses an earli
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from raflora.report.load import ReportError
 
@@ -37,9 +37,14 @@ def attach_sweep(report: dict, grid: dict, root: Path) -> None:
     for cell in grid["cells"]:
         groups = {id(group_of[p]): group_of[p] for p in ((root / r).resolve() for r in cell["runs"]) if p in group_of}
         group = next(iter(groups.values())) if len(groups) == 1 else None
-        cells.append({**cell, "group": group and group["label"],
-                      "final_metric": group and group["final_metric"],
-                      "rho_rmin_last": group and group["rho_rmin_last"]})
+        cells.append(
+            {
+                **cell,
+                "group": group and group["label"],
+                "final_metric": group and group["final_metric"],
+                "rho_rmin_last": group and group["rho_rmin_last"],
+            }
+        )
     report["sweep"] = {"points": grid["points"], "methods": grid["methods"], "cells": cells}
 
 
@@ -66,5 +71,7 @@ def sweep_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-SWEEP_NOTE = ("One row per grid point; cells: mean ± std [min, max] over seeds. '(= point-k)': the point "
-              "sets nothing for this method (an option it does not have), so its runs of point-k stand here.")
+SWEEP_NOTE = (
+    "One row per grid point; cells: mean ± std [min, max] over seeds. '(= point-k)': the point "
+    "sets nothing for this method (an option it does not have), so its runs of point-k stand here."
+)

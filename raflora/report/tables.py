@@ -5,7 +5,8 @@ partition and per-round tables (one column per run), all from
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from raflora.lora import partition_order
 
@@ -40,17 +41,37 @@ def summary_table(report: dict) -> list[str]:
 
 def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     metric = report["metric"]
-    header = ["run", "method", "rounds", f"final {metric}", f"best {metric}", "final rho_rmin",
-              "rho_rmin first -> last", "bytes up", "bytes down", "seconds", "rejected"]
+    header = [
+        "run",
+        "method",
+        "rounds",
+        f"final {metric}",
+        f"best {metric}",
+        "final rho_rmin",
+        "rho_rmin first -> last",
+        "bytes up",
+        "bytes down",
+        "seconds",
+        "rejected",
+    ]
     rows = []
     for run in report["runs"]:
         first, last = run["rho_rmin_first"], run["rho_rmin_last"]
-        rows.append([
-            run["label"], run["method"], f"{run['rounds']}",
-            _at(run["final_metric"]), _at(run["best_metric"]), _num(last and last["value"], 3),
-            "-" if first is None else f"{first['value']:.3f} -> {last['value']:.3f}",
-            size(run["bytes_up"]), size(run["bytes_down"]), f"{run['seconds']:.1f}", f"{run['rejected']}",
-        ])
+        rows.append(
+            [
+                run["label"],
+                run["method"],
+                f"{run['rounds']}",
+                _at(run["final_metric"]),
+                _at(run["best_metric"]),
+                _num(last and last["value"], 3),
+                "-" if first is None else f"{first['value']:.3f} -> {last['value']:.3f}",
+                size(run["bytes_up"]),
+                size(run["bytes_down"]),
+                f"{run['seconds']:.1f}",
+                f"{run['rejected']}",
+            ]
+        )
     return header, rows
 
 
@@ -72,11 +93,29 @@ def has_seeds(report: dict) -> bool:
 
 def group_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     metric = report["metric"]
-    header = ["group", "method", "seeds", f"final {metric}", f"best {metric}", "final rho_rmin",
-              "bytes up / run", "bytes down / run"]
-    rows = [[g["label"], g["method"], ",".join(str(s) for s in g["seeds"]), spread(g["final_metric"]),
-             spread(g["best_metric"]), spread(g["rho_rmin_last"], 3),
-             size(g["bytes_up"]["mean"]), size(g["bytes_down"]["mean"])] for g in report["groups"]]
+    header = [
+        "group",
+        "method",
+        "seeds",
+        f"final {metric}",
+        f"best {metric}",
+        "final rho_rmin",
+        "bytes up / run",
+        "bytes down / run",
+    ]
+    rows = [
+        [
+            g["label"],
+            g["method"],
+            ",".join(str(s) for s in g["seeds"]),
+            spread(g["final_metric"]),
+            spread(g["best_metric"]),
+            spread(g["rho_rmin_last"], 3),
+            size(g["bytes_up"]["mean"]),
+            size(g["bytes_down"]["mean"]),
+        ]
+        for g in report["groups"]
+    ]
     return header, rows
 
 
@@ -96,23 +135,42 @@ def _signed(stat: dict | None, digits: int) -> str:
 
 def paired_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     metric = report["metric"]
-    header = ["reference - other", "seeds", f"final {metric}", f"final {metric} per seed", f"best {metric}",
-              f"best {metric} per seed", "final rho_rmin", "final rho_rmin per seed"]
+    header = [
+        "reference - other",
+        "seeds",
+        f"final {metric}",
+        f"final {metric} per seed",
+        f"best {metric}",
+        f"best {metric} per seed",
+        "final rho_rmin",
+        "final rho_rmin per seed",
+    ]
     rows = []
     for pair in report["paired"]:
         final = pair["final_metric"]
-        rows.append([f"{pair['reference']} - {pair['other']}", "-" if final is None else f"{final['n']}",
-                     _signed(final, 4), per_seed(final, 4), _signed(pair["best_metric"], 4),
-                     per_seed(pair["best_metric"], 4), _signed(pair["rho_rmin_last"], 3),
-                     per_seed(pair["rho_rmin_last"], 3)])
+        rows.append(
+            [
+                f"{pair['reference']} - {pair['other']}",
+                "-" if final is None else f"{final['n']}",
+                _signed(final, 4),
+                per_seed(final, 4),
+                _signed(pair["best_metric"], 4),
+                per_seed(pair["best_metric"], 4),
+                _signed(pair["rho_rmin_last"], 3),
+                per_seed(pair["rho_rmin_last"], 3),
+            ]
+        )
     return header, rows
 
 
 def energy_rows(report: dict) -> tuple[list[str], list[list[str]]]:
     runs = [run for run in report["runs"] if run["energy_by_partition"]]
     keys = sorted({k for run in runs for k in run["energy_by_partition"]["shares"]}, key=partition_order)
-    rows = [[run["label"], f"{run['energy_by_partition']['round']}"]
-            + [_num(run["energy_by_partition"]["shares"].get(k), 3) for k in keys] for run in runs]
+    rows = [
+        [run["label"], f"{run['energy_by_partition']['round']}"]
+        + [_num(run["energy_by_partition"]["shares"].get(k), 3) for k in keys]
+        for run in runs
+    ]
     return ["run", "round"] + [f"directions {k}" for k in keys], rows
 
 
@@ -121,8 +179,9 @@ def energy_table(report: dict) -> list[str]:
     return markdown_table(header, rows) if rows else []
 
 
-def per_round_rows(report: dict, value: Callable[[dict], Any],
-                   show: Callable[[Any], str]) -> tuple[list[str], list[list[str]]]:
+def per_round_rows(
+    report: dict, value: Callable[[dict], Any], show: Callable[[Any], str]
+) -> tuple[list[str], list[list[str]]]:
     """Rounds down, runs across; "-" where a run has no such round or no value (not evaluated).
     ``value`` picks the number from a per-round row."""
     runs = report["runs"]
@@ -151,20 +210,25 @@ def per_round_sections(report: dict) -> list[tuple[str, Callable[[dict], Any], C
 def difference_rows(report: dict, code: bool = True) -> tuple[list[str], list[list[str]]]:
     labels = [run["label"] for run in report["runs"]]
     show = (lambda v: "-" if v is None else f"`{v}`") if code else (lambda v: "-" if v is None else f"{v}")
-    return ["config"] + labels, [[key] + [show(values[label]) for label in labels]
-                                 for key, values in report["differences"].items()]
+    return ["config"] + labels, [
+        [key] + [show(values[label]) for label in labels] for key, values in report["differences"].items()
+    ]
 
 
 def intro(report: dict) -> str:
     r_min = ", ".join(str(r) for r in report["r_min"])
-    return (f"Metric: {report['metric']} on the test split (higher is better); rho_rmin is the energy share of "
-            f"the global update's top r_min = {r_min} singular directions (1 = rank collapse). "
-            "(rN): the round a value comes from.")
+    return (
+        f"Metric: {report['metric']} on the test split (higher is better); rho_rmin is the energy share of "
+        f"the global update's top r_min = {r_min} singular directions (1 = rank collapse). "
+        "(rN): the round a value comes from."
+    )
 
 
-SEEDS_NOTE = ("Runs whose configs differ only in run.seed form a group. Cells: mean ± sample standard "
-              "deviation [min, max] over the seeds. Paired differences: the reference method minus the "
-              "other method of the same setting, seed by seed (positive: the reference is higher).")
+SEEDS_NOTE = (
+    "Runs whose configs differ only in run.seed form a group. Cells: mean ± sample standard "
+    "deviation [min, max] over the seeds. Paired differences: the reference method minus the "
+    "other method of the same setting, seed by seed (positive: the reference is higher)."
+)
 
 
 def report_markdown(report: dict, plots: Sequence[str] = ()) -> str:
@@ -183,8 +247,12 @@ def report_markdown(report: dict, plots: Sequence[str] = ()) -> str:
         lines += ["## What differs between the runs", ""] + markdown_table(*difference_rows(report)) + [""]
     energy = energy_table(report)
     if energy:
-        lines += ["## Energy per rank partition, last round", "",
-                  "Share of the global update's energy in each range of singular directions.", ""]
+        lines += [
+            "## Energy per rank partition, last round",
+            "",
+            "Share of the global update's energy in each range of singular directions.",
+            "",
+        ]
         lines += energy + [""]
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]

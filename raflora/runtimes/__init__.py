@@ -5,7 +5,7 @@ ServerApp and ClientApp (``pip install .[flower]``). Same config, same seed: the
 from __future__ import annotations
 
 import importlib.util
-from typing import Callable
+from collections.abc import Callable
 
 from raflora.config import Config, ConfigError
 
@@ -35,5 +35,4 @@ def run(
         return run_flower(config, resume=resume, overwrite=overwrite, stop_after=stop_after, log=log)
     from raflora.runtimes.embedded import run_federation
 
-    return run_federation(config, resume=resume, overwrite=overwrite, stop_after=stop_after, log=log,
-                          progress=progress)
+    return run_federation(config, resume=resume, overwrite=overwrite, stop_after=stop_after, log=log, progress=progress)

@@ -8,8 +8,8 @@ uninterrupted one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from raflora.config import Config
 from raflora.federation.round import run_round, steps_in_round

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from raflora.config import Config, ConfigError
 from raflora.config_io import config_to_dict, config_to_toml
 from raflora.federation.export import write_adapter
 from raflora.federation.setup import RunSetup, build_setup
-from raflora.runtimes.provenance import FILE as PROVENANCE_FILE, record_session
 from raflora.federation.state import (
     FederationState,
     clean_json,
@@ -27,6 +26,8 @@ from raflora.federation.state import (
     load_clients,
     save_checkpoint,
 )
+from raflora.runtimes.provenance import FILE as PROVENANCE_FILE
+from raflora.runtimes.provenance import record_session
 
 # run.runtime: both runtimes give the same numbers, so either may continue the other's run
 RESUMABLE = ("run.rounds", "run.out", "run.keep_checkpoints", "run.runtime", "eval.every")
@@ -138,8 +139,10 @@ def open_run(config: Config, resume: bool, say: Callable[[str], None]) -> tuple[
     :func:`prepare_folder` has checked; write ``config.toml`` and the metrics so far."""
     out = Path(config.out)
     f = config.federation
-    say(f"raflora run: task {config.task.name}, method {f.method.name}, {f.num_clients} {plural(f.num_clients, 'client')}, "
-        f"{config.run.rounds} {plural(config.run.rounds, 'round')} -> {out}")
+    say(
+        f"raflora run: task {config.task.name}, method {f.method.name}, {f.num_clients} {plural(f.num_clients, 'client')}, "
+        f"{config.run.rounds} {plural(config.run.rounds, 'round')} -> {out}"
+    )
     setup = build_setup(config)
     state = _initial_state(setup, out, resume)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,8 +157,9 @@ def open_run(config: Config, resume: bool, say: Callable[[str], None]) -> tuple[
     return setup, state
 
 
-def record_round(setup: RunSetup, state: FederationState, record: dict, say: Callable[[str], None],
-                 kept: dict | None = None) -> None:
+def record_round(
+    setup: RunSetup, state: FederationState, record: dict, say: Callable[[str], None], kept: dict | None = None
+) -> None:
     """Keep a finished round: its metrics line, its checkpoint (with ``kept``, the clients' own
     kept factors, when this runtime plays the clients), its summary line."""
     config, out = setup.config, Path(setup.config.out)
@@ -168,23 +172,36 @@ def record_round(setup: RunSetup, state: FederationState, record: dict, say: Cal
     say(format_round(record, config.run.rounds, setup.task.metric))
 
 
-def finish_run(setup: RunSetup, state: FederationState, stop_after: int | None, say: Callable[[str], None]) -> list[dict]:
+def finish_run(
+    setup: RunSetup, state: FederationState, stop_after: int | None, say: Callable[[str], None]
+) -> list[dict]:
     """After the last round: the global adapter (or, when stopped early, the line that says how to go on)."""
     config, out = setup.config, Path(setup.config.out)
     if state.round < config.run.rounds:
         say(f"stopped after round {state.round}; continue with: raflora run --resume {out}")
         return state.metrics
     if not aggregated_any(state.metrics):
-        say(f"done: no round was aggregated in {config.run.rounds} {plural(config.run.rounds, 'round')} (every "
+        say(
+            f"done: no round was aggregated in {config.run.rounds} {plural(config.run.rounds, 'round')} (every "
             "client's update was refused or every client failed; see the rejected reasons in "
-            f"{out / 'metrics.jsonl'}), so there is no trained model and no adapter")
+            f"{out / 'metrics.jsonl'}), so there is no trained model and no adapter"
+        )
         return state.metrics
     if setup.method.private:
-        say(f"done: {setup.method.name} keeps each client's {setup.method.private} on the client, so there is no "
-            f"global adapter; {_last_metric(state, setup.task.metric)}")
+        say(
+            f"done: {setup.method.name} keeps each client's {setup.method.private} on the client, so there is no "
+            f"global adapter; {_last_metric(state, setup.task.metric)}"
+        )
         return state.metrics
-    write_adapter(setup.model, setup.base0, state, config.ranks.r_max, setup.scales[config.ranks.r_max], out / "adapter",
-                  task=setup.task)
+    write_adapter(
+        setup.model,
+        setup.base0,
+        state,
+        config.ranks.r_max,
+        setup.scales[config.ranks.r_max],
+        out / "adapter",
+        task=setup.task,
+    )
     metric = setup.task.metric
     last = next((m for m in reversed(state.metrics) if m.get(metric) is not None), None)
     if last is not None:

@@ -40,8 +40,13 @@ def code_version() -> dict:
         return out
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                capture_output=True, text=True, timeout=10)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return out
     if commit.returncode == 0:
@@ -63,12 +68,23 @@ def cpu_name() -> str:
 
 def machine(device: torch.device) -> dict:
     """The machine the run's model ran on: the CPU, the thread count, and the GPU when it ran on one."""
-    out = {"host": platform.node(), "platform": platform.platform(), "python": sys.version.split()[0],
-           "cpu": cpu_name(), "torch_threads": torch.get_num_threads(), "device": str(device), "gpu": None}
+    out = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu": cpu_name(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "gpu": None,
+    }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        out["gpu"] = {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
-                      "cuda": torch.version.cuda, "capability": f"{props.major}.{props.minor}"}
+        out["gpu"] = {
+            "name": props.name,
+            "memory_gib": round(props.total_memory / 2**30, 1),
+            "cuda": torch.version.cuda,
+            "capability": f"{props.major}.{props.minor}",
+        }
     elif device.type == "mps":
         out["gpu"] = {"name": "Apple MPS"}
     return out
@@ -77,7 +93,7 @@ def machine(device: torch.device) -> dict:
 def provenance(device: torch.device, after_round: int) -> dict:
     """One session's record: when, from which round, which code, which libraries, which machine."""
     return {
-        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "after_round": after_round,
         "code": code_version(),
         "versions": {name: _version(name) for name in LIBRARIES},

@@ -11,8 +11,8 @@ from typing import Any
 
 from raflora.tasks.base import Task, TaskData
 from raflora.tasks.reasoning import ReasoningGymTask
-from raflora.tasks.text import BBCNewsTask, TextClassificationTask
 from raflora.tasks.synthetic import SyntheticTask
+from raflora.tasks.text import BBCNewsTask, TextClassificationTask
 from raflora.tasks.user_data import UserTextTask
 from raflora.tasks.vision import FashionMNISTTask
 

@@ -8,8 +8,9 @@ LoRA on ``target_modules`` and trains ``head_modules`` fully (PEFT ``modules_to_
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,9 +32,9 @@ class Task(ABC):
     """One task family instance, built from the ``[task]`` section of a config."""
 
     name: str = "task"
-    metric: str = "accuracy"                 # the key ``evaluate`` returns besides "loss"
-    target_modules: list[str] = []           # PEFT target_modules (leaf names or a regex)
-    head_modules: list[str] = []             # PEFT modules_to_save (new task head), FedAvg'd
+    metric: str = "accuracy"  # the key ``evaluate`` returns besides "loss"
+    target_modules: list[str] = []  # PEFT target_modules (leaf names or a regex)
+    head_modules: list[str] = []  # PEFT modules_to_save (new task head), FedAvg'd
 
     @abstractmethod
     def load_model(self) -> nn.Module:
@@ -43,7 +44,7 @@ class Task(ABC):
     def load_data(self) -> TaskData:
         """Train and test examples; deterministic for the task's seed."""
 
-    def prepare(self, examples: Sequence[Any]) -> None:
+    def prepare(self, examples: Sequence[Any]) -> None:  # noqa: B027 (optional hook, not abstract)
         """Called once per run with the training and test examples before any round: a task whose
         ``collate`` does per-example work (tokenising) can do it here once instead of every step."""
 

@@ -10,7 +10,8 @@ import math
 import os
 import random
 import threading
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +62,7 @@ def batches(items: Sequence[Any], batch_size: int) -> Iterator[Sequence[Any]]:
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     for start in range(0, len(items), batch_size):
-        yield items[start:start + batch_size]
+        yield items[start : start + batch_size]
 
 
 # Whether loading and evaluating show progress: the command line turns it on (off with --quiet);
@@ -101,6 +102,7 @@ def spinner(desc: str) -> Iterator[None]:
 
     done = threading.Event()
     with tqdm(desc=desc, bar_format="{desc} {elapsed}", leave=False) as bar:
+
         def turn() -> None:
             for mark in itertools.cycle("|/-\\"):
                 if done.wait(0.25):

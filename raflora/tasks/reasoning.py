@@ -13,8 +13,9 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -150,8 +151,10 @@ class ReasoningGymTask(Task):
     ):
         if bf16_autocast:
             # read, not ignored: a run would otherwise silently train in float32
-            raise ValueError('bf16_autocast is now [train] precision = "bf16" (for every task); '
-                             'remove bf16_autocast from [task] and write precision = "bf16" under [train]')
+            raise ValueError(
+                'bf16_autocast is now [train] precision = "bf16" (for every task); '
+                'remove bf16_autocast from [task] and write precision = "bf16" under [train]'
+            )
         if not isinstance(model, str) or not model:
             raise ValueError(f"model must be 'smollm2', 'tiny', a Hub id or a folder, got {model!r}")
         datasets = [datasets] if isinstance(datasets, str) else list(datasets)
@@ -187,8 +190,10 @@ class ReasoningGymTask(Task):
 
                 self._tokenizer = AutoTokenizer.from_pretrained(self._source(), local_files_only=True)
                 if not self._tokenizer.chat_template:
-                    raise ValueError(f"the tokenizer of {self.model!r} has no chat template; the task writes each "
-                                     "question as a chat (use an instruct model)")
+                    raise ValueError(
+                        f"the tokenizer of {self.model!r} has no chat template; the task writes each "
+                        "question as a chat (use an instruct model)"
+                    )
             if self._tokenizer.pad_token_id is None:
                 self._tokenizer.pad_token = self._tokenizer.eos_token
         return self._tokenizer
@@ -229,8 +234,10 @@ class ReasoningGymTask(Task):
         if looks_like_hub_id(self.model):
             cached_snapshot(self.model)
             return self.model
-        raise FileNotFoundError(f"model folder {self.model!r} does not exist; model must be 'smollm2', 'tiny', "
-                                "a Hub id in the local Hugging Face cache or a folder")
+        raise FileNotFoundError(
+            f"model folder {self.model!r} does not exist; model must be 'smollm2', 'tiny', "
+            "a Hub id in the local Hugging Face cache or a folder"
+        )
 
     # --- data --------------------------------------------------------------------------------
     def load_data(self) -> TaskData:
@@ -281,7 +288,7 @@ class ReasoningGymTask(Task):
         for ex in examples:
             prompt, answer = self.prompt_ids(ex["question"]), self.answer_ids(ex["answer"])
             answer = answer[: self.max_length - 1]
-            prompt = prompt[-(self.max_length - len(answer)):]
+            prompt = prompt[-(self.max_length - len(answer)) :]
             rows.append((prompt + answer, [-100] * len(prompt) + answer))
         width = max(len(ids) for ids, _ in rows)
         pad = self.tokenizer.pad_token_id

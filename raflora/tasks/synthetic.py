@@ -6,7 +6,8 @@ The model is ``fc1 -> tanh -> fc2 -> tanh -> head``; LoRA targets ``fc1`` and ``
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,8 +58,14 @@ class SyntheticTask(Task):
         num_keys: int = 4,
         nan_examples: int = 0,
     ):
-        for name, value in (("num_classes", num_classes), ("dim", dim), ("hidden", hidden),
-                            ("train_size", train_size), ("test_size", test_size), ("num_keys", num_keys)):
+        for name, value in (
+            ("num_classes", num_classes),
+            ("dim", dim),
+            ("hidden", hidden),
+            ("train_size", train_size),
+            ("test_size", test_size),
+            ("num_keys", num_keys),
+        ):
             if int(value) < 1:
                 raise ValueError(f"synthetic task: {name} must be >= 1, got {value}")
         if not 0 <= nan_examples <= train_size:

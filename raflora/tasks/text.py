@@ -9,14 +9,14 @@ pooler of ``BertForSequenceClassification`` reached 0.35 accuracy where mean poo
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from raflora.tasks.base import Task, TaskData
-from raflora.tasks.hub import cached_snapshot, looks_like_hub_id
 from raflora.tasks.common import (
     classification_loss,
     evaluate_classifier,
@@ -25,6 +25,7 @@ from raflora.tasks.common import (
     split_indices,
     subsample,
 )
+from raflora.tasks.hub import cached_snapshot, looks_like_hub_id
 
 MINILM = "minilm"
 TINY = "tiny"
@@ -114,8 +115,9 @@ class TextClassificationTask(Task):
         backbone = self._tiny_backbone() if self.model == TINY else self._pretrained_backbone()
         self._check_targets(backbone)
         pooler = {"add_pooling_layer": False} if self.model == TINY else {}
-        return mean_pool_classifier(backbone, len(names), self.seed, id2label=dict(enumerate(names)),
-                                    encoder_kwargs=pooler)
+        return mean_pool_classifier(
+            backbone, len(names), self.seed, id2label=dict(enumerate(names)), encoder_kwargs=pooler
+        )
 
     def _pretrained_backbone(self) -> nn.Module:
         from transformers import AutoModel
@@ -162,8 +164,13 @@ class TextClassificationTask(Task):
         draw the same articles round after round, so the ids are kept by text."""
         missing = list(dict.fromkeys(t for t in texts if t not in self._ids))
         if missing:
-            enc = self.tokenizer(missing, truncation=True, max_length=self.max_length,
-                                 return_attention_mask=False, return_token_type_ids=False)
+            enc = self.tokenizer(
+                missing,
+                truncation=True,
+                max_length=self.max_length,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
             self._ids.update(zip(missing, enc["input_ids"]))
         return [self._ids[t] for t in texts]
 

@@ -3,12 +3,12 @@ Hugging Face ``datasets`` reads) with a local encoder or one from the Hugging Fa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from raflora.tasks import hf_datasets
 from raflora.tasks.base import TaskData
 from raflora.tasks.common import split_indices, subsample
-from raflora.tasks import hf_datasets
 from raflora.tasks.records import Row, name_column, read_records, text_column
 from raflora.tasks.text import MINILM, TextClassificationTask
 
@@ -82,11 +82,15 @@ class UserTextTask(TextClassificationTask):
         if dataset is not None and hf_datasets.needs_files(dataset) and not train_file:
             raise ValueError(f"task 'user_text' with dataset = {dataset!r} needs train_file (and optionally test_file)")
         if dataset is not None and not hf_datasets.needs_files(dataset) and (train_file or test_file):
-            raise ValueError(f"dataset = {dataset!r} holds the data itself; remove train_file and test_file (or set "
-                             f"dataset to one of {', '.join(hf_datasets.BUILDERS)} to read them)")
+            raise ValueError(
+                f"dataset = {dataset!r} holds the data itself; remove train_file and test_file (or set "
+                f"dataset to one of {', '.join(hf_datasets.BUILDERS)} to read them)"
+            )
         if dataset is None and not train_file:
-            raise ValueError("task 'user_text' needs the option train_file (a .csv, .tsv, .jsonl or .json path) "
-                             "or dataset (csv, json, parquet, a saved dataset folder or a cached Hub id)")
+            raise ValueError(
+                "task 'user_text' needs the option train_file (a .csv, .tsv, .jsonl or .json path) "
+                "or dataset (csv, json, parquet, a saved dataset folder or a cached Hub id)"
+            )
         super().__init__(
             seed=seed,
             model=model,
@@ -127,8 +131,10 @@ class UserTextTask(TextClassificationTask):
                 for examples, name in sources:
                     for ex in examples:
                         if ex["label_name"] not in index:
-                            raise ValueError(f"label {ex['label_name']!r} in {ex['where']} of {name!r} "
-                                             f"is not one of the task's labels {names}")
+                            raise ValueError(
+                                f"label {ex['label_name']!r} in {ex['where']} of {name!r} "
+                                f"is not one of the task's labels {names}"
+                            )
             for ex in test or []:
                 if ex["label_name"] not in index:
                     raise ValueError(
@@ -180,6 +186,8 @@ class UserTextTask(TextClassificationTask):
             test=test,
             train_labels=[ex["label"] for ex in train],
             train_keys=[ex["key"] for ex in train] if self.key_column else None,
-            info={"label_names": names, "source": self.dataset if self.dataset and not self.train_file
-                  else str(self.train_file)},
+            info={
+                "label_names": names,
+                "source": self.dataset if self.dataset and not self.train_file else str(self.train_file),
+            },
         )

@@ -12,8 +12,8 @@ be wrapped by PEFT at all: it asserts ``image_size is not None`` when cloning th
 from __future__ import annotations
 
 import gzip
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,16 @@ from raflora.tasks.common import classification_loss, evaluate_classifier, permu
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
-    "t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
+    "t-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
 ]
 EFFICIENTNET_LITE0 = "efficientnet-lite0"
 POINTWISE_CONVS = ["_expand_conv", "_project_conv", "_conv_head"]
@@ -37,8 +46,8 @@ def read_idx(path: Path) -> torch.Tensor:
     if raw[0:2] != b"\x00\x00" or raw[2] != 0x08:
         raise ValueError(f"{str(path)!r} is not an unsigned-byte IDX file")
     ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    data = torch.frombuffer(bytearray(raw[4 + 4 * ndim:]), dtype=torch.uint8)
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    data = torch.frombuffer(bytearray(raw[4 + 4 * ndim :]), dtype=torch.uint8)
     if data.numel() != torch.Size(dims).numel():
         raise ValueError(f"{str(path)!r} is truncated: header says {dims}, found {data.numel()} bytes")
     return data.reshape(dims)
@@ -83,7 +92,7 @@ class ChannelLinear(nn.Module):
         self.linear = nn.Linear(in_channels, out_channels, bias=bias)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d) -> "ChannelLinear":
+    def from_conv(cls, conv: nn.Conv2d) -> ChannelLinear:
         if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.groups != 1:
             raise ValueError(f"not a pointwise conv: {conv}")
         layer = cls(conv.in_channels, conv.out_channels, bias=conv.bias is not None)
@@ -177,11 +186,13 @@ class TinyConvNet(nn.Module):
         self._conv_stem = nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False)
         self._bn0 = nn.BatchNorm2d(width)
         self._blocks = nn.ModuleList(
-            nn.ModuleDict({
-                "_expand_conv": ChannelLinear(width, 2 * width, bias=False),
-                "_depthwise_conv": nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1, groups=2 * width),
-                "_project_conv": ChannelLinear(2 * width, width, bias=False),
-            })
+            nn.ModuleDict(
+                {
+                    "_expand_conv": ChannelLinear(width, 2 * width, bias=False),
+                    "_depthwise_conv": nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1, groups=2 * width),
+                    "_project_conv": ChannelLinear(2 * width, width, bias=False),
+                }
+            )
             for _ in range(2)
         )
         self._conv_head = ChannelLinear(width, 4 * width, bias=False)

@@ -9,12 +9,12 @@ import torch
 from raflora import aggregate
 
 from .reference import (
-    dense_global,
     F64,
     TOLERANCE,
     assert_close,
     assert_singular_values,
     best_rank,
+    dense_global,
     random_updates,
     ref_delta,
     ref_factors,
@@ -123,8 +123,11 @@ def check_svd_hand_back_stays_trainable(method: str) -> None:
     updates = random_updates(3, [2, 4])
     # All-zero round (e.g. a module the loss never reaches): every B is zero.
     zero = [
-        ClientUpdate(u.client_id, {m: LoRAFactors(f.A, torch.zeros_like(f.B), f.scale) for m, f in u.factors.items()},
-                     u.num_examples)
+        ClientUpdate(
+            u.client_id,
+            {m: LoRAFactors(f.A, torch.zeros_like(f.B), f.scale) for m, f in u.factors.items()},
+            u.num_examples,
+        )
         for u in updates
     ]
     # Rank-deficient round: both clients upload the same rank-1 product b a^T through every

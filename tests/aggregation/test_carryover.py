@@ -16,8 +16,10 @@ from .reference import F64, assert_close, assert_singular_values, random_updates
 
 def previous_update(seed, shapes, rank=6, dtype=F64):
     g = torch.Generator().manual_seed(1000 + seed)
-    return {m: LowRank(torch.randn(s[0], rank, generator=g, dtype=dtype), torch.randn(rank, s[1], generator=g, dtype=dtype))
-            for m, s in shapes.items()}
+    return {
+        m: LowRank(torch.randn(s[0], rank, generator=g, dtype=dtype), torch.randn(rank, s[1], generator=g, dtype=dtype))
+        for m, s in shapes.items()
+    }
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -58,12 +60,16 @@ def test_clients_that_return_their_start_leave_the_update_as_it_was():
     G = LowRank(torch.randn(30, 8, generator=g, dtype=F64), torch.randn(8, 20, generator=g, dtype=F64))
     U, S, Vh = torch.linalg.svd(G.dense(), full_matrices=False)
     ranks, sizes = [2, 4, 8, 2], [50, 10, 5, 35]
-    updates = [ClientUpdate(i, {"w": LoRAFactors((S[:r, None] * Vh[:r]).contiguous(), U[:, :r].contiguous(), 1.0)}, n)
-               for i, (r, n) in enumerate(zip(ranks, sizes))]
+    updates = [
+        ClientUpdate(i, {"w": LoRAFactors((S[:r, None] * Vh[:r]).contiguous(), U[:, :r].contiguous(), 1.0)}, n)
+        for i, (r, n) in enumerate(zip(ranks, sizes))
+    ]
     carried = aggregate("carryover", updates, previous={"w": G}, top_rank=8).delta("w")
     assert_close(carried, G.dense(), F64, "carry-over of every direction is exactly 1")
     flex = aggregate("flexlora", updates).delta("w")
-    assert energy_ratio(torch.linalg.svdvals(flex), 2) > energy_ratio(S, 2) + 0.05, "flexlora shrinks the high directions"
+    assert energy_ratio(torch.linalg.svdvals(flex), 2) > energy_ratio(S, 2) + 0.05, (
+        "flexlora shrinks the high directions"
+    )
 
 
 def test_directions_nobody_reached_are_kept_whole():

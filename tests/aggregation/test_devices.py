@@ -5,15 +5,18 @@ import torch
 
 from raflora import AGGREGATORS, ClientUpdate, LoRAFactors, aggregate
 
-from .reference import assert_close, random_updates, ref_delta, dense_global
+from .reference import assert_close, dense_global, random_updates, ref_delta
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def on(device, updates):
     return [
-        ClientUpdate(u.client_id, {m: LoRAFactors(f.A.to(device), f.B.to(device), f.scale) for m, f in u.factors.items()},
-                     u.num_examples)
+        ClientUpdate(
+            u.client_id,
+            {m: LoRAFactors(f.A.to(device), f.B.to(device), f.scale) for m, f in u.factors.items()},
+            u.num_examples,
+        )
         for u in updates
     ]
 

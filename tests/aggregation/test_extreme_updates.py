@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from raflora import AGGREGATORS, ClientUpdate, LoRAFactors, NoValidUpdates, aggregate, init_a
 from raflora.aggregation.numerics import log2_product_norm
 
-from .reference import F64, assert_close, dense_global, ref_delta, random_updates
+from .reference import F64, assert_close, dense_global, random_updates, ref_delta
 
 SHAPES = {"q_proj": (6, 5), "v_proj": (4, 7)}
 MODULES = sorted(SHAPES)
@@ -46,8 +46,9 @@ def good_update(method: str, cid: str, rank: int, seed: int, dtype: torch.dtype)
 
 
 def scaled(update: ClientUpdate, cid: str, b: float = 1.0, a: float = 1.0, scale: float = 1.0) -> ClientUpdate:
-    return ClientUpdate(cid, {m: LoRAFactors(f.A * a, f.B * b, f.scale * scale) for m, f in update.factors.items()},
-                        update.num_examples)
+    return ClientUpdate(
+        cid, {m: LoRAFactors(f.A * a, f.B * b, f.scale * scale) for m, f in update.factors.items()}, update.num_examples
+    )
 
 
 def with_count(update: ClientUpdate, cid: str, count) -> ClientUpdate:
@@ -107,8 +108,10 @@ def rounds(draw, method: str):
     # The norm bound needs an honest majority to fix the median: at most n_good of them.
     norm_kinds = [k for k in kinds if k in NORM_KINDS]
     kinds = [k for k in kinds if k not in NORM_KINDS] + norm_kinds[:n_good]
-    bad = [bad_update(k, good[draw(st.integers(0, n_good - 1))], f"b{i}", method, draw(st.integers(0, 1000)))
-           for i, k in enumerate(kinds)]
+    bad = [
+        bad_update(k, good[draw(st.integers(0, n_good - 1))], f"b{i}", method, draw(st.integers(0, 1000)))
+        for i, k in enumerate(kinds)
+    ]
     order = draw(st.permutations(range(len(good) + len(bad))))
     everyone = good + bad
     return good, bad, [everyone[i] for i in order]
@@ -138,10 +141,20 @@ def test_fuzz_every_bad_update_is_refused_and_the_result_is_the_good_only_one(me
 
 
 # -- example counts ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("count, shown", [(10**400, "about 401 digits"), (10**5000, "about 5001 digits"),
-                                          (10**12, "1000000000000"), (1e308, "1e+308"), (0.5, "0.5"),
-                                          (1e-300, "1e-300"), (math.inf, "inf"), ("7", "a str")],
-                         ids=["10**400", "10**5000", "10**12", "1e308", "0.5", "1e-300", "inf", "str"])
+@pytest.mark.parametrize(
+    "count, shown",
+    [
+        (10**400, "about 401 digits"),
+        (10**5000, "about 5001 digits"),
+        (10**12, "1000000000000"),
+        (1e308, "1e+308"),
+        (0.5, "0.5"),
+        (1e-300, "1e-300"),
+        (math.inf, "inf"),
+        ("7", "a str"),
+    ],
+    ids=["10**400", "10**5000", "10**12", "1e308", "0.5", "1e-300", "inf", "str"],
+)
 def test_example_count_must_be_an_integer_below_10_to_the_12(count, shown):
     good = random_updates(2, [2, 4, 3])
     res = aggregate("raflora", [with_count(good[0], "bad", count), *good])
@@ -188,8 +201,11 @@ def test_ratio_is_measured_on_s_B_A_from_the_factors():
     # The same product split differently (B x 1e3, A / 1e3) has the same norm: not an outlier.
     same = ClientUpdate("split", {**good[0].factors, "q_proj": LoRAFactors(f.A / 1e3, f.B * 1e3, f.scale)}, 5)
     assert aggregate("raflora", [*good, same]).rejected == []
-    assert math.isclose(2 ** log2_product_norm(f.B * 1e3, f.A / 1e3, f.scale),
-                        float(torch.linalg.norm(f.scale * f.B @ f.A)), rel_tol=1e-12)
+    assert math.isclose(
+        2 ** log2_product_norm(f.B * 1e3, f.A / 1e3, f.scale),
+        float(torch.linalg.norm(f.scale * f.B @ f.A)),
+        rel_tol=1e-12,
+    )
 
 
 def test_ratio_zero_turns_the_bound_off_and_a_bound_is_a_bound():
@@ -233,8 +249,14 @@ def test_uniformly_huge_float32_round_gives_the_exact_finite_update(method):
 
 
 def _f32(updates):
-    return [ClientUpdate(u.client_id, {m: LoRAFactors(f.A.float(), f.B.float(), f.scale) for m, f in u.factors.items()},
-                         u.num_examples) for u in updates]
+    return [
+        ClientUpdate(
+            u.client_id,
+            {m: LoRAFactors(f.A.float(), f.B.float(), f.scale) for m, f in u.factors.items()},
+            u.num_examples,
+        )
+        for u in updates
+    ]
 
 
 @pytest.mark.parametrize("method", list(AGGREGATORS))
@@ -261,9 +283,21 @@ def test_refused_for_overflow_names_the_module_and_the_reason():
     sane = random_updates(3, [2])[0]
     big = [scaled(random_updates(4 + i, [2])[0], f"big{i}", b=1e160, a=1e160) for i in range(2)]
     shapes = {m: f.shape for m, f in sane.factors.items()}
-    big = [ClientUpdate(u.client_id, {m: LoRAFactors(torch.ones((2, shapes[m][1]), dtype=F64) * 1e160,
-                                                       torch.ones((shapes[m][0], 2), dtype=F64) * 1e160, 1.0)
-                                      for m in shapes}, 1) for u in big]
+    big = [
+        ClientUpdate(
+            u.client_id,
+            {
+                m: LoRAFactors(
+                    torch.ones((2, shapes[m][1]), dtype=F64) * 1e160,
+                    torch.ones((shapes[m][0], 2), dtype=F64) * 1e160,
+                    1.0,
+                )
+                for m in shapes
+            },
+            1,
+        )
+        for u in big
+    ]
     res = aggregate("flexlora", [sane, *big], max_norm_ratio=0)
     assert sorted(c for c, _, _ in res.rejected) == ["big0", "big1"]
     assert all("overflows in float64" in why and "largest norm" in why for _, _, why in res.rejected)

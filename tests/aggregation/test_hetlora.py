@@ -37,8 +37,11 @@ def test_weights_ignore_num_examples_when_norms_differ():
 def test_all_zero_updates_fall_back_to_example_weights():
     updates = random_updates(2, [2, 3])
     zeroed = [
-        ClientUpdate(u.client_id, {m: LoRAFactors(f.A, torch.zeros_like(f.B), f.scale) for m, f in u.factors.items()},
-                     u.num_examples)
+        ClientUpdate(
+            u.client_id,
+            {m: LoRAFactors(f.A, torch.zeros_like(f.B), f.scale) for m, f in u.factors.items()},
+            u.num_examples,
+        )
         for u in updates
     ]
     res = aggregate("hetlora", zeroed)

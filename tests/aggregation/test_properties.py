@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from raflora import AGGREGATORS, ClientUpdate, LoRAFactors, aggregate, energy_by_partition, energy_ratio
 from raflora.aggregation.raflora import partition_weights
 
-from .reference import F64, rel_err, random_updates, dense_global
+from .reference import F64, dense_global, random_updates, rel_err
 
 # Modest example counts: the whole core suite must stay well under a minute on 2 cores.
 FAST = settings(max_examples=25, deadline=None)
@@ -55,15 +55,22 @@ def test_raflora_keeps_a_shared_consensus_whole(ranks, seed):
 
 
 @FAST
-@given(method=st.sampled_from(sorted(AGGREGATORS)), ranks=rank_sets, seed=st.integers(0, 2**16),
-       factor=st.floats(0.05, 20.0))
+@given(
+    method=st.sampled_from(sorted(AGGREGATORS)),
+    ranks=rank_sets,
+    seed=st.integers(0, 2**16),
+    factor=st.floats(0.05, 20.0),
+)
 def test_scale_invariance(method, ranks, seed, factor):
     # s_i * c and B_i / c describe the same update; no method may tell them apart.
     ranks = homogeneous_if_needed(method, ranks)
     updates = random_updates(seed, ranks, frozen_a_seed=0 if method == "ffa" else None)
     moved = [
-        ClientUpdate(u.client_id, {m: LoRAFactors(f.A, f.B / factor, f.scale * factor) for m, f in u.factors.items()},
-                     u.num_examples)
+        ClientUpdate(
+            u.client_id,
+            {m: LoRAFactors(f.A, f.B / factor, f.scale * factor) for m, f in u.factors.items()},
+            u.num_examples,
+        )
         for u in updates
     ]
     a, b = aggregate(method, updates), aggregate(method, moved)
@@ -72,8 +79,12 @@ def test_scale_invariance(method, ranks, seed, factor):
 
 
 @FAST
-@given(method=st.sampled_from(sorted(AGGREGATORS)), ranks=rank_sets, seed=st.integers(0, 2**16),
-       order=st.randoms(use_true_random=False))
+@given(
+    method=st.sampled_from(sorted(AGGREGATORS)),
+    ranks=rank_sets,
+    seed=st.integers(0, 2**16),
+    order=st.randoms(use_true_random=False),
+)
 def test_permutation_invariance(method, ranks, seed, order):
     ranks = homogeneous_if_needed(method, ranks)
     updates = random_updates(seed, ranks, frozen_a_seed=0 if method == "ffa" else None)

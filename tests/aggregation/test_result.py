@@ -6,7 +6,7 @@ import torch
 
 from raflora import AGGREGATORS, ClientUpdate, aggregate
 
-from .reference import F64, assert_close, assert_singular_values, random_shapes, random_updates, ref_delta, dense_global
+from .reference import F64, assert_close, assert_singular_values, dense_global, random_shapes, random_updates, ref_delta
 
 
 def same_scale_updates():

@@ -25,8 +25,9 @@ def files(tmp_path, updates):
     return [write_upload(tmp_path / f"{u.client_id}.safetensors", u) for u in updates]
 
 
-@pytest.mark.parametrize("method", ["raflora", "flexlora", "carryover", "flora", "florist", "zero_pad", "hetlora",
-                                    "replication"])
+@pytest.mark.parametrize(
+    "method", ["raflora", "flexlora", "carryover", "flora", "florist", "zero_pad", "hetlora", "replication"]
+)
 def test_the_same_numbers_as_aggregate(tmp_path, method):
     updates = random_updates(3, RANKS, WIDE, dtype=torch.float32)
     streamed = aggregate_files(method, files(tmp_path, updates))
@@ -54,8 +55,12 @@ def test_a_module_whose_stack_outgrows_it_is_kept_dense_and_matches_the_float64_
         if method != "flora":  # SVD methods: a rank-r client starts from the best rank-r approximation
             for r in sorted(set(RANKS)):
                 f = result.client_factors(m, r, 1.0)
-                assert_close((f.scale * f.B @ f.A).to(F64), best_rank(expected, min(r, rows, cols)), torch.float32,
-                             f"{method} {m} rank {r}")
+                assert_close(
+                    (f.scale * f.B @ f.A).to(F64),
+                    best_rank(expected, min(r, rows, cols)),
+                    torch.float32,
+                    f"{method} {m} rank {r}",
+                )
 
 
 def test_refusals_are_aggregates_and_the_round_goes_on(tmp_path):

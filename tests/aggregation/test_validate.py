@@ -8,7 +8,7 @@ import torch
 
 from raflora import AGGREGATORS, ClientUpdate, LoRAFactors, NoValidUpdates, aggregate
 
-from .reference import F64, assert_close, random_updates, ref_delta, dense_global
+from .reference import F64, assert_close, dense_global, random_updates, ref_delta
 
 
 def good_updates(method: str) -> list[ClientUpdate]:
@@ -34,12 +34,28 @@ def bad_cases(template: ClientUpdate) -> dict[str, tuple[object, str | None, str
     return {
         "wrong shape": (
             with_module(template, "q_proj", LoRAFactors(torch.cat([f.A, f.A[:, :1]], 1), f.B, f.scale)),
-            "q_proj", "shape"),
-        "rank mismatch": (with_module(template, "q_proj", LoRAFactors(f.A[:-1], f.B, f.scale)), "q_proj", "rank mismatch"),
-        "nan in A": (with_module(template, "q_proj", LoRAFactors(poisoned(f.A, math.nan), f.B, f.scale)), "q_proj", "NaN"),
-        "inf in B": (with_module(template, "v_proj", LoRAFactors(template.factors["v_proj"].A,
-                                                                  poisoned(template.factors["v_proj"].B, math.inf),
-                                                                  f.scale)), "v_proj", "Inf"),
+            "q_proj",
+            "shape",
+        ),
+        "rank mismatch": (
+            with_module(template, "q_proj", LoRAFactors(f.A[:-1], f.B, f.scale)),
+            "q_proj",
+            "rank mismatch",
+        ),
+        "nan in A": (
+            with_module(template, "q_proj", LoRAFactors(poisoned(f.A, math.nan), f.B, f.scale)),
+            "q_proj",
+            "NaN",
+        ),
+        "inf in B": (
+            with_module(
+                template,
+                "v_proj",
+                LoRAFactors(template.factors["v_proj"].A, poisoned(template.factors["v_proj"].B, math.inf), f.scale),
+            ),
+            "v_proj",
+            "Inf",
+        ),
         "missing module": (ClientUpdate("bad", {"q_proj": f}, n), "v_proj", "missing"),
         "unknown module": (with_module(template, "k_proj", f), "k_proj", "unknown"),
         "zero examples": (ClientUpdate("bad", template.factors, 0), None, "num_examples"),
@@ -47,9 +63,16 @@ def bad_cases(template: ClientUpdate) -> dict[str, tuple[object, str | None, str
         "nan examples": (ClientUpdate("bad", template.factors, math.nan), None, "num_examples"),
         "non-tensor A": (with_module(template, "q_proj", LoRAFactors(f.A.tolist(), f.B, f.scale)), "q_proj", "tensor"),
         "not LoRAFactors": (with_module(template, "q_proj", (f.A, f.B)), "q_proj", "LoRAFactors"),
-        "integer factors": (with_module(template, "q_proj", LoRAFactors(f.A.long(), f.B.long(), f.scale)),
-                            "q_proj", "floating"),
-        "zero rank": (with_module(template, "q_proj", LoRAFactors(f.A[:0], f.B[:, :0], f.scale)), "q_proj", "rank must be"),
+        "integer factors": (
+            with_module(template, "q_proj", LoRAFactors(f.A.long(), f.B.long(), f.scale)),
+            "q_proj",
+            "floating",
+        ),
+        "zero rank": (
+            with_module(template, "q_proj", LoRAFactors(f.A[:0], f.B[:, :0], f.scale)),
+            "q_proj",
+            "rank must be",
+        ),
         "1-D factor": (with_module(template, "q_proj", LoRAFactors(f.A[0], f.B, f.scale)), "q_proj", "2-D"),
         "zero scale": (with_module(template, "q_proj", LoRAFactors(f.A, f.B, 0.0)), "q_proj", "scale"),
         "nan scale": (with_module(template, "q_proj", LoRAFactors(f.A, f.B, math.nan)), "q_proj", "scale"),
@@ -108,8 +131,10 @@ def test_non_update_item_is_refused():
 def test_several_bad_updates_are_all_reported():
     good = good_updates("zero_pad")
     cases = bad_cases(good[0])
-    bads = [ClientUpdate(f"bad{i}", cases[name][0].factors, cases[name][0].num_examples)
-            for i, name in enumerate(["nan in A", "missing module", "zero examples"])]
+    bads = [
+        ClientUpdate(f"bad{i}", cases[name][0].factors, cases[name][0].num_examples)
+        for i, name in enumerate(["nan in A", "missing module", "zero examples"])
+    ]
     res = aggregate("zero_pad", [*bads, *good])
     assert sorted(cid for cid, _, _ in res.rejected) == ["bad0", "bad1", "bad2"]
     assert set(res.weights) == {"c0", "c1", "c2"}
@@ -166,9 +191,11 @@ def test_numpy_counts_and_scales_are_accepted():
     np = pytest.importorskip("numpy")
     good = good_updates("raflora")
     converted = [
-        ClientUpdate(u.client_id,
-                     {m: LoRAFactors(f.A, f.B, np.float32(f.scale)) for m, f in u.factors.items()},
-                     np.int64(u.num_examples))
+        ClientUpdate(
+            u.client_id,
+            {m: LoRAFactors(f.A, f.B, np.float32(f.scale)) for m, f in u.factors.items()},
+            np.int64(u.num_examples),
+        )
         for u in good
     ]
     res = aggregate("raflora", converted)
@@ -187,8 +214,14 @@ def test_unhashable_client_id_is_refused_not_a_crash():
 
 def test_low_precision_inputs_aggregate_in_float32():
     good = good_updates("zero_pad")
-    half = [ClientUpdate(u.client_id, {m: LoRAFactors(f.A.bfloat16(), f.B.bfloat16(), f.scale)
-                                       for m, f in u.factors.items()}, u.num_examples) for u in good]
+    half = [
+        ClientUpdate(
+            u.client_id,
+            {m: LoRAFactors(f.A.bfloat16(), f.B.bfloat16(), f.scale) for m, f in u.factors.items()},
+            u.num_examples,
+        )
+        for u in good
+    ]
     res = aggregate("zero_pad", half)
     assert dense_global(res, "q_proj").dtype == torch.float32
     # bf16 keeps ~3 significant digits; the aggregate must still be the same update.

@@ -10,7 +10,7 @@ from raflora import AGGREGATORS, aggregate
 from raflora.aggregation import result as result_module
 from raflora.aggregation.workers import for_each_module
 
-from .reference import F64, random_updates, dense_global
+from .reference import F64, dense_global, random_updates
 
 MODULES = tuple(f"layer{i}" for i in range(7))
 
@@ -134,8 +134,11 @@ def test_workers_refuse_the_same_norm_outliers():
     # module, which reason) are the lazy path's.
     updates = updates_for("raflora")
     big = updates[2]
-    updates[2] = type(big)(big.client_id, {m: type(f)(f.A, f.B * (1e3 if m == "layer5" else 1.0), f.scale)
-                                           for m, f in big.factors.items()}, big.num_examples)
+    updates[2] = type(big)(
+        big.client_id,
+        {m: type(f)(f.A, f.B * (1e3 if m == "layer5" else 1.0), f.scale) for m, f in big.factors.items()},
+        big.num_examples,
+    )
     lazy = aggregate("raflora", updates)
     assert [(cid, m) for cid, m, _ in lazy.rejected] == [(updates[2].client_id, "layer5")]
     for workers in (2, 3):

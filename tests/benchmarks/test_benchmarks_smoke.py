@@ -24,9 +24,11 @@ def _threads():
 
 def test_server_rows_and_dense_agreement():
     out = server.run(dim=48, num_modules=2, repeats=1, per_module_samples=1, dense_modules=1)
-    assert [r["method"] for r in out["rows"]] == (list(common.METHODS) + ["raflora" + STACKED_COPY, "raflora" + EXPLICIT_Q,
-                                                                           "raflora" + common.BEFORE]
-                                                  + ["raflora, workers=2", "flexlora, workers=2", "raflora" + STACKED_COPY + ", workers=2"])
+    assert [r["method"] for r in out["rows"]] == (
+        list(common.METHODS)
+        + ["raflora" + STACKED_COPY, "raflora" + EXPLICIT_Q, "raflora" + common.BEFORE]
+        + ["raflora, workers=2", "flexlora, workers=2", "raflora" + STACKED_COPY + ", workers=2"]
+    )
     for r in out["rows"]:
         assert r["round_s"] > 0 and r["per_module_ms"] > 0 and r["speedup_vs_dense"] > 0
     for r in out["rows"]:
@@ -108,8 +110,9 @@ def test_wire_bytes_close_to_payload():
 
 
 def test_memory_child_process():
-    out = memory.run(dim=64, num_modules=2, methods=("raflora", "raflora, workers=2"), modes=("streamed",),
-                     dense=False, threads=1)
+    out = memory.run(
+        dim=64, num_modules=2, methods=("raflora", "raflora, workers=2"), modes=("streamed",), dense=False, threads=1
+    )
     assert [row["method"] for row in out["rows"]] == ["raflora", "raflora, workers=2"]
     for row in out["rows"]:
         assert row["probe"] in ("VmHWM", "ru_maxrss")
@@ -163,8 +166,11 @@ def test_round_parts_rows():
     from benchmarks import round_parts
 
     out = round_parts.main(["--quick"])
-    assert [r[0] for r in out["stages"]][:3] == ["validation (check_updates)", "norm bound (norm_outliers)",
-                                                 "combine (combine_safely)"]
+    assert [r[0] for r in out["stages"]][:3] == [
+        "validation (check_updates)",
+        "norm bound (norm_outliers)",
+        "combine (combine_safely)",
+    ]
     assert len(out["candidates"]) == 6
     # every way gets the singular values right to float32 rounding on these stacks
     assert all(float(row[3]) < 1e-4 for row in out["candidates"])

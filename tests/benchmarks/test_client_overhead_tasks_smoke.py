@@ -20,8 +20,12 @@ def _agreement(**changes) -> dict:
 def test_same_work_tolerances():
     same_work(_agreement())
     same_work(_agreement(runtime_loss=1.25 * (1 + 5e-6), factor_max_rel_err=5e-5, head_max_rel_err=5e-5))
-    for bad in (_agreement(runtime_loss=1.26), _agreement(factor_max_rel_err=1e-3),
-                _agreement(head_max_rel_err=1e-3), _agreement(runtime_loss=float("nan"))):
+    for bad in (
+        _agreement(runtime_loss=1.26),
+        _agreement(factor_max_rel_err=1e-3),
+        _agreement(head_max_rel_err=1e-3),
+        _agreement(runtime_loss=float("nan")),
+    ):
         with pytest.raises(RuntimeError, match="does not do the runtime's work"):
             same_work(bad)
 
@@ -54,8 +58,9 @@ def test_vision_check_fails_when_batchnorm_trains(monkeypatch):
 
 def test_reasoning_check_fails_when_the_prompt_is_in_the_loss(monkeypatch):
     def every_token(model, batch):
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     labels=batch["input_ids"]).loss
+        return model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["input_ids"]
+        ).loss
 
     monkeypatch.setitem(bare_loops.BARE_LOOPS, "reasoning", BareLoop(every_token))
     with pytest.raises(RuntimeError, match="does not do the runtime's work"):

@@ -27,8 +27,10 @@ def test_module_names_shapes_and_peft_scaling():
 def test_peft_output_is_base_plus_scaled_factors():
     task, model = _model()
     g = torch.Generator().manual_seed(0)
-    factors = {m: LoRAFactors(torch.randn(4, n, generator=g), torch.randn(mm, 4, generator=g), model.scales[4])
-               for m, (mm, n) in model.shapes().items()}
+    factors = {
+        m: LoRAFactors(torch.randn(4, n, generator=g), torch.randn(mm, 4, generator=g), model.scales[4])
+        for m, (mm, n) in model.shapes().items()
+    }
     model.activate(4)
     model.set_factors(4, factors)
     x = torch.randn(5, 6, generator=g)

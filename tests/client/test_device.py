@@ -27,14 +27,17 @@ def test_auto_is_cuda_when_torch_sees_one(monkeypatch):
     assert resolve_device("cpu") == torch.device("cpu")
 
 
-@pytest.mark.parametrize("device, cuda, count, message", [
-    ("cuda", False, 0, "torch sees no CUDA GPU here"),
-    ("cuda:0", False, 0, "torch sees no CUDA GPU here"),
-    ("cuda:2", True, 2, "has 2 CUDA devices (cuda:0 to cuda:1)"),
-    ("cuda:1", True, 1, "has 1 CUDA device (cuda:0)"),
-    ("gpu", True, 1, "run.device = 'gpu' is not known"),
-    ("cuda:x", True, 1, "run.device = 'cuda:x' is not known"),
-])
+@pytest.mark.parametrize(
+    "device, cuda, count, message",
+    [
+        ("cuda", False, 0, "torch sees no CUDA GPU here"),
+        ("cuda:0", False, 0, "torch sees no CUDA GPU here"),
+        ("cuda:2", True, 2, "has 2 CUDA devices (cuda:0 to cuda:1)"),
+        ("cuda:1", True, 1, "has 1 CUDA device (cuda:0)"),
+        ("gpu", True, 1, "run.device = 'gpu' is not known"),
+        ("cuda:x", True, 1, "run.device = 'cuda:x' is not known"),
+    ],
+)
 def test_a_missing_device_is_a_config_error(monkeypatch, device, cuda, count, message):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
@@ -145,5 +148,9 @@ def test_the_reasoning_task_s_bf16_autocast_is_train_precision_now(tmp_path):
     path.write_text('[task]\nname = "reasoning"\nmodel = "tiny"\nbf16_autocast = true\n')
     config = load_config(path, legacy=True)
     assert config.train.precision == "bf16" and "bf16_autocast" not in config.task.options
-    assert config_from_dict({"task": {"name": "reasoning", "model": "tiny", "bf16_autocast": False}},
-                            legacy=True).train.precision == "float32"
+    assert (
+        config_from_dict(
+            {"task": {"name": "reasoning", "model": "tiny", "bf16_autocast": False}}, legacy=True
+        ).train.precision
+        == "float32"
+    )

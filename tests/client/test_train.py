@@ -29,9 +29,19 @@ def setup(tmp_path_factory):
 
 def train(setup, seed=0, train_a=True, lr_at=None, on_step=None, rank=4, client=1):
     start = setup.fresh_starts()[rank]
-    return train_local(setup.model, setup.task, setup.client_examples(client), rank, start,
-                       setup.model.get_head(None), setup.config.train, seed=seed,
-                       lr_at=lr_at or (lambda f: 0.05), train_a=train_a, on_step=on_step)
+    return train_local(
+        setup.model,
+        setup.task,
+        setup.client_examples(client),
+        rank,
+        start,
+        setup.model.get_head(None),
+        setup.config.train,
+        seed=seed,
+        lr_at=lr_at or (lambda f: 0.05),
+        train_a=train_a,
+        on_step=on_step,
+    )
 
 
 def test_steps_and_the_learning_rate_of_each_step(setup):

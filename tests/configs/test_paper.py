@@ -18,10 +18,10 @@ PAPER = Path(__file__).resolve().parents[2] / "configs" / "paper"
 
 # config -> the key its one error line names (None: it validates here)
 MISSING = {
-    "vit_cifar100_dirichlet.toml": "[task]: model",       # the vision task has no ViT / CIFAR-100
-    "roberta_20ng_dirichlet.toml": "task.train_file",     # 20 Newsgroups does not install offline
+    "vit_cifar100_dirichlet.toml": "[task]: model",  # the vision task has no ViT / CIFAR-100
+    "roberta_20ng_dirichlet.toml": "task.train_file",  # 20 Newsgroups does not install offline
     "roberta_20ng_pathological.toml": "task.train_file",
-    "llama_gsm8k.toml": None,                             # SmolLM2 (LLaMA architecture) + gsm_symbolic
+    "llama_gsm8k.toml": None,  # SmolLM2 (LLaMA architecture) + gsm_symbolic
 }
 
 

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from runtimes.conftest import small_config  # tests/ is on sys.path (it has no __init__.py)
 
 from raflora.config_io import config_from_dict, config_to_toml, load_config
 from raflora.federation.round import close_round, download_bytes, dropped_clients, run_client, run_round
@@ -17,8 +18,6 @@ from raflora.federation.setup import build_setup
 from raflora.federation.state import FederationState
 from raflora.federation.transport import wire_size
 from raflora.runtimes.embedded import run_federation
-
-from runtimes.conftest import small_config  # tests/ is on sys.path (it has no __init__.py)
 
 
 def make_setup(tmp_path, method="raflora", **federation):
@@ -98,8 +97,16 @@ def test_fedsa_clients_keep_their_b_and_the_server_holds_none(tmp_path):
         for m, f in turn.update.factors.items():
             assert torch.count_nonzero(f.B) == 0, "the server receives no B"
             assert torch.count_nonzero(kept[c][m]) > 0, "the client kept its trained B"
-    record = close_round(setup, state, 1, sorted(turns), turns, [], time.perf_counter(),
-                         evaluate_clients=lambda: {c: {"accuracy": 0.5 + c / 10, "loss": 1.0} for c in turns})
+    record = close_round(
+        setup,
+        state,
+        1,
+        sorted(turns),
+        turns,
+        [],
+        time.perf_counter(),
+        evaluate_clients=lambda: {c: {"accuracy": 0.5 + c / 10, "loss": 1.0} for c in turns},
+    )
     assert not state.delta
     assert record["accuracy"] == pytest.approx(sum(0.5 + c / 10 for c in turns) / len(turns))
     assert set(record["accuracy_by_client"]) == {str(c) for c in turns}
@@ -133,9 +140,16 @@ def test_dropped_clients_do_not_train_and_are_listed(tmp_path):
     assert metrics[0]["bytes_up"] < without[0]["bytes_up"]  # half the clients sent nothing
 
 
-@pytest.mark.parametrize("key, value, word", [
-    ("dropout", 1.0, "[0, 1)"), ("dropout", -0.1, "[0, 1)"), ("max_norm_ratio", 0.5, ">= 1"),
-    ("max_norm_ratio", -1.0, ">= 1"), ("empty_partition", "kept", "keep, drop")])
+@pytest.mark.parametrize(
+    "key, value, word",
+    [
+        ("dropout", 1.0, "[0, 1)"),
+        ("dropout", -0.1, "[0, 1)"),
+        ("max_norm_ratio", 0.5, ">= 1"),
+        ("max_norm_ratio", -1.0, ">= 1"),
+        ("empty_partition", "kept", "keep, drop"),
+    ],
+)
 def test_bad_fault_keys_are_config_errors(tmp_path, key, value, word):
     from raflora.config import ConfigError
 
@@ -144,8 +158,17 @@ def test_bad_fault_keys_are_config_errors(tmp_path, key, value, word):
     assert word in str(info.value)
 
 
-@pytest.mark.parametrize("method, rule", [("raflora", "drop"), ("carryover", "keep"), ("flexlora", "drop"),
-                                          ("zero_pad", "drop"), ("flora", "drop"), ("fedsa", "drop")])
+@pytest.mark.parametrize(
+    "method, rule",
+    [
+        ("raflora", "drop"),
+        ("carryover", "keep"),
+        ("flexlora", "drop"),
+        ("zero_pad", "drop"),
+        ("flora", "drop"),
+        ("fedsa", "drop"),
+    ],
+)
 def test_the_default_rule_is_the_methods_and_config_toml_records_it(tmp_path, method, rule):
     config = config_from_dict(small_config(tmp_path / "r", federation={"method": method}))
     assert config.federation.empty_partition == rule
@@ -167,9 +190,12 @@ def two_rounds(tmp_path, rule: str):
     """Round 1: clients of ranks 2 and 8; round 2: the rank-2 client alone (sample_count = 1
     would pick it by chance; here it is picked on purpose). Returns the setup and the state after
     each round."""
-    data = small_config(tmp_path / rule, run={"rounds": 2},
-                        federation={"num_clients": 2, "empty_partition": rule},
-                        ranks={"policy": "explicit", "ranks": [2, 8], "r_max": 8})
+    data = small_config(
+        tmp_path / rule,
+        run={"rounds": 2},
+        federation={"num_clients": 2, "empty_partition": rule},
+        ranks={"policy": "explicit", "ranks": [2, 8], "r_max": 8},
+    )
     setup = build_setup(config_from_dict(data))
     state = FederationState(starts=setup.fresh_starts(), head=setup.model.get_head(None))
     run_round(setup, state, 1, {})

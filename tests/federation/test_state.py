@@ -24,8 +24,12 @@ from raflora.lora import LoRAFactors
 def state(round_: int) -> FederationState:
     g = torch.Generator().manual_seed(round_)
     factors = LoRAFactors(torch.randn(2, 6, generator=g), torch.randn(5, 2, generator=g), 4.0)
-    return FederationState(round=round_, starts={2: {"q": factors}}, head={"w": torch.randn(3, generator=g)},
-                           metrics=[{"round": k, "accuracy": 0.5} for k in range(1, round_ + 1)])
+    return FederationState(
+        round=round_,
+        starts={2: {"q": factors}},
+        head={"w": torch.randn(3, generator=g)},
+        metrics=[{"round": k, "accuracy": 0.5} for k in range(1, round_ + 1)],
+    )
 
 
 def test_manifest_holds_the_sha256_of_every_file(tmp_path):

@@ -12,14 +12,17 @@ from raflora.wire import encode_factors
 
 def factors(seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"q": LoRAFactors(torch.randn(3, 7, generator=g), torch.randn(5, 3, generator=g), 2.0),
-            "v": LoRAFactors(torch.randn(2, 7, generator=g), torch.randn(4, 2, generator=g), 0.5)}
+    return {
+        "q": LoRAFactors(torch.randn(3, 7, generator=g), torch.randn(5, 3, generator=g), 2.0),
+        "v": LoRAFactors(torch.randn(2, 7, generator=g), torch.randn(4, 2, generator=g), 0.5),
+    }
 
 
 def fill_with(value):
     def fill(module, part, rank, shape):
         m, n = shape
         return torch.full((rank, n) if part == "A" else (m, rank), float(value))
+
     return fill
 
 

@@ -15,9 +15,17 @@ import pytest
 
 # As root (CI, containers) Chromium needs --no-sandbox; the rest keeps it off the network and
 # quiet: no updates, no sync, no first-run pages, a profile of its own.
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+)
 
 
 def _program(*names: str) -> str:
@@ -25,8 +33,11 @@ def _program(*names: str) -> str:
         path = shutil.which(name)
         if path:
             return path
-    pytest.fail(f"{names[0]} is not installed; `make setup` installs Debian's chromium and chromium-driver "
-                "(apt-get install -y chromium chromium-driver)", pytrace=False)
+    pytest.fail(
+        f"{names[0]} is not installed; `make setup` installs Debian's chromium and chromium-driver "
+        "(apt-get install -y chromium chromium-driver)",
+        pytrace=False,
+    )
 
 
 @contextlib.contextmanager
@@ -36,8 +47,10 @@ def headless_chromium():
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:
-        pytest.fail("selenium is not installed; `make setup` installs it (requirements-pinned.txt: selenium==4.51.0)",
-                    pytrace=False)
+        pytest.fail(
+            "selenium is not installed; `make setup` installs it (requirements-pinned.txt: selenium==4.51.0)",
+            pytrace=False,
+        )
     browser = _program("chromium", "chromium-browser")
     driver_path = _program("chromedriver")
     with tempfile.TemporaryDirectory(prefix="raflora-chromium-") as profile:

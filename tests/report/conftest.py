@@ -61,8 +61,19 @@ def seeded(config_file, tmp_path_factory):
     folder = tmp_path_factory.mktemp("seeds") / "cmp"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        code = main(["compare", str(config_file), "--methods", ",".join(SEEDED_METHODS), "--seeds",
-                     ",".join(map(str, SEEDS)), "--out", str(folder), "--quiet"])
+        code = main(
+            [
+                "compare",
+                str(config_file),
+                "--methods",
+                ",".join(SEEDED_METHODS),
+                "--seeds",
+                ",".join(map(str, SEEDS)),
+                "--out",
+                str(folder),
+                "--quiet",
+            ]
+        )
     assert code == 0
     return folder, printed.getvalue()
 
@@ -77,7 +88,22 @@ def swept(tmp_path_factory):
     ranks, two methods, two seeds, two short rounds; the sweep folder."""
     out = tmp_path_factory.mktemp("sweep") / "sw"
     with contextlib.redirect_stdout(io.StringIO()):
-        code = main(["sweep", str(SYNTHETIC), "--methods", "raflora,flexlora", "--seeds", "0,1", "--out", str(out),
-                     "--grid", "train.lr=0.01,0.05", "--grid", "ranks.policy=uniform ranks.ranks=[2,8]", *FAST])
+        code = main(
+            [
+                "sweep",
+                str(SYNTHETIC),
+                "--methods",
+                "raflora,flexlora",
+                "--seeds",
+                "0,1",
+                "--out",
+                str(out),
+                "--grid",
+                "train.lr=0.01,0.05",
+                "--grid",
+                "ranks.policy=uniform ranks.ranks=[2,8]",
+                *FAST,
+            ]
+        )
     assert code == 0
     return out

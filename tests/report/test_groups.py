@@ -10,25 +10,51 @@ from raflora.report.groups import build_groups, paired_differences, stats
 
 def _summary(label, method, final, seed):
     point = {"round": 3, "value": final}
-    return {"label": label, "method": method, "r_min": 2, "final_metric": point, "best_metric": point,
-            "rho_rmin_last": {"round": 3, "value": 0.5 + seed / 10}, "bytes_up": 100, "bytes_down": 200,
-            "seconds": 1.0, "per_round": [{"round": 3, "accuracy": final, "rho_rmin": 0.5 + seed / 10}],
-            "energy_per_round": [{"round": 3, "shares": {"1-2": 0.5, "3-4": 0.5}}]}
+    return {
+        "label": label,
+        "method": method,
+        "r_min": 2,
+        "final_metric": point,
+        "best_metric": point,
+        "rho_rmin_last": {"round": 3, "value": 0.5 + seed / 10},
+        "bytes_up": 100,
+        "bytes_down": 200,
+        "seconds": 1.0,
+        "per_round": [{"round": 3, "accuracy": final, "rho_rmin": 0.5 + seed / 10}],
+        "energy_per_round": [{"round": 3, "shares": {"1-2": 0.5, "3-4": 0.5}}],
+    }
 
 
 def _flat(method, seed, **extra):
-    return {"federation.method": method, "run.seed": seed, "run.out": f"runs/{method}/{seed}",
-            "federation.method.tau": 0.9, "train.lr": 0.01, **extra}
+    return {
+        "federation.method": method,
+        "run.seed": seed,
+        "run.out": f"runs/{method}/{seed}",
+        "federation.method.tau": 0.9,
+        "train.lr": 0.01,
+        **extra,
+    }
 
 
 def test_stats():
-    assert stats([1.0, 2.0, 3.0]) == {"n": 3, "mean": 2.0, "std": 1.0, "min": 1.0, "max": 3.0, "values": [1.0, 2.0, 3.0]}
+    assert stats([1.0, 2.0, 3.0]) == {
+        "n": 3,
+        "mean": 2.0,
+        "std": 1.0,
+        "min": 1.0,
+        "max": 3.0,
+        "values": [1.0, 2.0, 3.0],
+    }
     assert stats([0.5])["std"] is None and stats([None]) is None
 
 
 def test_a_method_option_does_not_split_the_pairing_other_keys_do():
-    runs = [("flora", 0.80, {}), ("florist", 0.70, {}), ("florist", 0.60, {"federation.method.tau": 0.8}),
-            ("florist", 0.50, {"train.lr": 0.1})]
+    runs = [
+        ("flora", 0.80, {}),
+        ("florist", 0.70, {}),
+        ("florist", 0.60, {"federation.method.tau": 0.8}),
+        ("florist", 0.50, {"train.lr": 0.1}),
+    ]
     summaries, flats = [], []
     for k, (method, final, extra) in enumerate(runs):
         for seed in (0, 1):
@@ -47,11 +73,16 @@ def test_a_method_option_does_not_split_the_pairing_other_keys_do():
 def test_runs_that_differ_only_in_threads_are_one_setting():
     # how fast a run went (run.threads) is not part of its setting: a method run with 2 threads is
     # paired seed by seed with one run with 1 thread; a learning rate still splits the pairing
-    summaries = [_summary(f"{m}/seed-{seed}", m, final + seed / 100, seed)
-                 for m, final in (("carryover", 0.8), ("flexlora", 0.7), ("zero_pad", 0.6)) for seed in (0, 1)]
-    flats = [_flat(m, seed, **{"run.threads": threads, **extra})
-             for m, threads, extra in (("carryover", 2, {}), ("flexlora", 1, {}), ("zero_pad", 1, {"train.lr": 0.1}))
-             for seed in (0, 1)]
+    summaries = [
+        _summary(f"{m}/seed-{seed}", m, final + seed / 100, seed)
+        for m, final in (("carryover", 0.8), ("flexlora", 0.7), ("zero_pad", 0.6))
+        for seed in (0, 1)
+    ]
+    flats = [
+        _flat(m, seed, **{"run.threads": threads, **extra})
+        for m, threads, extra in (("carryover", 2, {}), ("flexlora", 1, {}), ("zero_pad", 1, {"train.lr": 0.1}))
+        for seed in (0, 1)
+    ]
     groups, settings = build_groups(summaries, flats, "accuracy")
     pairs = paired_differences(groups, settings, summaries, "carryover")
     assert [(p["reference"], p["other"]) for p in pairs] == [("carryover", "flexlora")]

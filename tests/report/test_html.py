@@ -11,7 +11,9 @@ from .conftest import SEEDED_METHODS, SEEDS
 
 IMAGES = """return Array.from(document.images).map(
     img => ({alt: img.alt, complete: img.complete, width: img.naturalWidth, height: img.naturalHeight}));"""
-ROWS = "return Array.from(document.querySelectorAll('#' + arguments[0] + ' tbody tr')).map(tr => tr.cells[0].textContent);"
+ROWS = (
+    "return Array.from(document.querySelectorAll('#' + arguments[0] + ' tbody tr')).map(tr => tr.cells[0].textContent);"
+)
 
 
 def test_report_html_is_self_contained(seeded):
@@ -42,5 +44,7 @@ def test_the_sweep_table_in_the_browser(swept):
     with headless_chromium() as browser:
         browser.get((swept / "report" / "report.html").resolve().as_uri())
         points = browser.execute_script(ROWS, "sweep")
-        loaded = browser.execute_script("return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0);")
+        loaded = browser.execute_script(
+            "return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0);"
+        )
     assert points == ["point-1", "point-2", "point-3"] and loaded

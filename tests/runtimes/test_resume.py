@@ -74,8 +74,10 @@ def test_a_run_folder_of_the_flat_format_resumes_and_reports(tmp_path):
     data = tomllib.loads(text)
     flat = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in data["federation"].items() if k != "method")
     head, _, _ = text.partition("[federation]")
-    tail = text[text.index("[ranks]"):]
-    saved.write_text(f'{head}[federation]\n{flat}method = "florist"\ntau = 0.8\nrank_levels = []\nsfed_alpha = 0.0\n\n{tail}')
+    tail = text[text.index("[ranks]") :]
+    saved.write_text(
+        f'{head}[federation]\n{flat}method = "florist"\ntau = 0.8\nrank_levels = []\nsfed_alpha = 0.0\n\n{tail}'
+    )
     metrics = run_federation(config, resume=True)
     assert [m["round"] for m in metrics] == [1, 2]
     assert load_run(tmp_path / "old").config["federation"]["method"] == "florist (tau=0.8)"

@@ -14,8 +14,10 @@ reproduce = load_script("reproduce")
 
 # every method once: experiment 2 ran the nine mixed-rank baselines and raflora (before
 # empty_partition existed: read as its code ran, dropping), experiment 6 carryover, 4e raflora keeping
-KEPT = [f"exp2-synthetic/{m}/seed-0" for m in
-        ("raflora", "flexlora", "zero_pad", "hetlora", "replication", "ffa", "fedsa", "flora", "florist")]
+KEPT = [
+    f"exp2-synthetic/{m}/seed-0"
+    for m in ("raflora", "flexlora", "zero_pad", "hetlora", "replication", "ffa", "fedsa", "flora", "florist")
+]
 KEPT += ["exp6-synthetic/carryover/seed-0", "exp4e-synthetic/point-1/raflora/seed-0"]
 
 
@@ -29,8 +31,10 @@ def test_a_kept_synthetic_run_reproduces(run):
 
 
 def test_a_changed_record_is_reported_with_its_round_and_field():
-    kept = [{"round": 1, "accuracy": 0.5, "ranks": [2, 4], "seconds": 1.0},
-            {"round": 2, "accuracy": 0.6, "ranks": [2, 4], "seconds": 1.0}]
+    kept = [
+        {"round": 1, "accuracy": 0.5, "ranks": [2, 4], "seconds": 1.0},
+        {"round": 2, "accuracy": 0.6, "ranks": [2, 4], "seconds": 1.0},
+    ]
     same = [{**r, "seconds": 9.0, "added_later": 1} for r in kept]
     assert reproduce.first_difference(kept, same) is None  # wall time and new fields are not compared
     moved = [kept[0], {**kept[1], "accuracy": 0.602}]

@@ -39,11 +39,22 @@ def _write_run(folder: Path, method: str, seed: int) -> None:
     lines = []
     for round_ in (1, 2):
         rho = RHO[method]
-        lines.append(json.dumps({
-            "round": round_, "method": method, "rho_rmin": rho,
-            "energy_by_partition": {"1-2": rho, "3-4": 1 - rho}, "train_loss": 1.0,
-            "bytes_up": 1000, "bytes_down": 3000, "seconds": 1.0,
-            "accuracy": ACCURACY[(method, seed)] if round_ == 2 else None, "loss": LOSS[(method, seed)] if round_ == 2 else None}))
+        lines.append(
+            json.dumps(
+                {
+                    "round": round_,
+                    "method": method,
+                    "rho_rmin": rho,
+                    "energy_by_partition": {"1-2": rho, "3-4": 1 - rho},
+                    "train_loss": 1.0,
+                    "bytes_up": 1000,
+                    "bytes_down": 3000,
+                    "seconds": 1.0,
+                    "accuracy": ACCURACY[(method, seed)] if round_ == 2 else None,
+                    "loss": LOSS[(method, seed)] if round_ == 2 else None,
+                }
+            )
+        )
     (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
 
 
@@ -53,15 +64,29 @@ def results(tmp_path):
     for method in ("raflora", "flexlora"):
         for seed in (0, 1):
             _write_run(folder / method / f"seed-{seed}", method, seed)
-    (folder / "run.json").write_text(json.dumps({"experiment": "exp-fake", "parts": [{
-        "part": "", "command": "raflora compare fake.toml --seeds 0,1", "commit": "0123456789abcdef",
-        "dirty": False, "wall_seconds": 90.0}]}))
+    (folder / "run.json").write_text(
+        json.dumps(
+            {
+                "experiment": "exp-fake",
+                "parts": [
+                    {
+                        "part": "",
+                        "command": "raflora compare fake.toml --seeds 0,1",
+                        "commit": "0123456789abcdef",
+                        "dirty": False,
+                        "wall_seconds": 90.0,
+                    }
+                ],
+            }
+        )
+    )
     (folder / "about.toml").write_text(
         'title = "Fake experiment"\nconfig = "fake.toml"\nreduced = "nothing"\nreference = "raflora"\n'
         'tables = ["groups", "paired", "loss", "rho_rounds"]\nheatmap = "fake_heatmap.png"\n'
         'conclusion = "raflora wins on both seeds."\n'
         '[[contrast]]\na = "raflora"\nb = "flexlora"\nlabel = "raflora - flexlora"\n'
-        '[[contrast]]\na = "raflora"\nb = "flexlora"\nlabel = "loss: raflora - flexlora"\nfield = "final_loss"\n')
+        '[[contrast]]\na = "raflora"\nb = "flexlora"\nlabel = "loss: raflora - flexlora"\nfield = "final_loss"\n'
+    )
     return tmp_path
 
 
@@ -79,27 +104,44 @@ def test_tables_come_from_the_metrics(results):
     assert "`0123456789`" in text and "1.5 min" in text and "**Conclusion.** raflora wins" in text
     raflora = _row(text, "| raflora | raflora |")
     assert raflora[2] == "0,1"
-    assert raflora[3] == "0.7500 ± 0.0707 [0.7000, 0.8000]"   # mean, sample std, range of 0.70 and 0.80
+    assert raflora[3] == "0.7500 ± 0.0707 [0.7000, 0.8000]"  # mean, sample std, range of 0.70 and 0.80
     assert raflora[5].startswith("0.600")
-    assert raflora[6] == "3.0 kB"                               # 6000 bytes down over 2 rounds
+    assert raflora[6] == "3.0 kB"  # 6000 bytes down over 2 rounds
     flexlora = _row(text, "| flexlora | flexlora |")
     assert flexlora[3] == "0.6000 ± 0.0000 [0.6000, 0.6000]"
     paired = _row(text, "| raflora - flexlora | 2 | +0.1500")
     assert "0: +0.1000, 1: +0.2000" in paired
     contrast = text.split("| difference |")[1]
-    assert _row(contrast, "| raflora - flexlora |")[2:] == ["final accuracy", "+0.1500 ± 0.0707 [+0.1000, +0.2000]",
-                                                         "0: +0.1000, 1: +0.2000"]
-    assert _row(contrast, "| loss: raflora - flexlora |")[2:] == ["final test loss", "+0.1250 ± 0.1768 [+0.0000, +0.2500]",
-                                                               "0: +0.0000, 1: +0.2500"]
-    assert _row(text, "| raflora | raflora | 0,1 | 0.6250")[3] == "0.6250 ± 0.1768 [0.5000, 0.7500]"   # the loss table
+    assert _row(contrast, "| raflora - flexlora |")[2:] == [
+        "final accuracy",
+        "+0.1500 ± 0.0707 [+0.1000, +0.2000]",
+        "0: +0.1000, 1: +0.2000",
+    ]
+    assert _row(contrast, "| loss: raflora - flexlora |")[2:] == [
+        "final test loss",
+        "+0.1250 ± 0.1768 [+0.0000, +0.2500]",
+        "0: +0.0000, 1: +0.2500",
+    ]
+    assert _row(text, "| raflora | raflora | 0,1 | 0.6250")[3] == "0.6250 ± 0.1768 [0.5000, 0.7500]"  # the loss table
     loss_pairs = text.split("Paired differences of the test loss")[1]
-    assert _row(loss_pairs, "| raflora - flexlora |")[2:] == ["+0.1250 ± 0.1768 [+0.0000, +0.2500]", "0: +0.0000, 1: +0.2500"]
+    assert _row(loss_pairs, "| raflora - flexlora |")[2:] == [
+        "+0.1250 ± 0.1768 [+0.0000, +0.2500]",
+        "0: +0.0000, 1: +0.2500",
+    ]
     columns = _row(text, "| round | ")[1:]
     assert dict(zip(columns, _row(text, "| 2 | ")[1:])) == {"raflora": "0.600", "flexlora": "0.900"}
     glance = text.split("## At a glance")[1].split("## Fake experiment")[0]
     # the fake configs have no empty_partition: read as the code before the key, which dropped
-    assert _row(glance, "| Fake |") == ["Fake", "raflora", "drop", "flexlora", "+0.1500 ± 0.0707 [+0.1000, +0.2000]",
-                                        "2 / 0 / 0", "+0.1500 ± 0.0707 [+0.1000, +0.2000]", "2 / 0 / 0"]
+    assert _row(glance, "| Fake |") == [
+        "Fake",
+        "raflora",
+        "drop",
+        "flexlora",
+        "+0.1500 ± 0.0707 [+0.1000, +0.2000]",
+        "2 / 0 / 0",
+        "+0.1500 ± 0.0707 [+0.1000, +0.2000]",
+        "2 / 0 / 0",
+    ]
     assert (img / "fake_heatmap.png").stat().st_size > 1000
     assert "](img/fake_heatmap.png)" in text
 

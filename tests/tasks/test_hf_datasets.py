@@ -52,8 +52,9 @@ def options(**extra):
 
 def reference(tmp_path):
     """The same rows read by raflora's own CSV reader: what every dataset form must give."""
-    return UserTextTask(train_file=str(write_csv(tmp_path / "ref.csv", ROWS)), key_column="user",
-                        **options()).load_data()
+    return UserTextTask(
+        train_file=str(write_csv(tmp_path / "ref.csv", ROWS)), key_column="user", **options()
+    ).load_data()
 
 
 def texts_labels(data):
@@ -120,8 +121,11 @@ def test_problems_name_the_dataset_split_and_row(tmp_path):
     with pytest.raises(ValueError, match=r"has no split 'validation'; its splits are \['train'\]"):
         UserTextTask(dataset=str(tmp_path / "holes"), train_split="validation", **options()).load_data()
     arrow_dataset(tmp_path / "whole", {"train": ROWS})
-    with pytest.raises(ValueError, match=r"label column 'score' not found in '.*whole\[train\]'; its columns are "
-                                         r"\['review', 'stars', 'user'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"label column 'score' not found in '.*whole\[train\]'; its columns are "
+        r"\['review', 'stars', 'user'\]",
+    ):
         UserTextTask(dataset=str(tmp_path / "whole"), **options(label_column="score")).load_data()
 
 

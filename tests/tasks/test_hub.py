@@ -51,8 +51,9 @@ def test_an_id_missing_from_the_cache_says_so(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="'org/absent' is neither a local folder nor a model in the "
-                                                "Hugging Face cache"):
+    with pytest.raises(
+        FileNotFoundError, match="'org/absent' is neither a local folder nor a model in the Hugging Face cache"
+    ):
         cached_snapshot("org/absent")
 
 
@@ -84,8 +85,14 @@ batch_size = 32
 def _run(tmp_path, cache, model) -> subprocess.CompletedProcess:
     config = tmp_path / f"{model.replace('/', '_')}.toml"
     config.write_text(CONFIG.format(data=ROOT / "configs" / "examples" / "reviews.csv", model=model))
-    return subprocess.run([sys.executable, "-m", "raflora", "run", str(config), "--out", str(tmp_path / "run"),
-                           "--quiet"], capture_output=True, text=True, env=_env(cache), timeout=600, cwd=tmp_path)
+    return subprocess.run(
+        [sys.executable, "-m", "raflora", "run", str(config), "--out", str(tmp_path / "run"), "--quiet"],
+        capture_output=True,
+        text=True,
+        env=_env(cache),
+        timeout=600,
+        cwd=tmp_path,
+    )
 
 
 def test_a_run_loads_the_model_by_its_hub_id(tmp_path, hub_cache):
@@ -100,9 +107,11 @@ def test_a_hub_id_not_in_the_cache_is_one_line_exit_2(tmp_path, hub_cache):
     done = _run(tmp_path, hub_cache, "raflora-test/absent")
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1
-    assert done.stderr.startswith("error: task.model = 'raflora-test/absent': the model cannot be loaded: "
-                                  "'raflora-test/absent' is neither a local folder nor a model in the Hugging "
-                                  f"Face cache ({hub_cache})")
+    assert done.stderr.startswith(
+        "error: task.model = 'raflora-test/absent': the model cannot be loaded: "
+        "'raflora-test/absent' is neither a local folder nor a model in the Hugging "
+        f"Face cache ({hub_cache})"
+    )
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 

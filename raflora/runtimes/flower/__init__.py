@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from raflora.config import Config
 from raflora.config_io import config_to_toml
@@ -62,8 +62,10 @@ def run_flower(
         server_app=build_server_app(config, resume=resume, stop_after=stop_after, log=log),
         client_app=build_client_app(config_to_toml(config)),
         num_supernodes=n,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                        "init_args": {"num_cpus": cpus, "num_gpus": 0, "logging_level": "ERROR"}},
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": cpus, "num_gpus": 0, "logging_level": "ERROR"},
+        },
     )
     lines = (Path(config.out) / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]

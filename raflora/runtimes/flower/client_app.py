@@ -39,7 +39,7 @@ from raflora.runtimes.flower.run_config import config_data
 KEPT = "raflora-kept"  # context.state key of the client's own kept factors
 
 _SETUPS: dict[str, RunSetup] = {}  # (config[, node, labels]) -> the run built from them, one per process
-_MERGED: dict[int, bool] = {}      # id(setup) -> its model holds a merged base
+_MERGED: dict[int, bool] = {}  # id(setup) -> its model holds a merged base
 
 
 def client_setup(data: dict[str, Any], node: Node, labels: list[str] | None = None) -> RunSetup:
@@ -74,8 +74,9 @@ def train(setup: RunSetup, content: RecordDict, node: Node, context: Context | N
         setup.model.load_base(request["base"] or setup.base0)
         _MERGED[id(setup)] = bool(request["base"])
     method = setup.method
-    local = train_client(setup, request["round"], me, request["start"], request["head"],
-                         _kept(context) if context is not None else None)
+    local = train_client(
+        setup, request["round"], me, request["start"], request["head"], _kept(context) if context is not None else None
+    )
     if method.private and context is not None:
         context.state[KEPT] = tensors_record(method.client_keeps(local.factors))
     fed = setup.config.federation
@@ -90,7 +91,9 @@ def _check_request(setup: RunSetup, request: dict, node: Node) -> int:
     if not node.declared and request["client"] != me:
         raise ValueError(f"this SuperNode is client {me}, the server asked for client {request['client']}")
     if request["rank"] != setup.ranks[me]:
-        raise ValueError(f"client {node.client_id!r} has rank {setup.ranks[me]}, the server sent rank {request['rank']}")
+        raise ValueError(
+            f"client {node.client_id!r} has rank {setup.ranks[me]}, the server sent rank {request['rank']}"
+        )
     # A declared node's scale depends on the whole federation (e.g. sfed: the clients per round),
     # which only the server knows: the factors it sends carry it.
     scale = next(iter(request["start"].values())).scale
@@ -113,10 +116,19 @@ def evaluate(setup: RunSetup, content: RecordDict, node: Node, context: Context)
 
 def identity(node: Node, rank: int, examples: int) -> RecordDict:
     """The QUERY reply: who this node is, its rank and how many training examples it holds."""
-    return RecordDict({"node": ConfigRecord({
-        "client-id": node.client_id, "rank": rank, "examples": examples,
-        "partition-id": node.partition_id, "declared": node.declared,
-    })})
+    return RecordDict(
+        {
+            "node": ConfigRecord(
+                {
+                    "client-id": node.client_id,
+                    "rank": rank,
+                    "examples": examples,
+                    "partition-id": node.partition_id,
+                    "declared": node.declared,
+                }
+            )
+        }
+    )
 
 
 def build_client_app(config_toml: str | None = None) -> ClientApp:

@@ -20,22 +20,23 @@ its own, the classes are numbered as the server numbers them (``labels``, which 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from flwr.app import Context
 
 from raflora.config import ConfigError
 from raflora.config_io import config_from_dict
-from raflora.ranks import client_ranks
 from raflora.federation.setup import RunSetup, build_setup, derived_seed, load_data, split_among_clients
+from raflora.ranks import client_ranks
 from raflora.tasks import build_task
 
 
 @dataclass(frozen=True)
 class Node:
     client_id: str
-    rank: int = 0          # 0: the config's rank for partition_id
+    rank: int = 0  # 0: the config's rank for partition_id
     data_file: str = ""
     test_file: str = ""
     partition_id: int = -1  # -1: none (the node brings its own data)
@@ -51,21 +52,26 @@ def node_of(context: Context) -> Node:
     given: Mapping[str, Any] = context.node_config
     unknown = set(given) - {"client-id", "rank", "data-file", "test-file", "partition-id", "num-partitions"}
     if unknown:
-        raise ConfigError(f"--node-config: unknown key(s) {sorted(unknown)}; "
-                          "keys: client-id, rank, data-file, test-file, partition-id")
+        raise ConfigError(
+            f"--node-config: unknown key(s) {sorted(unknown)}; "
+            "keys: client-id, rank, data-file, test-file, partition-id"
+        )
     pid = int(given.get("partition-id", -1))
     rank = int(given.get("rank", 0))
     node = Node(
         client_id=str(given.get("client-id") or (f"partition-{pid}" if pid >= 0 else f"node-{context.node_id}")),
-        rank=rank, data_file=str(given.get("data-file", "")), test_file=str(given.get("test-file", "")),
+        rank=rank,
+        data_file=str(given.get("data-file", "")),
+        test_file=str(given.get("test-file", "")),
         partition_id=pid,
     )
     if node.declared and not (rank > 0 and node.data_file):
-        raise ConfigError(f"--node-config of {node.client_id!r}: declare both rank (>= 1) and data-file, "
-                          f"got rank={rank} data-file={node.data_file!r}")
+        raise ConfigError(
+            f"--node-config of {node.client_id!r}: declare both rank (>= 1) and data-file, "
+            f"got rank={rank} data-file={node.data_file!r}"
+        )
     if not node.declared and pid < 0:
-        raise ConfigError("--node-config: declare rank=R and data-file='...' (or, as in a simulation, "
-                          "partition-id=K)")
+        raise ConfigError("--node-config: declare rank=R and data-file='...' (or, as in a simulation, partition-id=K)")
     return node
 
 
@@ -74,8 +80,10 @@ def node_config_data(data: Mapping[str, Any], node: Node, labels: Sequence[str] 
     data = copy.deepcopy(dict(data))
     task = data.setdefault("task", {})
     if "train_file" not in task:
-        raise ConfigError(f"node {node.client_id!r} declares data-file, but task {task.get('name')!r} of the "
-                          "run's config reads no data file (train_file); use a file task such as user_text")
+        raise ConfigError(
+            f"node {node.client_id!r} declares data-file, but task {task.get('name')!r} of the "
+            "run's config reads no data file (train_file); use a file task such as user_text"
+        )
     task["train_file"] = node.data_file
     task["test_file"] = node.test_file or node.data_file
     if labels:
@@ -118,6 +126,7 @@ def node_identity(data: Mapping[str, Any], node: Node, labels: Sequence[str] | N
         return node.rank, len(shards[0])
     n = config.federation.num_clients
     if not 0 <= node.partition_id < n:
-        raise ConfigError(f"--node-config: partition-id {node.partition_id} is not in 0..{n - 1} "
-                          f"(federation.num_clients = {n})")
+        raise ConfigError(
+            f"--node-config: partition-id {node.partition_id} is not in 0..{n - 1} (federation.num_clients = {n})"
+        )
     return client_ranks(config.ranks, n, config.run.seed)[node.partition_id], len(shards[node.partition_id])

@@ -15,7 +15,7 @@ Every server message also carries ``run``: the server's config and class names (
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -82,15 +82,28 @@ def _record_packet(record: ConfigRecord) -> Packet:
 
 
 def train_request(
-    round_: int, client: int, rank: int, packet: Packet, factor_dtype: torch.dtype, head: Mapping[str, Tensor],
+    round_: int,
+    client: int,
+    rank: int,
+    packet: Packet,
+    factor_dtype: torch.dtype,
+    head: Mapping[str, Tensor],
     base: Mapping[str, Tensor],
 ) -> RecordDict:
-    content = RecordDict({
-        "task": ConfigRecord({"round": round_, "client": client, "rank": rank,
-                              "factor-dtype": str(factor_dtype).removeprefix("torch.")}),
-        "down": _shapes_record(packet),
-        "head": tensors_record(head),
-    })
+    content = RecordDict(
+        {
+            "task": ConfigRecord(
+                {
+                    "round": round_,
+                    "client": client,
+                    "rank": rank,
+                    "factor-dtype": str(factor_dtype).removeprefix("torch."),
+                }
+            ),
+            "down": _shapes_record(packet),
+            "head": tensors_record(head),
+        }
+    )
     if base:
         content["base"] = tensors_record(base)
     return content
@@ -101,26 +114,39 @@ def read_train_request(content: RecordDict, fill: Fill) -> dict:
     that did not travel)."""
     task = content["task"]
     return {
-        "round": int(task["round"]), "client": int(task["client"]), "rank": int(task["rank"]),
+        "round": int(task["round"]),
+        "client": int(task["client"]),
+        "rank": int(task["rank"]),
         "start": unpack(_record_packet(content["down"]), fill, DTYPES[str(task["factor-dtype"])]),
         "head": record_tensors(content["head"]),
         "base": record_tensors(content["base"]) if "base" in content else {},
     }
 
 
-def train_reply(packet: Packet, factor_dtype: torch.dtype, head: Mapping[str, Tensor], loss: float, diverged: bool,
-                num_examples: int) -> RecordDict:
+def train_reply(
+    packet: Packet,
+    factor_dtype: torch.dtype,
+    head: Mapping[str, Tensor],
+    loss: float,
+    diverged: bool,
+    num_examples: int,
+) -> RecordDict:
     up = _shapes_record(packet)
     up["factor-dtype"] = str(factor_dtype).removeprefix("torch.")
-    return RecordDict({
-        "up": up,
-        "head": tensors_record(head),
-        "metrics": MetricRecord({"loss": float(loss), "diverged": int(diverged), "num-examples": int(num_examples)}),
-    })
+    return RecordDict(
+        {
+            "up": up,
+            "head": tensors_record(head),
+            "metrics": MetricRecord(
+                {"loss": float(loss), "diverged": int(diverged), "num-examples": int(num_examples)}
+            ),
+        }
+    )
 
 
-def read_train_reply(content: RecordDict, client: int, head_like: Mapping[str, Tensor], bytes_down: int,
-                     fill: Fill) -> ClientTurn:
+def read_train_reply(
+    content: RecordDict, client: int, head_like: Mapping[str, Tensor], bytes_down: int, fill: Fill
+) -> ClientTurn:
     """The reply of ``client`` as the turn the embedded runtime would have built; ``head_like`` (the
     head the client was sent) fixes the head's keys and shapes; ``fill``: the parts not uploaded."""
     try:
@@ -135,19 +161,34 @@ def read_train_reply(content: RecordDict, client: int, head_like: Mapping[str, T
     for key, t in head_like.items():
         if key not in head or head[key].shape != t.shape:
             raise ReplyError(f"head parameter {key!r} is missing or has the wrong shape")
-    return ClientTurn(ClientUpdate(client, factors, n), {k: head[k] for k in head_like}, loss, diverged,
-                      bytes_down=bytes_down, bytes_up=len(wire))
+    return ClientTurn(
+        ClientUpdate(client, factors, n),
+        {k: head[k] for k in head_like},
+        loss,
+        diverged,
+        bytes_down=bytes_down,
+        bytes_up=len(wire),
+    )
 
 
-def evaluate_request(round_: int, client: int, rank: int, packet: Packet, factor_dtype: torch.dtype,
-                     head: Mapping[str, Tensor]) -> RecordDict:
+def evaluate_request(
+    round_: int, client: int, rank: int, packet: Packet, factor_dtype: torch.dtype, head: Mapping[str, Tensor]
+) -> RecordDict:
     """Ask ``client`` to evaluate its own model: the new global part (``packet``) with its kept part."""
-    return RecordDict({
-        "task": ConfigRecord({"round": round_, "client": client, "rank": rank,
-                              "factor-dtype": str(factor_dtype).removeprefix("torch.")}),
-        "down": _shapes_record(packet),
-        "head": tensors_record(head),
-    })
+    return RecordDict(
+        {
+            "task": ConfigRecord(
+                {
+                    "round": round_,
+                    "client": client,
+                    "rank": rank,
+                    "factor-dtype": str(factor_dtype).removeprefix("torch."),
+                }
+            ),
+            "down": _shapes_record(packet),
+            "head": tensors_record(head),
+        }
+    )
 
 
 def evaluate_reply(metrics: Mapping[str, float]) -> RecordDict:

@@ -19,8 +19,8 @@ Either way, a node that comes back under a new node id with a known client id ge
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
@@ -39,15 +39,16 @@ class Member:
     client_id: str
     rank: int
     examples: int
-    node: int            # the Flower node id that plays it now
+    node: int  # the Flower node id that plays it now
     partition_id: int = -1
 
 
 class Roster:
     """The clients of a Flower run and the nodes that play them (index = client index)."""
 
-    def __init__(self, config: Config, labels: Sequence[str] | None = None,
-                 say: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, config: Config, labels: Sequence[str] | None = None, say: Callable[[str], None] | None = None
+    ) -> None:
         self.config, self.labels = config, list(labels) if labels else None
         self.config_toml = config_to_toml(config)  # what nodes build their run from (before declared ranks)
         self.say = say or (lambda line: None)
@@ -118,9 +119,13 @@ class Roster:
     def _missing(self, min_nodes: int) -> str:
         if self.declared:
             have = len(self.members)
-            return (f"{have} of {min_nodes or self.config.federation.num_clients} declared "
-                    f"({', '.join(self.names()) or 'none'}); set the run config key min-nodes to start with fewer")
-        missing = [k for k, m in enumerate(self.members) if m is None] or list(range(self.config.federation.num_clients))
+            return (
+                f"{have} of {min_nodes or self.config.federation.num_clients} declared "
+                f"({', '.join(self.names()) or 'none'}); set the run config key min-nodes to start with fewer"
+            )
+        missing = [k for k, m in enumerate(self.members) if m is None] or list(
+            range(self.config.federation.num_clients)
+        )
         return f"no SuperNode with partition-id {missing[:10]} answered"
 
     # -- one answer -----------------------------------------------------------------------------------
@@ -172,8 +177,10 @@ class Roster:
         if not 1 <= member.rank <= r_max:
             return f"rank {member.rank} is not in 1..ranks.r_max = {r_max}"
         if self.run_ranks is not None and member.rank not in self.run_ranks:
-            return (f"rank {member.rank} is not one of the ranks this run started with {sorted(self.run_ranks)}; "
-                    "a node joining later needs one of them")
+            return (
+                f"rank {member.rank} is not one of the ranks this run started with {sorted(self.run_ranks)}; "
+                "a node joining later needs one of them"
+            )
         try:
             self.config.federation.method.check_ranks(self.ranks() + [member.rank])
         except ValueError as err:

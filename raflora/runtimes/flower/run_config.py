@@ -21,8 +21,9 @@ waits for; ``0``: ``federation.num_clients``).
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from raflora.config import ConfigError
 from raflora.config_io import apply_overrides

@@ -4,8 +4,8 @@ around Flower's loop."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
@@ -13,10 +13,10 @@ from flwr.serverapp import Grid, ServerApp
 from raflora.config import Config, ConfigError
 from raflora.config_io import apply_overrides, config_from_dict, config_to_dict
 from raflora.federation.setup import load_data
-from raflora.runtimes.folder import finish_run, last_round, open_run, prepare_folder
 from raflora.runtimes.flower.roster import NodesMissing, Roster
 from raflora.runtimes.flower.run_config import config_data, min_nodes
 from raflora.runtimes.flower.strategy import RafloraStrategy
+from raflora.runtimes.folder import finish_run, last_round, open_run, prepare_folder
 from raflora.tasks import build_task
 
 
@@ -35,18 +35,31 @@ def declared_config(config: Config, ranks: Sequence[int]) -> Config:
     """The config of a federation whose nodes declared their ranks: one client per node, in the
     roster's order, with its rank (``config.toml`` of the run folder records them). The server's
     own data only serves its test split, so its training rows are dealt out plainly."""
-    data = apply_overrides(config_to_dict(config), {
-        "federation.num_clients": len(ranks),
-        "federation.sample_count": min(config.federation.sample_count, len(ranks)),
-        "ranks.policy": "explicit", "ranks.ranks": list(ranks),
-        "partition.scheme": "iid", "partition.min_examples": 1,
-    })
+    data = apply_overrides(
+        config_to_dict(config),
+        {
+            "federation.num_clients": len(ranks),
+            "federation.sample_count": min(config.federation.sample_count, len(ranks)),
+            "ranks.policy": "explicit",
+            "ranks.ranks": list(ranks),
+            "partition.scheme": "iid",
+            "partition.min_examples": 1,
+        },
+    )
     return config_from_dict(data)
 
 
-def serve(grid: Grid, config: Config, *, resume: bool = False, stop_after: int | None = None,
-          log: Callable[[str], None] | None = None, nodes: int = 0, wait_s: float = 600.0,
-          check_folder: Callable[[Config], None] | None = None) -> list[dict]:
+def serve(
+    grid: Grid,
+    config: Config,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    log: Callable[[str], None] | None = None,
+    nodes: int = 0,
+    wait_s: float = 600.0,
+    check_folder: Callable[[Config], None] | None = None,
+) -> list[dict]:
     """The whole run on ``grid``, in a run folder that :func:`prepare_folder` has checked, or that
     ``check_folder`` checks once the nodes have declared themselves (a resumed declared run: its
     ``config.toml`` holds their ranks). ``nodes``: how many declared nodes round 1 waits for (0:
@@ -67,8 +80,9 @@ def serve(grid: Grid, config: Config, *, resume: bool = False, stop_after: int |
     return finish_run(setup, state, stop_after, say)
 
 
-def build_server_app(config: Config, *, resume: bool = False, stop_after: int | None = None,
-                     log: Callable[[str], None] | None = None) -> ServerApp:
+def build_server_app(
+    config: Config, *, resume: bool = False, stop_after: int | None = None, log: Callable[[str], None] | None = None
+) -> ServerApp:
     """A ServerApp for ``config`` (the folder already prepared by the caller)."""
     app = ServerApp()
 

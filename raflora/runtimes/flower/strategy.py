@@ -19,17 +19,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from raflora.federation.round import client_download, close_round, dropped_clients, fill_missing
-from raflora.federation.transport import pack
-from raflora.runtimes.folder import record_round
 from raflora.federation.setup import RunSetup
 from raflora.federation.state import FederationState
+from raflora.federation.transport import pack
 from raflora.runtimes.flower.records import (
     ReplyError,
     evaluate_request,
@@ -38,6 +37,7 @@ from raflora.runtimes.flower.records import (
     train_request,
 )
 from raflora.runtimes.flower.roster import Roster
+from raflora.runtimes.folder import record_round
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +49,16 @@ class RafloraStrategy(Strategy):
     the run become clients of the next round.
     """
 
-    def __init__(self, setup: RunSetup, state: FederationState, roster: Roster,
-                 say: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, setup: RunSetup, state: FederationState, roster: Roster, say: Callable[[str], None] | None = None
+    ) -> None:
         self.setup, self.state, self.roster = setup, state, roster
         self.say = say or (lambda line: None)
         self._round: dict = {}
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         setup, state = self.setup, self.state
         self.grid = grid  # the methods without a global model ask their clients to evaluate (aggregate_train)
         self.admit(self.roster.refresh(grid))
@@ -68,10 +70,20 @@ class RafloraStrategy(Strategy):
             start, packet, downs[client] = client_download(setup, state, client)
             dtype = next(iter(start.values())).A.dtype
             content = train_request(round_, client, setup.ranks[client], packet, dtype, state.head, state.base)
-            messages[client] = Message(self.roster.stamp(content), dst_node_id=self.roster.node(client),
-                                       message_type=MessageType.TRAIN, group_id=str(round_))
-        self._round = {"round": round_, "sampled": sampled, "dropped": dropped, "downs": downs,
-                       "began": time.perf_counter(), "messages": messages}
+            messages[client] = Message(
+                self.roster.stamp(content),
+                dst_node_id=self.roster.node(client),
+                message_type=MessageType.TRAIN,
+                group_id=str(round_),
+            )
+        self._round = {
+            "round": round_,
+            "sampled": sampled,
+            "dropped": dropped,
+            "downs": downs,
+            "began": time.perf_counter(),
+            "messages": messages,
+        }
         return list(messages.values())
 
     def admit(self, joined: list[int]) -> None:
@@ -81,16 +93,18 @@ class RafloraStrategy(Strategy):
                 self.setup.ranks.append(self.roster.members[client].rank)
                 self.setup.config.federation.num_clients = len(self.setup.ranks)
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         setup, r = self.setup, self._round
         turns, refused = {}, {}
         for client, reply in matched(r["messages"], replies).items():
             try:
                 if reply.has_error():
                     raise ReplyError(f"Flower error {reply.error.code}: {reply.error.reason}")
-                turns[client] = read_train_reply(reply.content, client, self.state.head, r["downs"][client],
-                                                 fill_missing(setup))
+                turns[client] = read_train_reply(
+                    reply.content, client, self.state.head, r["downs"][client], fill_missing(setup)
+                )
             except ReplyError as err:
                 refused[client] = f"client {client!r}: {err}"
         timeout = setup.config.federation.round_timeout
@@ -98,13 +112,23 @@ class RafloraStrategy(Strategy):
             if client not in turns and client not in refused and client not in r["dropped"]:
                 refused[client] = f"client {client!r}: no reply within federation.round_timeout = {timeout:g} s"
         if not turns:
-            self.say(f"round {r['round']}: no client replied, the global model is unchanged "
-                     f"({'; '.join(refused[c] for c in sorted(refused))})")
+            self.say(
+                f"round {r['round']}: no client replied, the global model is unchanged "
+                f"({'; '.join(refused[c] for c in sorted(refused))})"
+            )
         evaluate = (lambda: self.evaluate_clients(sorted(turns))) if setup.method.private else None
-        record = close_round(setup, self.state, r["round"], r["sampled"], turns,
-                             [{"client": c, "module": None, "reason": why} for c, why in sorted(refused.items())],
-                             r["began"], bytes_down=sum(r["downs"].values()), evaluate_clients=evaluate,
-                             dropped=r["dropped"])
+        record = close_round(
+            setup,
+            self.state,
+            r["round"],
+            r["sampled"],
+            turns,
+            [{"client": c, "module": None, "reason": why} for c, why in sorted(refused.items())],
+            r["began"],
+            bytes_down=sum(r["downs"].values()),
+            evaluate_clients=evaluate,
+            dropped=r["dropped"],
+        )
         record_round(setup, self.state, record, self.say)
         return None, round_metrics(record, setup.task.metric)
 
@@ -118,8 +142,12 @@ class RafloraStrategy(Strategy):
             packet = pack(start, setup.config.federation.transport_dtype, setup.method.uploads)
             dtype = next(iter(start.values())).A.dtype
             content = evaluate_request(state.round + 1, client, rank, packet, dtype, state.head)
-            messages[client] = Message(self.roster.stamp(content), dst_node_id=self.roster.node(client),
-                                       message_type=MessageType.EVALUATE, group_id=f"{state.round + 1}-evaluate")
+            messages[client] = Message(
+                self.roster.stamp(content),
+                dst_node_id=self.roster.node(client),
+                message_type=MessageType.EVALUATE,
+                group_id=f"{state.round + 1}-evaluate",
+            )
         replies = self.grid.send_and_receive(list(messages.values()), timeout=setup.config.federation.round_timeout)
         out = {}
         for client, reply in matched(messages, replies).items():
@@ -131,8 +159,9 @@ class RafloraStrategy(Strategy):
                 self.say(f"client {client}: no evaluation: {err}")
         return {c: out[c] for c in sorted(out)}
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return []  # the server evaluates the global model inside the round (close_round)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -140,8 +169,12 @@ class RafloraStrategy(Strategy):
 
     def summary(self) -> None:
         c = self.setup.config
-        logger.info("raflora strategy: method %s, %d clients, ranks %s", c.federation.method.name,
-                    len(self.setup.ranks), sorted(set(self.setup.ranks)))
+        logger.info(
+            "raflora strategy: method %s, %d clients, ranks %s",
+            c.federation.method.name,
+            len(self.setup.ranks),
+            sorted(set(self.setup.ranks)),
+        )
 
 
 def matched(sent: dict[int, Message], replies: Iterable[Message]) -> dict[int, Message]:
@@ -160,5 +193,10 @@ def round_metrics(record: dict, metric: str) -> MetricRecord:
     """The round's scalar metrics as Flower keeps them in its history (metrics.jsonl has them all)."""
     keys = ("round", "accepted", "bytes_up", "bytes_down", metric, "loss", "train_loss", "rho_rmin")
     values = {k: record.get(k) for k in keys}
-    return MetricRecord({k: v for k, v in values.items()
-                         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)})
+    return MetricRecord(
+        {
+            k: v
+            for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        }
+    )

@@ -32,7 +32,14 @@ def config_data(out: Path, server_file: Path, **federation) -> dict:
         "federation": {"num_clients": 3, "method": "raflora", **federation},
         "ranks": {"policy": "cycle", "ranks": [2], "r_max": 8},
         "train": {"local_steps": 2, "lr": 0.01, "batch_size": 4},
-        "task": {"name": "user_text", "train_file": str(server_file), "test_size": 0.3, "model": "tiny",
-                 "max_length": 16, "tiny_hidden_size": 16, "tiny_layers": 1},
+        "task": {
+            "name": "user_text",
+            "train_file": str(server_file),
+            "test_size": 0.3,
+            "model": "tiny",
+            "max_length": 16,
+            "tiny_hidden_size": 16,
+            "tiny_layers": 1,
+        },
         "eval": {"batch_size": 32},
     }

@@ -16,9 +16,16 @@ class LocalGrid:
         self.app, self.tamper = client_app, tamper
         node_configs = node_configs or [{"partition-id": i, "num-partitions": num_clients} for i in range(num_clients)]
         self.clients = {7000 + 13 * i: i for i in range(len(node_configs))}  # node ids are not client indices
-        self.contexts = {n: Context(run_id=1, node_id=n, node_config=dict(node_configs[i]), state=RecordDict(),
-                                    run_config=dict(run_config or {}))
-                         for n, i in self.clients.items()}
+        self.contexts = {
+            n: Context(
+                run_id=1,
+                node_id=n,
+                node_config=dict(node_configs[i]),
+                state=RecordDict(),
+                run_config=dict(run_config or {}),
+            )
+            for n, i in self.clients.items()
+        }
         self.replies: dict[str, object] = {}
         self.sent: list = []
 

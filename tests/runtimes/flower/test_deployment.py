@@ -35,9 +35,12 @@ ROOT = Path(__file__).resolve().parents[3]
 BIN = Path(sys.executable).parent
 NODES = {"ana": 2, "ben": 4, "chen": 8}
 
-pytestmark = pytest.mark.skipif(shutil.which("flower-superlink", path=str(BIN)) is None
-                                or shutil.which("ssh-keygen") is None or shutil.which("openssl") is None,
-                                reason="needs flower-superlink (the flower extra), openssl and ssh-keygen")
+pytestmark = pytest.mark.skipif(
+    shutil.which("flower-superlink", path=str(BIN)) is None
+    or shutil.which("ssh-keygen") is None
+    or shutil.which("openssl") is None,
+    reason="needs flower-superlink (the flower extra), openssl and ssh-keygen",
+)
 
 
 def free_port() -> int:
@@ -62,15 +65,22 @@ class Deployment:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.procs: dict[str, subprocess.Popen] = {}
-        self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                    "PYTHONPATH": str(ROOT), "FLWR_HOME": str(folder / "flwr-home"),
-                    "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-                    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "OMP_NUM_THREADS": "1"}
+        self.env = {
+            **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONPATH": str(ROOT),
+            "FLWR_HOME": str(folder / "flwr-home"),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "OMP_NUM_THREADS": "1",
+        }
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
         log = (self.folder / f"{name}.log").open("w")
-        proc = subprocess.Popen(list(args), cwd=self.folder, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            list(args), cwd=self.folder, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.procs[name] = proc
         return proc
 
@@ -98,12 +108,29 @@ class Deployment:
         superlink.db, so that a restarted SuperLink knows the nodes (in memory, the default, a
         restart forgets every registration)."""
         certs = self.certs
-        self.start(name, str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
-                   "--ssl-certfile", str(certs / "server.pem"), "--ssl-keyfile", str(certs / "server.key"),
-                   "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--database", str(self.folder / "superlink.db"), "--disable-runtime-dependency-installation")
-        wait_until(lambda: "Uvicorn running" in self.log(name) or self.procs[name].poll() is not None,
-                   120, "the SuperLink to listen")
+        self.start(
+            name,
+            str(BIN / "flower-superlink"),
+            "--ssl-ca-certfile",
+            str(certs / "ca.crt"),
+            "--ssl-certfile",
+            str(certs / "server.pem"),
+            "--ssl-keyfile",
+            str(certs / "server.key"),
+            "--enable-supernode-auth",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--database",
+            str(self.folder / "superlink.db"),
+            "--disable-runtime-dependency-installation",
+        )
+        wait_until(
+            lambda: "Uvicorn running" in self.log(name) or self.procs[name].poll() is not None,
+            120,
+            "the SuperLink to listen",
+        )
         assert self.procs[name].poll() is None, self.log(name)
 
     def restart_superlink(self) -> None:
@@ -113,16 +140,21 @@ class Deployment:
         self.start_superlink("superlink-restarted")
 
     def flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "flwr"), *args], cwd=self.folder, env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run(
+            [str(BIN / "flwr"), *args], cwd=self.folder, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     folder = tmp_path_factory.mktemp("deployment")
     certs = folder / "certs"
-    subprocess.run(["bash", str(ROOT / "scripts" / "flower_certs.sh"), str(certs), *NODES, "stranger"],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        ["bash", str(ROOT / "scripts" / "flower_certs.sh"), str(certs), *NODES, "stranger"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     files = split_reviews(folder)
     d = Deployment(folder)
     try:
@@ -131,32 +163,62 @@ def deployment(tmp_path_factory):
         d.start_superlink("superlink")
         home = folder / "flwr-home"
         home.mkdir(exist_ok=True)
-        (home / "config.toml").write_text(tomli_w.dumps({"superlink": {
-            "default": "loopback",
-            "loopback": {"address": f"127.0.0.1:{port}", "root-certificates": str(certs / "ca.crt")}}}))
+        (home / "config.toml").write_text(
+            tomli_w.dumps(
+                {
+                    "superlink": {
+                        "default": "loopback",
+                        "loopback": {"address": f"127.0.0.1:{port}", "root-certificates": str(certs / "ca.crt")},
+                    }
+                }
+            )
+        )
         for name in NODES:
             done = d.flwr("supernode", "register", str(certs / f"{name}.pub"), "loopback")
             assert done.returncode == 0, done.stdout + done.stderr
         for name, rank in NODES.items():
-            d.start(name, str(BIN / "flower-supernode"), "--root-certificates", str(certs / "ca.crt"),
-                    "--superlink", f"127.0.0.1:{port}", "--auth-supernode-private-key", str(certs / name),
-                    "--host", "127.0.0.1", "--port", str(free_port()),
-                    "--node-config", f"rank={rank} data-file='{files[name]}' client-id='{name}'")
+            d.start(
+                name,
+                str(BIN / "flower-supernode"),
+                "--root-certificates",
+                str(certs / "ca.crt"),
+                "--superlink",
+                f"127.0.0.1:{port}",
+                "--auth-supernode-private-key",
+                str(certs / name),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(free_port()),
+                "--node-config",
+                f"rank={rank} data-file='{files[name]}' client-id='{name}'",
+            )
         d.files = files
         yield d
     finally:
         d.stop()
 
 
-def flwr_run(d: Deployment, name: str, rounds: int, resume: bool = False, **federation) -> tuple[Path, subprocess.Popen]:
+def flwr_run(
+    d: Deployment, name: str, rounds: int, resume: bool = False, **federation
+) -> tuple[Path, subprocess.Popen]:
     out = d.folder / name
     data = config_data(d.folder / "unused", d.files["server"], **federation)
     path = d.folder / f"{name}.toml"
     path.write_text(tomli_w.dumps(data))
-    run_config = (f"config='{path}' out='{out}' num-server-rounds={rounds} min-nodes={len(NODES)} "
-                  f"resume={str(resume).lower()}")
-    proc = d.start(f"flwr-run-{name}{'-resumed' if resume else ''}", str(BIN / "flwr"), "run",
-                   str(ROOT / "examples" / "flower_app"), "loopback", "--stream", "--run-config", run_config)
+    run_config = (
+        f"config='{path}' out='{out}' num-server-rounds={rounds} min-nodes={len(NODES)} resume={str(resume).lower()}"
+    )
+    proc = d.start(
+        f"flwr-run-{name}{'-resumed' if resume else ''}",
+        str(BIN / "flwr"),
+        "run",
+        str(ROOT / "examples" / "flower_app"),
+        "loopback",
+        "--stream",
+        "--run-config",
+        run_config,
+    )
     return out, proc
 
 
@@ -184,8 +246,12 @@ def test_tls_node_auth_declared_ranks_and_own_data(deployment):
         assert m["ranks"] == [2, 4, 8] and m["accepted"] == 3 and m["rejected"] == [], m
         assert m["accuracy"] is not None and m["bytes_up"] > 0
     saved = tomllib.loads((out / "config.toml").read_text())
-    assert saved["ranks"] == {"policy": "explicit", "ranks": [2, 4, 8], "r_max": 8, **{
-        k: v for k, v in saved["ranks"].items() if k not in ("policy", "ranks", "r_max")}}
+    assert saved["ranks"] == {
+        "policy": "explicit",
+        "ranks": [2, 4, 8],
+        "r_max": 8,
+        **{k: v for k, v in saved["ranks"].items() if k not in ("policy", "ranks", "r_max")},
+    }
     assert saved["federation"]["num_clients"] == 3 and saved["run"]["runtime"] == "flower"
     # each node says who it is and how many rows its own file has (10 reviews per user)
     for client, (name, rank) in enumerate(NODES.items()):
@@ -193,12 +259,29 @@ def test_tls_node_auth_declared_ranks_and_own_data(deployment):
     adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert adapter["r"] == 8 and (out / "adapter" / "adapter_model.safetensors").stat().st_size > 0
     # a node whose key was never registered is refused by the SuperLink
-    stranger = d.start("stranger", str(BIN / "flower-supernode"), "--root-certificates", str(d.certs / "ca.crt"),
-                       "--superlink", f"127.0.0.1:{d.port}", "--auth-supernode-private-key", str(d.certs / "stranger"),
-                       "--host", "127.0.0.1", "--port", str(free_port()), "--max-retries", "0",
-                       "--node-config", f"rank=2 data-file='{d.files['ana']}' client-id='stranger'")
-    wait_until(lambda: stranger.poll() is not None or "Failed to activate" in d.log("stranger"), 120,
-               "the unregistered node to be refused")
+    stranger = d.start(
+        "stranger",
+        str(BIN / "flower-supernode"),
+        "--root-certificates",
+        str(d.certs / "ca.crt"),
+        "--superlink",
+        f"127.0.0.1:{d.port}",
+        "--auth-supernode-private-key",
+        str(d.certs / "stranger"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(free_port()),
+        "--max-retries",
+        "0",
+        "--node-config",
+        f"rank=2 data-file='{d.files['ana']}' client-id='stranger'",
+    )
+    wait_until(
+        lambda: stranger.poll() is not None or "Failed to activate" in d.log("stranger"),
+        120,
+        "the unregistered node to be refused",
+    )
     assert "Failed to activate SuperNode" in d.log("stranger"), d.log("stranger")[-2000:]
 
 
@@ -219,10 +302,22 @@ def test_the_killed_node_restarts_and_a_finished_run_resumes_for_one_more_round(
     # runs after the kill above: chen comes back with its key and client id; a new `flwr run` with
     # resume=true continues the first test's run folder from its last checkpoint
     d = deployment
-    d.start("chen-again", str(BIN / "flower-supernode"), "--root-certificates", str(d.certs / "ca.crt"),
-            "--superlink", f"127.0.0.1:{d.port}", "--auth-supernode-private-key", str(d.certs / "chen"),
-            "--host", "127.0.0.1", "--port", str(free_port()),
-            "--node-config", f"rank=8 data-file='{d.files['chen']}' client-id='chen'")
+    d.start(
+        "chen-again",
+        str(BIN / "flower-supernode"),
+        "--root-certificates",
+        str(d.certs / "ca.crt"),
+        "--superlink",
+        f"127.0.0.1:{d.port}",
+        "--auth-supernode-private-key",
+        str(d.certs / "chen"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(free_port()),
+        "--node-config",
+        f"rank=8 data-file='{d.files['chen']}' client-id='chen'",
+    )
     before = metrics_of(d.folder / "declared")
     out, proc = flwr_run(d, "declared", rounds=3, resume=True)
     finish(d, proc, "flwr-run-declared-resumed")
@@ -230,8 +325,6 @@ def test_the_killed_node_restarts_and_a_finished_run_resumes_for_one_more_round(
     assert [m["round"] for m in metrics] == [1, 2, 3], d.log("flwr-run-declared-resumed")[-3000:]
     assert metrics[:2] == before and metrics[2]["accepted"] == 3 and metrics[2]["ranks"] == [2, 4, 8]
     assert "resuming" in d.log("flwr-run-declared-resumed")
-
-
 
 
 def server_apps_of(d: Deployment) -> list[str]:

@@ -72,8 +72,9 @@ def test_bad_declarations_are_refused_with_the_reason(tmp_path, files, serve_dec
     data = config_data(tmp_path / "run", files["server"], method="fedit")
     metrics, lines, _ = serve_declared(data, nodes, nodes=1)
     assert any("('ben') refused: rank 16 is not in 1..ranks.r_max = 8" in line for line in lines)
-    assert any(line.startswith("node 7026 did not join") and "declare both rank (>= 1) and data-file" in line
-               for line in lines)
+    assert any(
+        line.startswith("node 7026 did not join") and "declare both rank (>= 1) and data-file" in line for line in lines
+    )
     # fedit: one rank for all; the first node to answer sets it (here the stand-in grid answers
     # last-pushed first: chen, rank 4)
     assert "node 7000 ('ana') refused: 'fedit' needs one rank for every client, [ranks] gives [2, 4]" in lines
@@ -137,10 +138,14 @@ def test_late_and_restarted_nodes(tmp_path, files, serve_declared):
         def ids():
             calls["n"] += 1
             if calls["n"] == 3 and 9000 not in grid.contexts:  # the refresh before round 2
-                for node_id, cfg in ((9000, node("chen", 4, files)), (9013, {**node("chen", 8, files), "client-id": "dan"}),
-                                     (9026, node("ana", 2, files))):
-                    grid.contexts[node_id] = Context(run_id=1, node_id=node_id, node_config=cfg, state=RecordDict(),
-                                                     run_config={})
+                for node_id, cfg in (
+                    (9000, node("chen", 4, files)),
+                    (9013, {**node("chen", 8, files), "client-id": "dan"}),
+                    (9026, node("ana", 2, files)),
+                ):
+                    grid.contexts[node_id] = Context(
+                        run_id=1, node_id=node_id, node_config=cfg, state=RecordDict(), run_config={}
+                    )
                     grid.clients[node_id] = len(grid.clients)
                 grid.contexts.pop(7000)
                 grid.clients.pop(7000)
@@ -154,8 +159,11 @@ def test_late_and_restarted_nodes(tmp_path, files, serve_declared):
     assert "client 2: 'chen', rank 4, 10 examples, node 9000" in lines
     assert any("('dan') refused: rank 8 is not one of the ranks this run started with [2, 4]" in line for line in lines)
     assert "client 0 ('ana') is back on node 9026 (was node 7000)" in lines
-    trained_by = {m.metadata.dst_node_id for m in grid.sent if m.metadata.message_type == "train"
-                  and int(m.content["task"]["round"]) == 3}
+    trained_by = {
+        m.metadata.dst_node_id
+        for m in grid.sent
+        if m.metadata.message_type == "train" and int(m.content["task"]["round"]) == 3
+    }
     assert trained_by == {9026, 7013, 9000}
 
 
@@ -179,10 +187,18 @@ def test_run_config_common_keys(tmp_path):
     from raflora.runtimes.flower.run_config import config_data as read
 
     path = tmp_path / "c.toml"
-    path.write_text('[run]\nrounds = 3\n[federation]\nsample_count = 2\n[federation.method]\nname = "florist"\n'
-                    'tau = 0.5\n[train]\nlr = 0.1\n')
-    given = {"config": str(path), "num-server-rounds": 7, "method": "flexlora", "fraction-train": 0.5,
-             "local-steps": 0, "lr": 0.0}
+    path.write_text(
+        '[run]\nrounds = 3\n[federation]\nsample_count = 2\n[federation.method]\nname = "florist"\n'
+        "tau = 0.5\n[train]\nlr = 0.1\n"
+    )
+    given = {
+        "config": str(path),
+        "num-server-rounds": 7,
+        "method": "flexlora",
+        "fraction-train": 0.5,
+        "local-steps": 0,
+        "lr": 0.0,
+    }
     data = read(given)
     assert data["run"]["rounds"] == 7 and data["federation"]["method"] == "flexlora"
     assert data["federation"]["sample_fraction"] == 0.5 and data["federation"]["sample_count"] == 0
@@ -207,16 +223,28 @@ def test_a_restarted_server_resumes_a_declared_run(tmp_path, files, serve_declar
 
     grid = LocalGrid(app, 0, node_configs=list(reversed(nodes)), run_config={})
     config = config_from_dict(cut)
-    resumed = serve(grid, config, resume=True, wait_s=5.0,
-                    check_folder=lambda final: prepare_folder(final, Path(final.out), True, False))
+    resumed = serve(
+        grid,
+        config,
+        resume=True,
+        wait_s=5.0,
+        check_folder=lambda final: prepare_folder(final, Path(final.out), True, False),
+    )
     strip = lambda ms: [{k: v for k, v in m.items() if k != "seconds"} for m in ms]  # noqa: E731
     assert [m["round"] for m in resumed] == [1, 2, 3] and strip(resumed) == strip(whole)
-    assert (tmp_path / "cut" / "adapter" / "adapter_model.safetensors").read_bytes() == \
-        (tmp_path / "whole" / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert (tmp_path / "cut" / "adapter" / "adapter_model.safetensors").read_bytes() == (
+        tmp_path / "whole" / "adapter" / "adapter_model.safetensors"
+    ).read_bytes()
     # with a node missing, the declared ranks differ from the run's: refused, one line
     with pytest.raises(ConfigError, match=r"cannot resume .* federation.num_clients: 3 in the run, 2 now"):
-        serve(LocalGrid(app, 0, node_configs=nodes[:2], run_config={}), config, resume=True, wait_s=5.0, nodes=2,
-              check_folder=lambda final: prepare_folder(final, Path(final.out), True, False))
+        serve(
+            LocalGrid(app, 0, node_configs=nodes[:2], run_config={}),
+            config,
+            resume=True,
+            wait_s=5.0,
+            nodes=2,
+            check_folder=lambda final: prepare_folder(final, Path(final.out), True, False),
+        )
 
 
 def test_simulation_nodes_share_one_built_run_and_declared_nodes_have_their_own(tmp_path, files):
@@ -252,8 +280,11 @@ def test_too_few_nodes_and_unreadable_answers(tmp_path, files, serve_declared):
     with pytest.raises(NodesMissing, match=r"waited 2 s for nodes: no SuperNode with partition-id \[0, 1, 2\]"):
         roster.wait(OldNodes(app, 0, node_configs=[node("ana", 2, files)], run_config={}), 0, wait_s=2.0)
     assert lines[0].startswith("node 7000 did not join: unreadable answer (KeyError")
-    with pytest.raises(NodesMissing, match=r"waited 2 s for nodes: 1 of 2 declared \(ana\); set the run config "
-                                           "key min-nodes to start with fewer"):
+    with pytest.raises(
+        NodesMissing,
+        match=r"waited 2 s for nodes: 1 of 2 declared \(ana\); set the run config "
+        "key min-nodes to start with fewer",
+    ):
         serve_declared(config_data(tmp_path / "run", files["server"]), [node("ana", 2, files)], nodes=2)
 
 
@@ -272,7 +303,10 @@ def test_a_node_answers_the_query_without_building_a_model(tmp_path, files, monk
 
     monkeypatch.setattr(UserTextTask, "load_model", no_model)
     for k in range(3):
-        assert node_identity(data, Node(f"partition-{k}", partition_id=k), None) == (whole.ranks[k], len(whole.shards[k]))
+        assert node_identity(data, Node(f"partition-{k}", partition_id=k), None) == (
+            whole.ranks[k],
+            len(whole.shards[k]),
+        )
     assert node_identity(data, Node("ana", 4, str(files["ana"])), ["negative", "positive"]) == (4, 10)
     with pytest.raises(ConfigError, match=r"partition-id 3 is not in 0..2 \(federation.num_clients = 3\)"):
         node_identity(config_to_dict(config_from_dict(data)), Node("partition-3", partition_id=3), None)
