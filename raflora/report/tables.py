@@ -126,11 +126,19 @@ def per_seed(diff: dict | None, digits: int) -> str:
     return ", ".join(f"{seed}: {value:+.{digits}f}" for seed, value in diff["per_seed"].items())
 
 
-def _signed(stat: dict | None, digits: int) -> str:
+def difference(stat: dict | None, digits: int) -> str:
+    """A paired difference: ``+0.0400 [+0.0100, +0.0700] p 0.25 level``: the mean, its 95 %
+    interval, the Wilcoxon p and the verdict (:mod:`raflora.report.significance`); the mean and
+    ``level`` alone for one seed."""
     if stat is None:
         return "-"
     text = f"{stat['mean']:+.{digits}f}"
-    return text + (f" ± {stat['std']:.{digits}f}" if stat["std"] is not None else "")
+    if stat.get("ci95") is not None:
+        low, high = stat["ci95"]
+        text += f" [{low:+.{digits}f}, {high:+.{digits}f}]"
+    if stat.get("wilcoxon_p") is not None and stat["n"] > 1:
+        text += f" p {stat['wilcoxon_p']:.2f}"
+    return text + f" {stat['verdict']}" if "verdict" in stat else text
 
 
 def paired_rows(report: dict) -> tuple[list[str], list[list[str]]]:
@@ -152,11 +160,11 @@ def paired_rows(report: dict) -> tuple[list[str], list[list[str]]]:
             [
                 f"{pair['reference']} - {pair['other']}",
                 "-" if final is None else f"{final['n']}",
-                _signed(final, 4),
+                difference(final, 4),
                 per_seed(final, 4),
-                _signed(pair["best_metric"], 4),
+                difference(pair["best_metric"], 4),
                 per_seed(pair["best_metric"], 4),
-                _signed(pair["rho_rmin_last"], 3),
+                difference(pair["rho_rmin_last"], 3),
                 per_seed(pair["rho_rmin_last"], 3),
             ]
         )
@@ -227,7 +235,9 @@ def intro(report: dict) -> str:
 SEEDS_NOTE = (
     "Runs whose configs differ only in run.seed form a group. Cells: mean ± sample standard "
     "deviation [min, max] over the seeds. Paired differences: the reference method minus the "
-    "other method of the same setting, seed by seed (positive: the reference is higher)."
+    "other method of the same setting, seed by seed (positive: the reference is higher): the mean, "
+    "its 95 % confidence interval (Student's t), the two-sided Wilcoxon signed-rank p and the verdict: "
+    "ahead or behind only where the interval excludes 0, level otherwise."
 )
 
 
