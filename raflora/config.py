@@ -149,6 +149,13 @@ class EvalConfig:
     batch_size: int = setting(64, "examples per evaluation batch")
     every: int = setting(1, "evaluate every N rounds; the last round is always evaluated")
     max_examples: int = setting(0, "> 0: a fixed seeded subsample of the test split")
+    validation: float = setting(
+        0.0,
+        "share of the training examples held out (seeded, before the partition) as the server's "
+        "validation set, in [0, 0.5]; > 0: every evaluated round is scored on it (val_<metric>, "
+        "val_loss; best-round choices read it) and the test split only after the last round; "
+        "0: the test split every evaluated round",
+    )
 
 
 @dataclass

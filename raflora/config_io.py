@@ -321,6 +321,8 @@ def validate(c: Config) -> None:
     _positive("eval.batch_size", c.eval.batch_size)
     _positive("eval.every", c.eval.every)
     _positive("eval.max_examples", c.eval.max_examples, zero_ok=True)
+    if not 0.0 <= c.eval.validation <= 0.5:
+        raise ConfigError(f"eval.validation must be in [0, 0.5], got {c.eval.validation!r}")
     _one_of("task.name", c.task.name, sorted(TASKS))
     for key, value in c.task.options.items():
         if key.endswith("_file") and isinstance(value, str) and not Path(value).expanduser().is_file():

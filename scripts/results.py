@@ -36,6 +36,7 @@ from raflora.report.significance import paired_inference  # noqa: E402
 from raflora.report.summary import build_report  # noqa: E402
 from raflora.report.sweep_table import attach_sweep, load_sweep, sweep_rows  # noqa: E402
 from raflora.report.tables import (  # noqa: E402
+    best,
     difference,
     energy_rows,
     markdown_table,
@@ -78,7 +79,7 @@ def group_table(report: dict) -> list[str]:
         "method",
         "seeds",
         f"final {metric}",
-        f"best {metric}",
+        best(report),
         "final rho_rmin",
         "bytes down / round",
         "bytes up / round",

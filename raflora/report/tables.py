@@ -29,6 +29,15 @@ def _at(point: dict | None, digits: int = 4) -> str:
     return "-" if point is None else f"{point['value']:.{digits}f} (r{point['round']})"
 
 
+def best(report: dict) -> str:
+    """The "best" columns' name: chosen on the validation set, on the test split (runs without
+    ``eval.validation``: test-selected, an optimistic number), or both kinds of runs mixed."""
+    metric = report["metric"]
+    return {"validation": f"best val {metric}", "mixed": f"best {metric} (val or test)"}.get(
+        report.get("best_on", "test"), f"best {metric}"
+    )
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -46,7 +55,7 @@ def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
         "method",
         "rounds",
         f"final {metric}",
-        f"best {metric}",
+        best(report),
         "final rho_rmin",
         "rho_rmin first -> last",
         "bytes up",
@@ -98,7 +107,7 @@ def group_rows(report: dict) -> tuple[list[str], list[list[str]]]:
         "method",
         "seeds",
         f"final {metric}",
-        f"best {metric}",
+        best(report),
         "final rho_rmin",
         "bytes up / run",
         "bytes down / run",
@@ -148,8 +157,8 @@ def paired_rows(report: dict) -> tuple[list[str], list[list[str]]]:
         "seeds",
         f"final {metric}",
         f"final {metric} per seed",
-        f"best {metric}",
-        f"best {metric} per seed",
+        best(report),
+        f"{best(report)} per seed",
         "final rho_rmin",
         "final rho_rmin per seed",
     ]

@@ -105,7 +105,7 @@ def test_fedsa_clients_keep_their_b_and_the_server_holds_none(tmp_path):
         turns,
         [],
         time.perf_counter(),
-        evaluate_clients=lambda: {c: {"accuracy": 0.5 + c / 10, "loss": 1.0} for c in turns},
+        evaluate_clients=lambda split: {c: {"accuracy": 0.5 + c / 10, "loss": 1.0} for c in turns},
     )
     assert not state.delta
     assert record["accuracy"] == pytest.approx(sum(0.5 + c / 10 for c in turns) / len(turns))

@@ -172,9 +172,16 @@ def read_train_reply(
 
 
 def evaluate_request(
-    round_: int, client: int, rank: int, packet: Packet, factor_dtype: torch.dtype, head: Mapping[str, Tensor]
+    round_: int,
+    client: int,
+    rank: int,
+    packet: Packet,
+    factor_dtype: torch.dtype,
+    head: Mapping[str, Tensor],
+    split: str = "test",
 ) -> RecordDict:
-    """Ask ``client`` to evaluate its own model: the new global part (``packet``) with its kept part."""
+    """Ask ``client`` to evaluate its own model: the new global part (``packet``) with its kept
+    part, on ``split`` (``"test"`` or ``"validation"``)."""
     return RecordDict(
         {
             "task": ConfigRecord(
@@ -183,12 +190,21 @@ def evaluate_request(
                     "client": client,
                     "rank": rank,
                     "factor-dtype": str(factor_dtype).removeprefix("torch."),
+                    "split": split,
                 }
             ),
             "down": _shapes_record(packet),
             "head": tensors_record(head),
         }
     )
+
+
+def evaluate_split(content: RecordDict) -> str:
+    """The split an evaluate request asks for (``"test"`` from servers before the key)."""
+    split = str(content["task"].get("split", "test"))
+    if split not in ("test", "validation"):
+        raise ReplyError(f"unknown evaluation split {split!r}")
+    return split
 
 
 def evaluate_reply(metrics: Mapping[str, float]) -> RecordDict:

@@ -116,7 +116,7 @@ class RafloraStrategy(Strategy):
                 f"round {r['round']}: no client replied, the global model is unchanged "
                 f"({'; '.join(refused[c] for c in sorted(refused))})"
             )
-        evaluate = (lambda: self.evaluate_clients(sorted(turns))) if setup.method.private else None
+        evaluate = (lambda split: self.evaluate_clients(sorted(turns), split)) if setup.method.private else None
         record = close_round(
             setup,
             self.state,
@@ -132,8 +132,9 @@ class RafloraStrategy(Strategy):
         record_round(setup, self.state, record, self.say)
         return None, round_metrics(record, setup.task.metric)
 
-    def evaluate_clients(self, clients: list[int]) -> dict[int, dict[str, float]]:
-        """Each client's evaluation of its own model (the new global part with what it kept)."""
+    def evaluate_clients(self, clients: list[int], split: str = "test") -> dict[int, dict[str, float]]:
+        """Each client's evaluation of its own model (the new global part with what it kept) on
+        ``split`` (``"test"``, or ``"validation"``: eval.validation's hold-out)."""
         setup, state = self.setup, self.state
         messages = {}
         for client in clients:
@@ -141,7 +142,7 @@ class RafloraStrategy(Strategy):
             start = state.starts[rank]
             packet = pack(start, setup.config.federation.transport_dtype, setup.method.uploads)
             dtype = next(iter(start.values())).A.dtype
-            content = evaluate_request(state.round + 1, client, rank, packet, dtype, state.head)
+            content = evaluate_request(state.round + 1, client, rank, packet, dtype, state.head, split)
             messages[client] = Message(
                 self.roster.stamp(content),
                 dst_node_id=self.roster.node(client),
