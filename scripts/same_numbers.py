@@ -18,7 +18,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-METHODS = ("fedit", "zero_pad", "hetlora", "replication", "ffa", "fedsa", "flora", "flexlora", "florist", "raflora")
+METHODS = (
+    "fedit",
+    "zero_pad",
+    "hetlora",
+    "replication",
+    "ffa",
+    "fedsa",
+    "flora",
+    "flexlora",
+    "florist",
+    "raflora",
+    "carryover",
+    "rb_lora",
+    "lora_fair",
+)
 
 
 def _sha(data: bytes) -> str:
