@@ -26,7 +26,9 @@ from raflora.config import Config, ConfigError
 ConfigSource = Config | str | os.PathLike | Mapping[str, Any]
 
 
-def load(config: ConfigSource, overrides: Mapping[str, Any] | None = None, *, out: str | os.PathLike | None = None):
+def load(
+    config: ConfigSource, overrides: Mapping[str, Any] | None = None, *, out: str | os.PathLike | None = None
+) -> Config:
     """The checked :class:`Config` of ``config`` (a Config, a TOML file or a nested dict) with
     ``overrides`` (dotted keys) and ``out`` (``run.out``, the run folder) applied."""
     from raflora.config_io import apply_overrides, config_from_dict, config_to_dict, load_config

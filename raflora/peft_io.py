@@ -62,6 +62,8 @@ def update_from_peft(
     elif isinstance(source, (str, os.PathLike)):
         _only_for_state_dicts(config, scale, "an adapter folder")
         folder = Path(source)
+        if not folder.is_dir():
+            raise ValueError(f"adapter folder {str(folder)!r} does not exist")
         factors = _dict_factors(_read_weights(folder), read_config(folder), None, adapter)
     elif isinstance(source, Mapping):
         if (config is None) == (scale is None):

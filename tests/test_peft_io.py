@@ -112,6 +112,8 @@ def test_bad_sources_are_refused_with_one_line():
         update_from_peft(broken, 0, 1, scale=1.0)
     with pytest.raises(ValueError, match="DoRA"):
         update_from_peft(peft_client(2, seed=0, use_dora=True), 0, 1)
+    with pytest.raises(ValueError, match="adapter folder 'nowhere' does not exist"):
+        update_from_peft("nowhere", 0, 1)
     with pytest.raises(ValueError, match="no LoRA factors"):
         update_from_peft({"lm_head.weight": torch.zeros(2, 2)}, 0, 1, scale=1.0)
 
