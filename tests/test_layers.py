@@ -12,9 +12,9 @@ LAYERS = [
     ("lora", "wire"),
     ("aggregation",),
     ("config", "ranks", "partition", "simulate"),
-    ("tasks", "client", "config_io", "config_doc", "hf_auto"),
+    ("tasks", "client", "config_io", "config_doc", "hf_auto", "peft_io"),
     ("federation",),
-    ("runtimes", "compare", "sweep", "report"),
+    ("runtimes", "compare", "sweep", "report", "api"),
     ("cli", "cli_output", "__main__", "__init__"),
 ]
 LAYER = {name: k for k, names in enumerate(LAYERS) for name in names}
