@@ -18,7 +18,7 @@ from raflora import ClientUpdate, LoRAFactors, init_a
 
 F64 = torch.float64
 TRUNCATION = ("fedit", "zero_pad", "hetlora", "replication", "ffa", "lora_fair")
-SVD = ("flexlora", "raflora", "rb_lora")
+SVD = ("flexlora", "raflora", "rb_lora", "consensus")
 MERGE = ("flora", "florist")
 METHODS = TRUNCATION + SVD + MERGE + ("fedsa",)
 # Each dtype's error budget from the issue: norm(diff) / norm(reference).
@@ -171,6 +171,43 @@ def ref_raflora(updates, module: str, levels=None) -> Tensor:
     return delta
 
 
+def ref_consensus(updates, module: str, strength: float = 1.0, lone: str = "borrow") -> tuple[Tensor, list[float]]:
+    """``(delta, [lambda_k])``: each partition's pieces ``D_ik`` formed densely, their weighted mean
+    ``M_k`` and spread ``V_k = E_k - ||M_k||^2``, agreement ``lambda_k = (1 - d) / ((1 - d) + d / n_k)``
+    with ``d = V_k / E_k`` (a lone client's partition borrows the one below, or gets 0), and
+    ``delta = sum_k sum_i p_i (P_k + (1 - P_k) lambda_k) / P_k D_ik``."""
+    weights = p(updates)
+    ranks = [u.factors[module].rank for u in updates]
+    m, n = update_shape(updates[0], module)
+    delta = torch.zeros((m, n), dtype=F64)
+    lambdas, low, d_below = [], 0, 0.0
+    for level in sorted(set(ranks)):
+        members = [(u, w) for u, w, r in zip(updates, weights, ranks) if r >= level]
+        reach = sum(w for _, w in members)
+        pieces = []
+        for u, w in members:
+            a, b, s = factors64(u, module)
+            pieces.append((w, s * (b[:, low:level] @ a[low:level])))
+        energy = sum(w / reach * float(torch.sum(D * D)) for w, D in pieces)
+        mean = sum(w / reach * D for w, D in pieces)
+        if len(members) == 1 and lone == "flexlora":
+            lam = 0.0
+        else:
+            if len(members) >= 2 and energy > 0:
+                d = min(max((energy - float(torch.sum(mean * mean))) / energy, 0.0), 1.0)
+            else:
+                d = d_below
+            count = reach**2 / sum(w * w for _, w in members)
+            lam = (1 - d) / ((1 - d) + d / count)
+            d_below = d
+        lam *= strength
+        lambdas.append(lam)
+        for w, D in pieces:
+            delta += w * (reach + (1 - reach) * lam) / reach * D
+        low = level
+    return delta, lambdas
+
+
 def ref_florist(updates, module: str, tau: float) -> Tensor:
     """Dense SVD of the FedAvg product sum, cut at the smallest rank whose energy reaches tau."""
     dense = product_sum(updates, module, p(updates))
@@ -242,6 +279,8 @@ def ref_delta(method: str, updates, module: str, seed: int = 0, **options) -> Te
         return product_sum(updates, module, p(updates))
     if method == "raflora":
         return ref_raflora(updates, module, options.get("rank_levels"))
+    if method == "consensus":
+        return ref_consensus(updates, module, **options)[0]
     if method == "florist":
         return ref_florist(updates, module, options.get("tau", 0.9))
     if method == "fedsa":
