@@ -6,6 +6,7 @@ import torch
 
 from raflora import ClientUpdate, LoRAFactors, aggregate
 from raflora.aggregation.consensus import partition_agreement
+from raflora.simulate import simulate_collapse
 
 from .checks import DTYPES, check_delta, check_svd_hand_back, check_svd_hand_back_stays_trainable, random_ranks
 from .reference import F64, assert_close, p, random_updates, ref_consensus, ref_raflora
@@ -143,3 +144,10 @@ def test_missing_directions_come_back_trainable():
 def test_bad_options_raise(options, named):
     with pytest.raises(ValueError, match=f"consensus: {named}"):
         aggregate("consensus", random_updates(0, [2, 4]), **options)
+
+
+def test_rho_rmin_does_not_collapse_in_the_no_training_loop():
+    flex = simulate_collapse("flexlora", [2, 4, 8, 16], rounds=20)
+    ours = simulate_collapse("consensus", [2, 4, 8, 16], rounds=20)
+    assert flex.rho[-1] > 0.95, "flexlora collapses"
+    assert ours.rho[-1] < flex.rho[0] + 0.1, "consensus keeps the start's spread"
