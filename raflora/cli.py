@@ -232,7 +232,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     options = _comparison_args(args)
     with progress_bars(not args.quiet):
-        folder, report = compare(args.config, options.pop("methods"), args.out, **options)
+        folder, report = compare(args.config, options.pop("methods"), args.out, tuned=args.tuned, **options)
     _print_summary(report, folder)
     return 0
 
@@ -428,6 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
         "before the first run.",
     )
     _comparison_options(cmp, "comparison folder (default runs/<run.name>-compare)")
+    cmp.add_argument(
+        "--tuned",
+        metavar="SWEEP_DIR",
+        help="run each method at its own point of this sweep (e.g. --grid train.lr=...), the one "
+        "with the best mean validation metric after the last round (the sweep must have run with "
+        "eval.validation > 0); the choices go to OUT/tuned.json and the report pairs the methods "
+        "across the keys they chose",
+    )
     cmp.set_defaults(func=cmd_compare)
 
     swp = sub.add_parser(
