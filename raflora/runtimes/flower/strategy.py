@@ -61,7 +61,7 @@ class RafloraStrategy(Strategy):
     ) -> Iterable[Message]:
         setup, state = self.setup, self.state
         self.grid = grid  # the methods without a global model ask their clients to evaluate (aggregate_train)
-        self.admit(self.roster.refresh(grid))
+        self.admit(self.roster.refresh(grid, retry=True))
         round_ = state.round + 1  # server_round restarts at 1 when a run is resumed
         sampled = setup.sample_clients(round_)
         dropped = dropped_clients(setup, round_, sampled)  # simulated failures: never asked

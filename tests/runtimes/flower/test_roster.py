@@ -38,7 +38,9 @@ def serve_declared(monkeypatch):
     from raflora.runtimes.flower.client_app import app
     from raflora.runtimes.flower.server_app import serve
 
-    def run(data: dict, node_configs: list[dict], tamper=None, nodes: int = 0, grid_hook=None, stop_after=None):
+    def run(
+        data: dict, node_configs: list[dict], tamper=None, nodes: int = 0, grid_hook=None, stop_after=None, **options
+    ):
         config = config_from_dict(data)
         prepare_folder(config, Path(config.out), False, False)
         # the nodes' run config names no config file: each message carries the server's config
@@ -46,7 +48,9 @@ def serve_declared(monkeypatch):
         if grid_hook is not None:
             grid_hook(grid)
         lines: list[str] = []
-        metrics = serve(grid, config, log=lines.append, nodes=nodes, wait_s=2.0, stop_after=stop_after)
+        metrics = serve(
+            grid, config, log=lines.append, nodes=nodes, wait_s=2.0, stop_after=stop_after, declared=True, **options
+        )
         return metrics, lines, grid
 
     return run
@@ -228,6 +232,7 @@ def test_a_restarted_server_resumes_a_declared_run(tmp_path, files, serve_declar
         config,
         resume=True,
         wait_s=5.0,
+        declared=True,
         check_folder=lambda final: prepare_folder(final, Path(final.out), True, False),
     )
     strip = lambda ms: [{k: v for k, v in m.items() if k != "seconds"} for m in ms]  # noqa: E731
@@ -243,6 +248,7 @@ def test_a_restarted_server_resumes_a_declared_run(tmp_path, files, serve_declar
             resume=True,
             wait_s=5.0,
             nodes=2,
+            declared=True,
             check_folder=lambda final: prepare_folder(final, Path(final.out), True, False),
         )
 
