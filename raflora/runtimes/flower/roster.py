@@ -15,10 +15,10 @@ Two kinds of federation; which one is the server's configuration (``declared``),
 A node of the other kind is refused.
 
 A client id (a non-empty string) belongs to the node that first declared it (``owners``, kept in
-the run folder's :data:`OWNERS_FILE`, so it holds across a resume). Another node declaring it is
-refused while that node is connected; with node authentication (``node_auth``: a node id is a
-registered key, the same after a restart) always. Without it, a node that comes back under a new
-node id gets its client back once its old node id is gone.
+the run folder's :data:`OWNERS_FILE`). Another node declaring it is refused while that node is
+connected; with node authentication (``node_auth``: a node id is a registered key, the same after
+a restart) always, also after a resume (the file is read back). Without it, a node that comes back
+under a new node id gets its client back once its old node id is gone.
 """
 
 from __future__ import annotations
