@@ -166,6 +166,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from raflora.config import config_schema
+
+    print(json.dumps(config_schema(), indent=2))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     return _run(DEMO_CONFIG, out="runs/demo", overwrite=True, quiet=args.quiet)
 
@@ -494,6 +503,15 @@ def build_parser() -> argparse.ArgumentParser:
         "method of the same setting, seed by seed (default: the method of the first run)",
     )
     rep.set_defaults(func=cmd_report)
+
+    schema = sub.add_parser(
+        "schema",
+        parents=[common],
+        help="print the config file's JSON Schema (for editors that complete and check TOML keys)",
+        description="Print the JSON Schema of a raflora config file: every section and key with its "
+        "type, bounds, default and help, [federation.method] and [task] by name (docs/usage.md).",
+    )
+    schema.set_defaults(func=cmd_schema)
     return parser
 
 
