@@ -76,7 +76,7 @@ TaskUnion = Annotated[reduce(operator.or_, TASK_MODELS.values()), Field(discrimi
 
 def refusal(text: str) -> PydanticCustomError:
     """A validation error whose text follows the key's dotted path as it stands (one line)."""
-    return PydanticCustomError("raflora", "{text}", {"text": text})
+    return PydanticCustomError("raflora_check", "{text}", {"text": text})
 
 
 def _unknown_name(value: str, known) -> PydanticCustomError:

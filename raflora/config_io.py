@@ -53,9 +53,12 @@ def unreached_rule(data: Mapping[str, Any]) -> str:
     method = {"name": method} if isinstance(method, str) else method
     if "empty_partition" in federation:  # written while it was a federation key
         return federation["empty_partition"]
-    if method.get("name") == "carryover":
-        return "keep"
-    return method.get("empty_partition", EMPTY_PARTITION_BEFORE_KEY)
+    options = {k: v for k, v in method.items() if k != "name"}
+    try:
+        wants = AGGREGATORS[method.get("name", "raflora")](**options).wants_previous
+    except (KeyError, TypeError, ValueError):  # a folder this version cannot read: the pre-key rule
+        return EMPTY_PARTITION_BEFORE_KEY
+    return "keep" if wants else "drop"
 
 
 def _legacy_federation(table: Mapping[str, Any]) -> dict[str, Any]:
@@ -82,20 +85,14 @@ def _legacy_empty_partition(federation: dict[str, Any], where: str) -> dict[str,
     rule = federation.pop("empty_partition")
     method = federation.get("method", "raflora")
     method = {"name": method} if isinstance(method, str) else dict(method)
-    name = method.get("name", "raflora")
-    if name == "raflora":
-        method.setdefault("empty_partition", rule)
-        read = f'raflora with federation.method.empty_partition = "{rule}"'
-    elif name == "carryover" and rule == "drop":
-        method = {"name": "flexlora"}
-        read = "flexlora, which carryover ran as without the previous global update"
-    elif rule == "keep" and name != "carryover":
-        raise ConfigError(
-            f'{where}: federation.empty_partition = "keep" with method {name} ran a rule that is now '
-            "raflora's alone (federation.method.empty_partition); this version cannot rerun it"
-        )
-    else:
-        read = f"{name}, whose own rule it was"
+    name = method.pop("name", "raflora")
+    if name not in AGGREGATORS:
+        raise ConfigError(f"{where}: federation.method = {name!r} is not known; choose one of {', '.join(AGGREGATORS)}")
+    try:
+        name, options, read = AGGREGATORS[name].read_legacy_rule(rule, method)
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    method = {"name": name, **options}
     if where not in _noticed:
         _noticed.add(where)
         log.warning(
@@ -137,7 +134,8 @@ def _moved_keys(data: Mapping[str, Any]) -> None:
     if "empty_partition" in federation:
         method = federation.get("method", "raflora")
         name = method if isinstance(method, str) else method.get("name") if isinstance(method, Mapping) else None
-        if name == "raflora":
+        owner = AGGREGATORS.get(name) if isinstance(name, str) else None
+        if owner is not None and "empty_partition" in owner.option_names():
             raise ConfigError(
                 "federation.empty_partition is now raflora's option: write federation.method.empty_partition "
                 f'= {federation["empty_partition"]!r} (under [federation.method], name = "raflora")'
@@ -281,7 +279,7 @@ def one_line(err: ValidationError) -> ConfigError:
     kind, value, ctx = e["type"], e.get("input"), e.get("ctx") or {}
     where, model = _dotted(e["loc"])
     section, _, key = where.rpartition(".")
-    if kind == "raflora":
+    if kind == "raflora_check":
         return ConfigError(f"{where} {ctx['text']}")
     if kind == "extra_forbidden":
         if not section:

@@ -14,7 +14,7 @@ LAYERS = [
     ("config", "option_models", "ranks", "partition", "simulate", "tasks", "hf_auto"),
     ("client", "config_io", "config_doc", "peft_io"),
     ("federation",),
-    ("runtimes", "compare", "sweep", "report", "api"),
+    ("runtimes", "compare", "sweep", "tuning", "report", "api"),
     ("cli", "cli_output", "__main__", "__init__"),
 ]
 LAYER = {name: k for k, names in enumerate(LAYERS) for name in names}

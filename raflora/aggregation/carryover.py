@@ -54,6 +54,12 @@ class Carryover(Method):
     name: ClassVar[str] = "carryover"
     result_type: ClassVar[type] = SVDResult
 
+    @classmethod
+    def read_legacy_rule(cls, rule, options):
+        if rule == "drop":  # the round never passed it the previous update: it ran as FlexLoRA
+            return "flexlora", {}, "flexlora, which carryover ran as without the previous global update"
+        return cls.name, dict(options), f"{cls.name}, whose own rule it was"
+
     @property
     def wants_previous(self) -> bool:
         return True  # always: the method is built on the previous global update

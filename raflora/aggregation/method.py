@@ -202,6 +202,19 @@ class Method:
                 }
             )
 
+    @classmethod
+    def read_legacy_rule(cls, rule: str, options: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
+        """How a run folder written while ``federation.empty_partition`` was a federation key reads
+        today: ``(method name, options, what it is read as)``, the rule its code ran; ValueError
+        when this version cannot rerun it. Default: ``drop`` was every method's own rule, ``keep``
+        is now raflora's alone."""
+        if rule != "drop":
+            raise ValueError(
+                f'federation.empty_partition = "{rule}" with method {cls.name} ran a rule that is now '
+                "raflora's alone (federation.method.empty_partition); this version cannot rerun it"
+            )
+        return cls.name, dict(options), f"{cls.name}, whose own rule it was"
+
     @property
     def wants_previous(self) -> bool:
         """Whether :meth:`carry` reads the previous round's global update; the runtimes pass it

@@ -128,6 +128,11 @@ class RaFLoRA(Method):
     def bind(self, client_ranks, num_sampled):
         return replace(self, rank_levels=sorted(set(self.rank_levels) | set(client_ranks)))
 
+    @classmethod
+    def read_legacy_rule(cls, rule, options):
+        options = {"empty_partition": rule, **options}
+        return cls.name, options, f'raflora with federation.method.empty_partition = "{options["empty_partition"]}"'
+
     @property
     def wants_previous(self) -> bool:
         return self.empty_partition == "keep"
