@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from raflora.config_io import EMPTY_PARTITION_BEFORE_KEY  # noqa: E402
+from raflora.config_io import unreached_rule  # noqa: E402
 from raflora.lora import partition_order  # noqa: E402
 from raflora.report import load_runs  # noqa: E402
 from raflora.report.groups import stats  # noqa: E402
@@ -348,9 +348,7 @@ def headline_rows(folder: Path, runs: dict, report: dict) -> list[list[str]]:
     for ref, pairs in by_reference.items():
         worst = min(pairs, key=lambda p: p["final_metric"]["mean"])
         flexlora = [p for p in pairs if report_method(report, p["other"]) == "flexlora"]
-        # a run folder from before the key existed: config_io's legacy rule
-        federation = runs[groups[ref]["runs"][0]].config.get("federation", {})
-        rule = federation.get("empty_partition", EMPTY_PARTITION_BEFORE_KEY)
+        rule = unreached_rule(runs[groups[ref]["runs"][0]].config)
         rows.append(
             [
                 title,

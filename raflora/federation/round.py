@@ -187,8 +187,8 @@ def close_round(
     global model: ``evaluate_clients(split)`` returns each client's own evaluation (personalised
     models) on ``"validation"`` or ``"test"``.
     ``dropped``: the sampled clients that failed (``federation.dropout``), listed in the metrics.
-    With ``federation.empty_partition = "keep"`` the previous global update goes into the
-    aggregation, which keeps its components that no client of this round reaches."""
+    A method that asks for the previous global update (``Method.wants_previous``: carryover, raflora
+    with ``empty_partition = "keep"``) gets it; what it keeps of it is the method's own rule."""
     config = setup.config
     updates, heads, losses, diverged = [], {}, {}, []
     bytes_up = 0
@@ -212,7 +212,6 @@ def close_round(
         "diverged": diverged,
     }
     rejected = list(refused)
-    keep = config.federation.empty_partition == "keep"  # the previous update fills unreached partitions
     try:
         # workers: the modules are factorized side by side on run.threads threads (bit-identical
         # to one thread at a time, see raflora.aggregation.workers)
@@ -223,7 +222,7 @@ def close_round(
             seed=config.run.seed,
             workers=config.run.threads,
             max_norm_ratio=config.federation.max_norm_ratio,
-            previous=state.delta if keep else None,
+            previous=state.delta if setup.method.wants_previous else None,
             top_rank=max(setup.levels),
         )
     except NoValidUpdates as err:

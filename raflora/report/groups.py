@@ -89,10 +89,11 @@ def _energy_rounds(members: list[dict]) -> list[dict]:
 
 
 def build_groups(
-    summaries: Sequence[dict], flats: Sequence[dict[str, Any]], metric: str
+    summaries: Sequence[dict], flats: Sequence[dict[str, Any]], metric: str, per_method: Sequence[str] = ()
 ) -> tuple[list[dict], list[str]]:
     """One group per setting, in the order of its first run, and each group's setting for pairing
-    (its config without the method, the method's options, the seed and the folder); ``summaries``
+    (its config without the method, the method's options, the seed and the folder, and the keys
+    ``per_method`` that each method chose for itself, e.g. a tuned ``train.lr``); ``summaries``
     are the per-run numbers (:func:`raflora.report.summary.summarize_run`), ``flats`` the runs'
     flat configs."""
     order: dict[str, list[int]] = {}
@@ -114,7 +115,9 @@ def build_groups(
             "seeds": seeds,
             "r_min": members[0]["r_min"],
         }
-        pair_settings.append(_setting(flats[indices[0]], lambda key: key in PER_RUN_KEYS or follows_method(key)))
+        pair_settings.append(
+            _setting(flats[indices[0]], lambda key: key in PER_RUN_KEYS or follows_method(key) or key in per_method)
+        )
         group.update({field: stats([_value(m, field) for m in members]) for field in STAT_FIELDS})
         for field in ("bytes_up", "bytes_down", "seconds"):
             group[field] = stats([m[field] for m in members])

@@ -125,20 +125,25 @@ def differences(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
     }
 
 
-def build_report(runs: Sequence[Run], reference: str | None = None) -> dict[str, Any]:
+def build_report(runs: Sequence[Run], reference: str | None = None, tuned: dict | None = None) -> dict[str, Any]:
     """Everything report.json holds (the tables and plots are drawn from the same numbers).
 
     ``groups`` are the runs of one setting over seeds (:mod:`.groups`), ``paired`` the differences
     ``reference`` method minus each other method of the same setting, seed by seed; the reference is
     by default the method of the first run. ReportError when no run has the reference method.
+    ``tuned``: a comparison's per-method choices (:mod:`raflora.tuning`); the keys they set are
+    the methods' own, so methods are paired across them.
     """
+    from raflora.report.tuned import tuned_keys
+
     first = runs[0]
     summaries = [summarize_run(run) for run in runs]
     reference = reference or summaries[0]["method"]
     if reference not in {s["method"] for s in summaries}:
         methods = ", ".join(dict.fromkeys(s["method"] for s in summaries))
         raise ReportError(f"--reference {reference!r}: no run of that method; the runs are of {methods}")
-    groups, pair_settings = build_groups(summaries, [_flat(run.config) for run in runs], first.metric)
+    per_method = tuned_keys(tuned or {})
+    groups, pair_settings = build_groups(summaries, [_flat(run.config) for run in runs], first.metric, per_method)
     return {
         "task": first.task,
         "metric": first.metric,
@@ -152,4 +157,5 @@ def build_report(runs: Sequence[Run], reference: str | None = None) -> dict[str,
         "runs": summaries,
         "groups": groups,
         "paired": paired_differences(groups, pair_settings, summaries, reference),
+        "tuned": dict(tuned or {}),
     }

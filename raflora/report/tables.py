@@ -250,9 +250,23 @@ SEEDS_NOTE = (
 )
 
 
+def tuned_lines(report: dict) -> list[str]:
+    """One line per method of a comparison run at its own settings (``compare --tuned``)."""
+    lines = []
+    for method, choice in report["tuned"].items():
+        settings = ", ".join(f"{k} = {v!r}" for k, v in choice["settings"].items())
+        scores = ", ".join(f"{p}: {v:.4f}" for p, v in choice["validation"].items())
+        lines.append(
+            f"- {method}: {settings} ({choice['point']} of {choice['sweep']}; mean validation metric {scores})"
+        )
+    return lines
+
+
 def report_markdown(report: dict, plots: Sequence[str] = ()) -> str:
     lines = [f"# Report: {len(report['runs'])} run(s) of task {report['task']}", "", intro(report), ""]
     lines += summary_table(report) + [""]
+    if report.get("tuned"):
+        lines += ["## Each method's own settings, chosen on validation", ""] + tuned_lines(report) + [""]
     if has_seeds(report):
         lines += ["## Over seeds", "", SEEDS_NOTE, ""] + markdown_table(*group_rows(report)) + [""]
         if report["paired"]:

@@ -45,7 +45,8 @@ def _differences(a: dict, b: dict) -> list[str]:
     return out
 
 
-RUN_FILES = ("metrics.jsonl", "checkpoints", "adapter", "config.toml", PROVENANCE_FILE)
+# flower_nodes.json: which node owns each client id (runtimes.flower.roster.OWNERS_FILE)
+RUN_FILES = ("metrics.jsonl", "checkpoints", "adapter", "config.toml", PROVENANCE_FILE, "flower_nodes.json")
 REPLACED = ".replaced"  # the old run's files while --overwrite replaces them with a new run
 
 

@@ -75,7 +75,13 @@ def test_without_validation_nothing_changes_in_the_records(tmp_path):
     assert build_report(load_runs([tmp_path / "run"]))["best_on"] == "test"
 
 
-@pytest.mark.parametrize("share", [-0.1, 0.6])
-def test_a_validation_share_out_of_range_is_one_config_line(tmp_path, share):
-    with pytest.raises(ConfigError, match=r"eval\.validation must be in \[0, 0\.5\]"):
+@pytest.mark.parametrize(
+    "share, message",
+    [
+        (-0.1, r"eval\.validation must be in \[0, 0\.5\]"),
+        (0.6, r"eval\.validation = 0\.6 is out of range; it must be at most 0\.5"),
+    ],
+)
+def test_a_validation_share_out_of_range_is_one_config_line(tmp_path, share, message):
+    with pytest.raises(ConfigError, match=message):
         config_from_dict(small_config(tmp_path, eval={"validation": share}))
