@@ -171,40 +171,52 @@ def ref_raflora(updates, module: str, levels=None) -> Tensor:
     return delta
 
 
-def ref_consensus(updates, module: str, strength: float = 1.0, lone: str = "borrow") -> tuple[Tensor, list[float]]:
-    """``(delta, [lambda_k])``: each partition's pieces ``D_ik`` formed densely, their weighted mean
-    ``M_k`` and spread ``V_k = E_k - ||M_k||^2``, agreement ``lambda_k = (1 - d) / ((1 - d) + d / n_k)``
-    with ``d = V_k / E_k`` (a lone client's partition borrows the one below, or gets 0), and
-    ``delta = sum_k sum_i p_i (P_k + (1 - P_k) lambda_k) / P_k D_ik``."""
+def ref_consensus(
+    updates, module: str, strength: float = 1.0, lone: str = "carryover", previous: Tensor | None = None, top=None
+) -> tuple[Tensor, list[float]]:
+    """``(delta, [lambda_k])``: the previous update's top ``top`` directions from its dense SVD
+    (none: 0), each partition's start ``start_k``, uploads ``U_ik`` and changes ``C_ik = U_ik -
+    start_k`` formed densely; mean ``M_k``, spread ``V_k = sum q_i ||C_ik - M_k||^2``, effective count
+    ``n_k``, ``lambda_k = max(0, 1 - V_k / ((n_k - 1) ||M_k||^2))`` (a lone client's partition: 0, or
+    the one below's with ``lone = "borrow"``), and ``delta = sum_k [(1 - c_k) start_k + sum_i
+    (p_i c_k / P_k) U_ik] + the directions beyond the largest rank``, ``c_k = P_k + (1 - P_k) lambda_k``."""
     weights = p(updates)
     ranks = [u.factors[module].rank for u in updates]
     m, n = update_shape(updates[0], module)
-    delta = torch.zeros((m, n), dtype=F64)
-    lambdas, low, d_below = [], 0, 0.0
-    for level in sorted(set(ranks)):
+    levels = sorted(set(ranks))
+    directions = []  # sigma_j u_j v_j^T, j = 1 .. top
+    if previous is not None:
+        U, S, Vh = torch.linalg.svd(previous.to(F64), full_matrices=False)
+        top = levels[-1] if top is None else top
+        directions = [S[j] * torch.outer(U[:, j], Vh[j]) for j in range(min(top, S.shape[0]))]
+
+    def start(low, high):
+        return sum(directions[low:high], torch.zeros((m, n), dtype=F64))
+
+    delta = start(levels[-1], len(directions))
+    lambdas, low, below = [], 0, 0.0
+    for level in levels:
         members = [(u, w) for u, w, r in zip(updates, weights, ranks) if r >= level]
         reach = sum(w for _, w in members)
-        pieces = []
+        begin = start(low, level)
+        uploads = []
         for u, w in members:
             a, b, s = factors64(u, module)
-            pieces.append((w, s * (b[:, low:level] @ a[low:level])))
-        energy = sum(w / reach * float(torch.sum(D * D)) for w, D in pieces)
-        mean = sum(w / reach * D for w, D in pieces)
-        if len(members) == 1 and lone == "flexlora":
-            lam = 0.0
+            uploads.append((w, s * (b[:, low:level] @ a[low:level])))
+        if len(members) >= 2:
+            changes = [(w / reach, D - begin) for w, D in uploads]
+            mean = sum(q * C for q, C in changes)
+            spread = sum(q * float(torch.sum((C - mean) ** 2)) for q, C in changes)
+            count = reach**2 / sum(w * w for w, _ in uploads)
+            size = float(torch.sum(mean * mean))
+            raw = max(0.0, 1.0 - spread / ((count - 1.0) * size)) if size > 0 else 0.0
         else:
-            if len(members) >= 2 and energy > 0:
-                d = min(max((energy - float(torch.sum(mean * mean))) / energy, 0.0), 1.0)
-            else:
-                d = d_below
-            count = reach**2 / sum(w * w for _, w in members)
-            lam = (1 - d) / ((1 - d) + d / count)
-            d_below = d
-        lam *= strength
+            raw = below if lone == "borrow" else 0.0
+        lam = strength * raw
         lambdas.append(lam)
-        for w, D in pieces:
-            delta += w * (reach + (1 - reach) * lam) / reach * D
-        low = level
+        c = reach + (1 - reach) * lam
+        delta += (1 - c) * begin + sum(w * c / reach * D for w, D in uploads)
+        low, below = level, raw
     return delta, lambdas
 
 
