@@ -253,13 +253,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from raflora.report import load_runs, write_report
-    from raflora.report.destination import clear_target, report_folder
+    from raflora.report import load_runs
+    from raflora.report.destination import check_target, report_folder, write_report_folder
 
     folder = Path(args.out) if args.out else report_folder(args.runs)
     load_runs(args.runs)  # runs that cannot be reported leave an old report in place
-    clear_target(folder, args.overwrite)
-    _print_summary(write_report(args.runs, folder, reference=args.reference), folder)
+    check_target(folder, args.overwrite)
+    _print_summary(write_report_folder(args.runs, folder, reference=args.reference), folder)
     return 0
 
 
@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace an earlier export in OUT (only the files it wrote, listed in OUT/raflora-export.json); "
+        help="replace an earlier export in OUT (only the files it wrote, listed in OUT/raflora-files.json); "
         "without it OUT must be new or empty. Files raflora did not write are never replaced",
     )
     export.set_defaults(func=cmd_export)

@@ -185,7 +185,7 @@ def run_and_report(
     (per-method choices) to ``folder/tuned.json``."""
     import json
 
-    from raflora.report import write_report
+    from raflora.report.destination import write_report_folder
     from raflora.report.tuned import TUNED_FILE
     from raflora.runtimes import check_runtime, run
 
@@ -203,7 +203,7 @@ def run_and_report(
         say(f"{'sweep' if sweep else 'compare'}: run {k}/{len(configs)}: {name}")
         run(config, overwrite=overwrite, log=log, progress=progress)  # run.runtime: embedded or flower
     report_folder = folder / "report"
-    return report_folder, write_report(
+    return report_folder, write_report_folder(
         [Path(c.out) for c in configs.values()],
         report_folder,
         reference=reference,

@@ -2,7 +2,7 @@
 
 An export (``raflora export``, and a run's own ``adapter/``) is written into ``OUT/.raflora-staging/``
 first; only when it is complete are its files moved into ``OUT`` and listed in
-``OUT/raflora-export.json``. What the export writes is therefore whatever the writer put in the
+``OUT/raflora-files.json``. What the export writes is therefore whatever the writer put in the
 staging folder (PEFT's files, a tokenizer's, the model card): that record is the one list of it.
 
 - ``OUT`` absent or empty: written.
@@ -26,7 +26,7 @@ from raflora.config import ConfigError
 from raflora.federation.run_files import replace_file
 from raflora.folder_lock import LOCK
 
-RECORD = "raflora-export.json"
+RECORD = "raflora-files.json"
 STAGING = ".raflora-staging"
 RECORD_FORMAT = 1
 
