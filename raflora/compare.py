@@ -121,8 +121,13 @@ def method_configs(
 
 
 def check_folders(configs: Mapping[str, Config], overwrite: bool) -> None:
+    from raflora.federation.run_files import refuse_links
+    from raflora.runtimes.folder import refuse_foreign
+
     for config in configs.values():
         out = Path(config.out)
+        refuse_links(out)
+        refuse_foreign(out)  # a user's config.toml where a run goes: refused before the first run
         if not overwrite and ((out / "metrics.jsonl").exists() or (out / "checkpoints").exists()):
             raise ConfigError(f"{str(out)!r} already holds a run; pass --overwrite to replace the comparison")
 

@@ -66,16 +66,17 @@ def write_adapter(
     *,
     task=None,
     replace: bool | None = None,
+    legacy: bool = False,
 ) -> None:
     """The PEFT adapter folder of the run's global model, with its model card (``task`` names the
     metric; without it the card takes the metric from the records). With ``replace`` (True or
     False: the export's ``--overwrite``) the files go through :func:`write_export` (staged, recorded,
-    an earlier export replaced only when True); None writes straight into ``folder``."""
+    an earlier export replaced only when True; ``legacy``: a folder without a record is raflora's,
+    as a run's own ``adapter/`` from before records existed); None writes straight into ``folder``."""
     folder = Path(folder)
     if replace is None:
         _adapter_files(model, base0, state, rank, scale, folder, folder, task)
         return
-    legacy = replace  # the run's own adapter/ (replace=True) from before records existed is raflora's
 
     def write(staging: Path) -> None:
         _adapter_files(model, base0, state, rank, scale, staging, folder, task)

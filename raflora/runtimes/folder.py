@@ -228,6 +228,7 @@ def finish_run(
         out / ADAPTER,
         task=setup.task,
         replace=True,  # the run's own adapter: an earlier one (a resumed run's) is replaced, other files stay
+        legacy=True,
     )
     metric = setup.task.metric
     last = next((m for m in reversed(state.metrics) if m.get(metric) is not None), None)
