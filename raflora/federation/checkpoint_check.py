@@ -57,8 +57,11 @@ def state_problem(
         return f"state.json says round {k}; a checkpoint is written after a round (1 or later)"
     if folder_round is not None and k != folder_round:
         return f"state.json says round {k} but the folder is round {folder_round}"
-    if len(state.metrics) != k or not isinstance(state.metrics[-1], dict) or state.metrics[-1].get("round") != k:
+    if len(state.metrics) != k:
         return f"state.json says round {k} but holds the metrics of {len(state.metrics)} rounds"
+    last = state.metrics[-1].get("round") if isinstance(state.metrics[-1], dict) else None
+    if last != k:
+        return f"state.json says round {k} but its last metrics are of round {last}"
     if recorded_rounds is not None and k > recorded_rounds:
         return f"it is of round {k} but metrics.jsonl records {recorded_rounds} rounds"
     tensors = [
