@@ -123,9 +123,12 @@ def _acquire(folder: Path, command: str) -> int:
         "command": command,
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    data = json.dumps(info).encode()
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, data, 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+    except BaseException:  # a full disk: let go of the lock and its file, the command ends here
+        _release(fd, path)
+        raise
     return fd
 
 
