@@ -8,8 +8,9 @@ that merge into the base) and the metrics so far. What clients keep for themselv
 run seed, the round and the client, so no generator state needs saving.
 
 Checkpoints carry checksums and are written durably (:mod:`raflora.federation.checkpoint_files`);
-:func:`latest_checkpoint` skips, with a warning, any newer one that fails them, so resume and export
-continue from the newest checkpoint that can be trusted.
+:func:`latest_checkpoint` skips, with a warning, any newer one that fails them or means nothing
+(:mod:`raflora.federation.checkpoint_check`), so resume and export continue from the newest
+checkpoint that can be trusted.
 """
 
 from __future__ import annotations
