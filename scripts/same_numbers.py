@@ -30,6 +30,7 @@ METHODS = (
     "florist",
     "raflora",
     "carryover",
+    "consensus",
     "rb_lora",
     "lora_fair",
     "raflora_keep",

@@ -13,6 +13,7 @@ import numbers
 from collections.abc import Mapping, Sequence
 
 from raflora.aggregation.carryover import Carryover
+from raflora.aggregation.consensus import Consensus
 from raflora.aggregation.fedit import FedIT
 from raflora.aggregation.fedsa import FedSALoRA
 from raflora.aggregation.ffa import FFALoRA
@@ -44,6 +45,7 @@ AGGREGATORS: dict[str, type[Method]] = {
         FLoRIST,
         RaFLoRA,
         Carryover,
+        Consensus,
         RBLoRA,
         LoRAFAIR,
     )

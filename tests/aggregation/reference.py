@@ -18,7 +18,7 @@ from raflora import ClientUpdate, LoRAFactors, init_a
 
 F64 = torch.float64
 TRUNCATION = ("fedit", "zero_pad", "hetlora", "replication", "ffa", "lora_fair")
-SVD = ("flexlora", "raflora", "rb_lora")
+SVD = ("flexlora", "raflora", "rb_lora", "consensus")
 MERGE = ("flora", "florist")
 METHODS = TRUNCATION + SVD + MERGE + ("fedsa",)
 # Each dtype's error budget from the issue: norm(diff) / norm(reference).
@@ -171,6 +171,55 @@ def ref_raflora(updates, module: str, levels=None) -> Tensor:
     return delta
 
 
+def ref_consensus(
+    updates, module: str, strength: float = 1.0, lone: str = "carryover", previous: Tensor | None = None, top=None
+) -> tuple[Tensor, list[float]]:
+    """``(delta, [lambda_k])``: the previous update's top ``top`` directions from its dense SVD
+    (none: 0), each partition's start ``start_k``, uploads ``U_ik`` and changes ``C_ik = U_ik -
+    start_k`` formed densely; mean ``M_k``, spread ``V_k = sum q_i ||C_ik - M_k||^2``, effective count
+    ``n_k``, ``lambda_k = max(0, 1 - V_k / ((n_k - 1) ||M_k||^2))`` (a lone client's partition: 0, or
+    the one below's with ``lone = "borrow"``), and ``delta = sum_k [(1 - c_k) start_k + sum_i
+    (p_i c_k / P_k) U_ik] + the directions beyond the largest rank``, ``c_k = P_k + (1 - P_k) lambda_k``."""
+    weights = p(updates)
+    ranks = [u.factors[module].rank for u in updates]
+    m, n = update_shape(updates[0], module)
+    levels = sorted(set(ranks))
+    directions = []  # sigma_j u_j v_j^T, j = 1 .. top
+    if previous is not None:
+        U, S, Vh = torch.linalg.svd(previous.to(F64), full_matrices=False)
+        top = levels[-1] if top is None else top
+        directions = [S[j] * torch.outer(U[:, j], Vh[j]) for j in range(min(top, S.shape[0]))]
+
+    def start(low, high):
+        return sum(directions[low:high], torch.zeros((m, n), dtype=F64))
+
+    delta = start(levels[-1], len(directions))
+    lambdas, low, below = [], 0, 0.0
+    for level in levels:
+        members = [(u, w) for u, w, r in zip(updates, weights, ranks) if r >= level]
+        reach = sum(w for _, w in members)
+        begin = start(low, level)
+        uploads = []
+        for u, w in members:
+            a, b, s = factors64(u, module)
+            uploads.append((w, s * (b[:, low:level] @ a[low:level])))
+        if len(members) >= 2:
+            changes = [(w / reach, D - begin) for w, D in uploads]
+            mean = sum(q * C for q, C in changes)
+            spread = sum(q * float(torch.sum((C - mean) ** 2)) for q, C in changes)
+            count = reach**2 / sum(w * w for w, _ in uploads)
+            size = float(torch.sum(mean * mean))
+            raw = max(0.0, 1.0 - spread / ((count - 1.0) * size)) if size > 0 else 0.0
+        else:
+            raw = below if lone == "borrow" else 0.0
+        lam = strength * raw
+        lambdas.append(lam)
+        c = reach + (1 - reach) * lam
+        delta += (1 - c) * begin + sum(w * c / reach * D for w, D in uploads)
+        low, below = level, raw
+    return delta, lambdas
+
+
 def ref_florist(updates, module: str, tau: float) -> Tensor:
     """Dense SVD of the FedAvg product sum, cut at the smallest rank whose energy reaches tau."""
     dense = product_sum(updates, module, p(updates))
@@ -247,6 +296,8 @@ def ref_delta(method: str, updates, module: str, seed: int = 0, **options) -> Te
         return product_sum(updates, module, p(updates))
     if method == "raflora":
         return ref_raflora(updates, module, options.get("rank_levels"))
+    if method == "consensus":
+        return ref_consensus(updates, module, **options)[0]
     if method == "florist":
         return ref_florist(updates, module, options.get("tau", 0.9))
     if method == "fedsa":

@@ -1,7 +1,8 @@
 """Method.aggregate with the previous global update, which only a method that asks for it gets
 (``wants_previous``): raflora with ``empty_partition = "keep"``, whose rank partition that no update
 of the round reaches keeps its previous component (the rest is this round's aggregate, checked
-against dense float64 SVDs), and carryover (tests/aggregation/test_carryover.py)."""
+against dense float64 SVDs), carryover and consensus (tests/aggregation/test_carryover.py,
+test_consensus.py)."""
 
 from __future__ import annotations
 
@@ -69,8 +70,8 @@ def test_a_reached_partition_is_not_kept():
 
 
 @pytest.mark.parametrize("method", list(AGGREGATORS))
-def test_only_carryover_and_raflora_keep_ask_for_the_previous_update(method):
-    assert method_named(method).wants_previous is (method == "carryover")
+def test_only_carryover_consensus_and_raflora_keep_ask_for_the_previous_update(method):
+    assert method_named(method).wants_previous is (method in ("carryover", "consensus"))
     if method == "raflora":
         assert method_named(method, empty_partition="keep").wants_previous
 
@@ -80,7 +81,7 @@ def test_keep_unreached_without_previous_is_the_identity():
     assert keep_unreached(f, None, 2, 8) is f
 
 
-@pytest.mark.parametrize("method", [m for m in AGGREGATORS if m != "carryover"])
+@pytest.mark.parametrize("method", [m for m in AGGREGATORS if m not in ("carryover", "consensus")])
 def test_a_previous_update_for_a_method_that_does_not_ask_for_it_is_refused(method):
     previous, _ = previous_round()
     shapes = {m: (f.B.shape[0], f.A.shape[1]) for m, f in previous.items()}

@@ -26,7 +26,8 @@ def files(tmp_path, updates):
 
 
 @pytest.mark.parametrize(
-    "method", ["raflora", "flexlora", "carryover", "flora", "florist", "zero_pad", "hetlora", "replication"]
+    "method",
+    ["raflora", "flexlora", "carryover", "consensus", "flora", "florist", "zero_pad", "hetlora", "replication"],
 )
 def test_the_same_numbers_as_aggregate(tmp_path, method):
     updates = random_updates(3, RANKS, WIDE, dtype=torch.float32)
@@ -39,6 +40,20 @@ def test_the_same_numbers_as_aggregate(tmp_path, method):
         for r in sorted(set(RANKS)):
             got, want = streamed.client_factors(m, r, 1.0), direct.client_factors(m, r, 1.0)
             assert torch.equal(got.A, want.A) and torch.equal(got.B, want.B) and got.scale == want.scale
+
+
+@pytest.mark.parametrize("method", ["carryover", "consensus"])
+def test_the_same_numbers_as_aggregate_with_a_previous_update(tmp_path, method):
+    wider = {"q_proj": (96, 80), "v_proj": (80, 96)}  # R = 28 + 8 carried: still a stack
+    previous = {}
+    for m in wider:
+        previous[m] = aggregate("raflora", random_updates(9, RANKS, wider, dtype=torch.float32)).delta_factors(m)
+    updates = random_updates(3, RANKS, wider, dtype=torch.float32)
+    streamed = aggregate_files(method, files(tmp_path, updates), previous=previous, top_rank=8)
+    direct = aggregate(method, updates, previous=previous, top_rank=8)
+    for m in wider:
+        assert torch.equal(streamed.singular_values(m), direct.singular_values(m))
+        assert torch.equal(streamed.delta(m), direct.delta(m))
 
 
 @pytest.mark.parametrize("method", ["raflora", "flexlora", "flora"])
