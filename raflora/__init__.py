@@ -45,7 +45,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'raflora' has no attribute {name!r}")
 
 
-__version__ = "0.1.0"
+from raflora.version import __version__ as __version__  # noqa: E402  (re-exported)
 
 __all__ = [
     "AGGREGATORS",

@@ -76,7 +76,7 @@ def output_options() -> argparse.ArgumentParser:
 def version_line() -> str:
     """raflora's version and the versions of the libraries its numbers depend on (from the
     installed metadata: importing transformers would cost seconds)."""
-    from raflora import __version__
+    from raflora.version import __version__
 
     def installed(name: str) -> str:
         try:

@@ -9,10 +9,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "raflora"
 
 LAYERS = [
-    ("lora", "wire"),
+    ("lora", "wire", "version"),
     ("aggregation",),
     ("config", "option_models", "ranks", "partition", "simulate", "tasks", "hf_auto"),
-    ("client", "config_io", "config_doc", "peft_io"),
+    ("client", "config_io", "config_doc", "peft_io", "folder_lock"),
     ("federation",),
     ("runtimes", "compare", "sweep", "tuning", "report", "api"),
     ("cli", "cli_output", "__main__", "__init__"),

@@ -116,7 +116,7 @@ def write_export(out: Path, write: Callable[[Path], None], overwrite: bool, *, l
 
 
 def _write_record(out: Path, names: list[str]) -> None:
-    from raflora import __version__
+    from raflora.version import __version__
 
     record = {"format": RECORD_FORMAT, "written_by": f"raflora {__version__}", "files": names}
     replace_file(out / RECORD, (json.dumps(record, indent=1) + "\n").encode())
