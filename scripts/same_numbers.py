@@ -18,7 +18,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-METHODS = ("fedit", "zero_pad", "hetlora", "replication", "ffa", "fedsa", "flora", "flexlora", "florist", "raflora")
+METHODS = (
+    "fedit",
+    "zero_pad",
+    "hetlora",
+    "replication",
+    "ffa",
+    "fedsa",
+    "flora",
+    "flexlora",
+    "florist",
+    "raflora",
+    "carryover",
+)
 
 
 def _sha(data: bytes) -> str:

@@ -18,7 +18,7 @@ methods that the runtimes read instead of comparing method names:
 - ``result_type``: what a client of rank ``r`` starts from next round
   (:mod:`raflora.aggregation.result`);
 - :meth:`refuse` (method-specific checks) and :meth:`combine` (the formula, a pure function of the
-  accepted updates returning a named ``LowRank(B, A)`` per module).
+  accepted updates returning a :class:`~raflora.lora.LowRank` per module).
 
 Adding a method is one file with one such class and one line in the registry
 (:data:`raflora.aggregation.AGGREGATORS`).
@@ -59,7 +59,7 @@ def fits_dtype(factors: LowRank, dtype: torch.dtype) -> bool:
         norm_b, norm_a = factors.log2_norm_bounds()
         if fits(norm_b, dtype) and fits(norm_a, dtype) and fits(norm_b + norm_a, dtype):
             return True
-    B, A = factors
+    B, A = factors.B, factors.A
     if not (all_finite(B) and all_finite(A)):
         return False
     norm_b, norm_a = log2_norm(B), log2_norm(A)
@@ -135,7 +135,7 @@ class Method:
         return {}
 
     def combine(self, checked: Checked, seed: int) -> dict[str, LowRank]:
-        """The round's global update per module, ``LowRank(B, A)`` with every scale folded in."""
+        """The round's global update per module, ``LowRank(A=..., B=...)`` with every scale folded in."""
         raise NotImplementedError
 
     def aggregate(
@@ -224,10 +224,10 @@ class Method:
         top = top_rank if top_rank is not None else previous.A.shape[0]
         if top <= reached:
             return factors
-        like = {"dtype": factors.dtype, "device": factors.device}
+        like: dict[str, Any] = {"dtype": factors.dtype, "device": factors.device}
         U, S, V = stable_svd(previous.B.to(**like), previous.A.to(**like), top=top)
         tail = slice(reached, min(top, S.shape[0]))
-        return append_components(factors, U[:, tail] * S[tail], V[:, tail].T)
+        return append_components(factors, A=V[:, tail].T, B=U[:, tail] * S[tail])
 
     @classmethod
     def keep_problem(cls) -> str | None:

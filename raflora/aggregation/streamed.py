@@ -66,7 +66,7 @@ class UploadFile:
                 a, b = header.get(f"{m}.lora_A"), header.get(f"{m}.lora_B")
                 if a is None or b is None or f"{m}.scale" not in meta:
                     continue
-                factors[m] = LoRAFactors(_read(fh, start, a), _read(fh, start, b), float(meta[f"{m}.scale"]))
+                factors[m] = LoRAFactors(A=_read(fh, start, a), B=_read(fh, start, b), scale=float(meta[f"{m}.scale"]))
         return ClientUpdate(self.client_id, factors, self.num_examples)
 
 

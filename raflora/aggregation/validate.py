@@ -65,7 +65,7 @@ class Checked:
             updates=tuple(
                 ClientUpdate(
                     u.client_id,
-                    {m: LoRAFactors(f.A.to(dtype), f.B.to(dtype), f.scale) for m, f in u.factors.items()},
+                    {m: LoRAFactors(A=f.A.to(dtype), B=f.B.to(dtype), scale=f.scale) for m, f in u.factors.items()},
                     u.num_examples,
                 )
                 for u in self.updates
@@ -301,7 +301,9 @@ def check_updates(
         ClientUpdate(
             u.client_id,
             {
-                m: LoRAFactors(f.A.to(device=device, dtype=dtype), f.B.to(device=device, dtype=dtype), float(f.scale))
+                m: LoRAFactors(
+                    A=f.A.to(device=device, dtype=dtype), B=f.B.to(device=device, dtype=dtype), scale=float(f.scale)
+                )
                 for m, f in u.factors.items()
             },
             int(u.num_examples),

@@ -79,7 +79,7 @@ def test_keep_problem_names_why_a_method_cannot_keep(method):
 
 
 def test_keep_unreached_without_previous_is_the_identity():
-    f = LowRank(torch.ones(3, 2, dtype=F64), torch.ones(2, 4, dtype=F64))
+    f = LowRank(A=torch.ones(2, 4, dtype=F64), B=torch.ones(3, 2, dtype=F64))
     assert method_named("raflora").keep_unreached(f, None, 2, 8) is f
 
 

@@ -67,9 +67,9 @@ def test_refusals_are_aggregates_and_the_round_goes_on(tmp_path):
     updates = random_updates(5, RANKS, WIDE, dtype=torch.float32)
     bad = dict(updates[1].factors)
     f = bad["v_proj"]
-    bad["v_proj"] = LoRAFactors(f.A, f.B.clone().index_fill_(0, torch.tensor([0]), math.nan), f.scale)
+    bad["v_proj"] = LoRAFactors(A=f.A, B=f.B.clone().index_fill_(0, torch.tensor([0]), math.nan), scale=f.scale)
     updates[1] = ClientUpdate("c1", bad, updates[1].num_examples)
-    big = {m: LoRAFactors(f.A, f.B * 1e3, f.scale) for m, f in updates[4].factors.items()}
+    big = {m: LoRAFactors(A=f.A, B=f.B * 1e3, scale=f.scale) for m, f in updates[4].factors.items()}
     updates[4] = ClientUpdate("c4", big, updates[4].num_examples)
     uploads = files(tmp_path, updates)
     garbage = tmp_path / "c9.safetensors"

@@ -247,7 +247,7 @@ def test_a_poisoned_client_is_refused_by_the_norm_bound_and_the_round_goes_on(tm
         turn = honest(setup, state, round_, client, kept, on_step)
         if client != 1:
             return turn
-        factors = {m: LoRAFactors(f.A, f.B * 1e6, f.scale) for m, f in turn.update.factors.items()}
+        factors = {m: LoRAFactors(A=f.A, B=f.B * 1e6, scale=f.scale) for m, f in turn.update.factors.items()}
         return dataclasses.replace(turn, update=ClientUpdate(client, factors, turn.update.num_examples))
 
     monkeypatch.setattr(round_module, "run_client", poisoned)
