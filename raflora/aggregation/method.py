@@ -22,12 +22,18 @@ methods that the runtimes read instead of comparing method names:
 
 Adding a method is one file with one such class and one line in the registry
 (:data:`raflora.aggregation.AGGREGATORS`).
+
+A round is a few steps, methods of this class that both :meth:`Method.aggregate` (updates in memory)
+and :func:`raflora.aggregation.streamed.aggregate_files` (uploads on disk, one module at a time)
+run: :meth:`~Method.check_round`, validation (``check_updates``), each of
+:meth:`~Method.refusal_steps`, :meth:`~Method.combine_safely`, :meth:`~Method.carried`,
+:meth:`~Method.build_result`. A new step or hook goes there, once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -154,22 +160,58 @@ class Method:
         (``max_norm_ratio``, :func:`~raflora.aggregation.validate.norm_outliers`), :meth:`combine`
         the rest (:meth:`combine_safely`). ``previous``: the previous round's global update, whose
         components this round's updates do not reach are kept (:meth:`keep_unreached`, up to
-        ``top_rank``)."""
+        ``top_rank``).
+
+        The steps are the ones :func:`raflora.aggregation.streamed.aggregate_files` runs module by
+        module: :meth:`check_round`, ``check_updates``, each of :meth:`refusal_steps`,
+        :meth:`combine_safely`, :meth:`carried`, :meth:`build_result`."""
+        ratio = self.check_round(max_norm_ratio, previous)
+        checked = check_updates(updates, modules, shapes)
+        for step in self.refusal_steps(seed, ratio, workers):
+            found = step(checked)
+            if found:
+                checked = checked.without(found)
+        checked, factors = self.combine_safely(checked, seed)
+        result = self.build_result(checked, self.carried(checked, factors, previous, top_rank), seed)
+        return result if workers is None else result.precompute(workers)
+
+    # -- the steps of a round (aggregate above, aggregate_files in streamed.py) -------------------
+    def check_round(self, max_norm_ratio: float, previous: Mapping[str, LowRank] | None) -> float:
+        """The round's arguments, checked before any update is read: ``max_norm_ratio`` as a float
+        (``ValueError`` unless 0 or >= 1), and ``ValueError`` for a ``previous`` this method cannot
+        keep (:meth:`keep_problem`)."""
         ratio = check_ratio(max_norm_ratio)
         if previous and self.keep_problem():
             raise ValueError(f"{self.name}: cannot keep the previous global update: {self.keep_problem()}")
-        checked = check_updates(updates, modules, shapes)
-        refused = self.refuse(checked, seed)
-        if refused:
-            checked = checked.without(refused)
-        outliers = norm_outliers(checked, self.uploads, ratio, workers)
-        if outliers:
-            checked = checked.without(outliers)
-        checked, factors = self.combine_safely(checked, seed)
-        if previous:
-            factors = {m: self.carry(f, previous.get(m), checked, m, top_rank) for m, f in factors.items()}
-        result = self.result_type(self, checked, factors, seed)
-        return result if workers is None else result.precompute(workers)
+        return ratio
+
+    def refusal_steps(
+        self, seed: int, max_norm_ratio: float, workers: int | None = None
+    ) -> tuple[Callable[[Checked], Refusals], ...]:
+        """The checks that refuse updates after validation, in the order a round applies them, each
+        deciding on the updates still in the round: this method's own (:meth:`refuse`), then the
+        norm bound (:func:`~raflora.aggregation.validate.norm_outliers`)."""
+        return (
+            lambda checked: self.refuse(checked, seed),
+            lambda checked: norm_outliers(checked, self.uploads, max_norm_ratio, workers),
+        )
+
+    def carried(
+        self,
+        checked: Checked,
+        factors: dict[str, LowRank],
+        previous: Mapping[str, LowRank] | None,
+        top_rank: int | None,
+    ) -> dict[str, LowRank]:
+        """``factors`` with what each module carries on of ``previous`` (:meth:`carry`); unchanged
+        when the round passes no previous update."""
+        if not previous:
+            return factors
+        return {m: self.carry(f, previous.get(m), checked, m, top_rank) for m, f in factors.items()}
+
+    def build_result(self, checked: Checked, factors: dict[str, LowRank], seed: int) -> AggregationResult:
+        """The round's result: :attr:`result_type` of the accepted updates and the global update."""
+        return self.result_type(self, checked, factors, seed)
 
     def combine_safely(self, checked: Checked, seed: int) -> tuple[Checked, dict[str, LowRank]]:
         """:meth:`combine`, never failing on finite input nor returning a global update that is not

@@ -221,7 +221,8 @@ def test_keep_preserves_the_higher_directions_and_drop_loses_them(tmp_path):
     _, before_d, dropped = two_rounds(tmp_path, "drop")
     for m in before:
         assert torch.equal(before[m], before_d[m])  # round 1 is the same under both rules
-        after_keep, after_drop = dense64(*kept.delta[m]), dense64(*dropped.delta[m])
+        keep_m, drop_m = kept.delta[m], dropped.delta[m]
+        after_keep, after_drop = dense64(keep_m.B, keep_m.A), dense64(drop_m.B, drop_m.A)
         # drop: the global update is the rank-2 client's alone; keep: plus directions 3..8 of round 1.
         assert torch.linalg.matrix_rank(after_drop) == 2
         tail = best_rank(before[m], 8) - best_rank(before[m], 2)
