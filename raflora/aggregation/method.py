@@ -45,6 +45,7 @@ from raflora.aggregation.stacking import Stack, append_components
 from raflora.aggregation.validate import (
     Checked,
     NoValidUpdates,
+    Refusals,
     check_ratio,
     check_updates,
     norm_outliers,
@@ -52,7 +53,6 @@ from raflora.aggregation.validate import (
 )
 from raflora.lora import ClientUpdate, LoRAFactors, LowRank
 
-Refusals = dict[int, tuple["str | None", str]]  # update index -> (module, reason)
 MAX_NORM_RATIO = 10.0  # federation.max_norm_ratio's default: an update 10x the median norm is refused
 
 
@@ -140,7 +140,7 @@ class Method:
         """Updates this method cannot combine, by index, with the module and the reason."""
         return {}
 
-    def combine(self, checked: Checked, seed: int) -> dict[str, LowRank]:
+    def combine(self, checked: Checked, seed: int) -> Mapping[str, LowRank]:
         """The round's global update per module, ``LowRank(A=..., B=...)`` with every scale folded in."""
         raise NotImplementedError
 
@@ -199,21 +199,21 @@ class Method:
     def carried(
         self,
         checked: Checked,
-        factors: dict[str, LowRank],
+        factors: Mapping[str, LowRank],
         previous: Mapping[str, LowRank] | None,
         top_rank: int | None,
-    ) -> dict[str, LowRank]:
+    ) -> Mapping[str, LowRank]:
         """``factors`` with what each module carries on of ``previous`` (:meth:`carry`); unchanged
         when the round passes no previous update."""
         if not previous:
             return factors
         return {m: self.carry(f, previous.get(m), checked, m, top_rank) for m, f in factors.items()}
 
-    def build_result(self, checked: Checked, factors: dict[str, LowRank], seed: int) -> AggregationResult:
+    def build_result(self, checked: Checked, factors: Mapping[str, LowRank], seed: int) -> AggregationResult:
         """The round's result: :attr:`result_type` of the accepted updates and the global update."""
         return self.result_type(self, checked, factors, seed)
 
-    def combine_safely(self, checked: Checked, seed: int) -> tuple[Checked, dict[str, LowRank]]:
+    def combine_safely(self, checked: Checked, seed: int) -> tuple[Checked, Mapping[str, LowRank]]:
         """:meth:`combine`, never failing on finite input nor returning a global update that is not
         finite in its dtype: a combine that raises ``LinAlgError`` or overflows is repeated in
         float64; if that fails too, the update with the largest norm in the failing module is
@@ -298,7 +298,9 @@ class Method:
         back from what it ``kept`` after its last round (``None``: it has not trained yet)."""
         if not self.private or not kept:
             return dict(received)
-        return {m: dataclasses.replace(f, **{self.private: kept[m]}) for m, f in received.items()}
+        if self.private == "A":
+            return {m: dataclasses.replace(f, A=kept[m]) for m, f in received.items()}
+        return {m: dataclasses.replace(f, B=kept[m]) for m, f in received.items()}
 
     def client_keeps(self, trained: Mapping[str, LoRAFactors]) -> dict[str, Tensor]:
         """What a client stores for itself after training (its ``private`` factor), else ``{}``."""

@@ -119,7 +119,7 @@ class RaFLoRA(Method):
     def combine(self, checked: Checked, seed: int) -> dict[str, LowRank]:
         n = len(checked.updates)
         weights = checked.weights if self.weighting == "data" else [1.0 / n] * n
-        factors = {}
+        factors: dict[str, LowRank] = {}
         for m in checked.modules:
             ranks = checked.ranks(m)
             levels = self.rank_levels or sorted(set(ranks))

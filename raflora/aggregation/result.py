@@ -10,7 +10,7 @@ from :func:`raflora.lora.product_svd`. Subclasses differ in what a client starts
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -46,7 +46,7 @@ class AggregationResult:
     updates), ``weights`` (``client_id -> p_i``).
     """
 
-    def __init__(self, method: Method, checked: Checked, factors: dict[str, LowRank], seed: int = 0):
+    def __init__(self, method: Method, checked: Checked, factors: Mapping[str, LowRank], seed: int = 0):
         self.method = method
         self.modules: tuple[str, ...] = checked.modules
         self.rejected: list[Rejection] = list(checked.rejected)
@@ -58,7 +58,7 @@ class AggregationResult:
         self._scales = {m: {u.client_id: u.factors[m].scale for u in checked.updates} for m in self.modules}
         self._svd: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         self._sv: dict[str, Tensor] = {}
-        self._top: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        self._top: dict[str, tuple[int, Tensor, Tensor, Tensor]] = {}  # module -> (directions asked, Bt, S, At)
 
     def __repr__(self) -> str:
         kept = ", ".join(f"{c!r}: {p:.3f}" for c, p in self.weights.items())

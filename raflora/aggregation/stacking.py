@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from raflora.aggregation.numerics import log2_norm
+from raflora.aggregation.validate import Checked
 from raflora.lora import LoRAFactors, LowRank
 
 
@@ -120,10 +121,11 @@ def constant_weights(factors: Sequence[LoRAFactors], weights: Sequence[float]) -
     return [torch.full((f.rank,), float(w), dtype=torch.float64) for f, w in zip(factors, weights)]
 
 
-def fedavg_stacks(checked) -> dict[str, Stack]:
-    """Per module, the stack of ``sum_i p_i s_i B_i A_i`` over the accepted updates."""
+def fedavg_stacks(checked: Checked) -> dict[str, LowRank]:
+    """Per module, the :class:`Stack` of ``sum_i p_i s_i B_i A_i`` over the accepted updates (typed
+    as what ``combine`` returns)."""
     weights = checked.weights
-    stacks = {}
+    stacks: dict[str, LowRank] = {}
     for m in checked.modules:
         fs = [u.factors[m] for u in checked.updates]
         stacks[m] = stack_factors(fs, constant_weights(fs, weights))
