@@ -32,9 +32,17 @@ from raflora.config_io import EMPTY_PARTITION_BEFORE_KEY  # noqa: E402
 from raflora.lora import partition_order  # noqa: E402
 from raflora.report import load_runs  # noqa: E402
 from raflora.report.groups import stats  # noqa: E402
-from raflora.report.summary import build_report  # noqa: E402
-from raflora.report.sweep_table import attach_sweep, load_sweep, sweep_rows  # noqa: E402
-from raflora.report.tables import energy_rows, markdown_table, paired_rows, per_seed, size, spread  # noqa: E402
+from raflora.report.load import load_sweep  # noqa: E402
+from raflora.report.summary import attach_sweep, build_report  # noqa: E402
+from raflora.report.tables import (  # noqa: E402
+    energy_rows,
+    markdown_table,
+    paired_rows,
+    per_seed,
+    size,
+    spread,
+    sweep_rows,
+)
 
 HEADER = """# Results
 
