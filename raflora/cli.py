@@ -166,6 +166,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from raflora.config import config_schema
+
+    print(json.dumps(config_schema(), indent=2))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     return _run(DEMO_CONFIG, out="runs/demo", overwrite=True, quiet=args.quiet)
 
@@ -232,7 +241,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     options = _comparison_args(args)
     with progress_bars(not args.quiet):
-        folder, report = compare(args.config, options.pop("methods"), args.out, **options)
+        folder, report = compare(args.config, options.pop("methods"), args.out, tuned=args.tuned, **options)
     _print_summary(report, folder)
     return 0
 
@@ -428,6 +437,14 @@ def build_parser() -> argparse.ArgumentParser:
         "before the first run.",
     )
     _comparison_options(cmp, "comparison folder (default runs/<run.name>-compare)")
+    cmp.add_argument(
+        "--tuned",
+        metavar="SWEEP_DIR",
+        help="run each method at its own point of this sweep (e.g. --grid train.lr=...), the one "
+        "with the best mean validation metric after the last round (the sweep must have run with "
+        "eval.validation > 0); the choices go to OUT/tuned.json and the report pairs the methods "
+        "across the keys they chose",
+    )
     cmp.set_defaults(func=cmd_compare)
 
     swp = sub.add_parser(
@@ -486,6 +503,15 @@ def build_parser() -> argparse.ArgumentParser:
         "method of the same setting, seed by seed (default: the method of the first run)",
     )
     rep.set_defaults(func=cmd_report)
+
+    schema = sub.add_parser(
+        "schema",
+        parents=[common],
+        help="print the config file's JSON Schema (for editors that complete and check TOML keys)",
+        description="Print the JSON Schema of a raflora config file: every section and key with its "
+        "type, bounds, default and help, [federation.method] and [task] by name (docs/usage.md).",
+    )
+    schema.set_defaults(func=cmd_schema)
     return parser
 
 

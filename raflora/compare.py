@@ -73,16 +73,19 @@ def run_configs(
     seeds: Sequence[int] | None,
     overrides: Mapping[str, object],
     where: str = "",
+    own: Mapping[str, Mapping[str, object]] | None = None,
 ) -> dict[str, Config]:
     """One checked config per method (and seed), keyed by its folder below ``folder``: ``<method>`` or,
-    with seeds, ``<method>/seed-<k>``. ``where`` names the sweep point in error messages."""
+    with seeds, ``<method>/seed-<k>``. ``where`` names the sweep point in error messages; ``own``:
+    per method, settings of its own on top of ``overrides`` (a tuned ``train.lr``)."""
     from raflora.config_io import load_config
 
     configs = {}
     for method in methods:
         for seed in seeds or [None]:
             name = method if seed is None else f"{method}/seed-{seed}"
-            values = {**overrides, "federation.method": method, "run.out": str(folder / name)}
+            mine = (own or {}).get(method, {})
+            values = {**overrides, **mine, "federation.method": method, "run.out": str(folder / name)}
             if seed is not None:
                 values["run.seed"] = seed
             try:
@@ -98,19 +101,23 @@ def method_configs(
     out: str | Path | None = None,
     overrides: Mapping[str, object] | None = None,
     seeds: Sequence[int] | None = None,
+    tuned: Mapping[str, Mapping] | None = None,
 ) -> tuple[Path, dict[str, Config]]:
     """The comparison folder and one checked config per method (``run.out = OUT/<method>``), or per
     method and seed (``OUT/<method>/seed-<k>``, ``run.seed = k``), keyed by that folder name.
 
     ``overrides`` are ``{"train.lr": 0.01}`` style values applied to every run; they may not set
     ``federation.method``, ``run.out`` (or ``run.seed`` with ``seeds``), which the comparison sets.
+    ``tuned``: per method, its choice (:func:`raflora.tuning.choose`), whose settings win over
+    ``overrides`` for that method.
     """
     from raflora.config_io import load_config
 
     overrides = check_overrides(overrides or {}, seeds)
     base = load_config(config_path, overrides)
     folder = Path(out) if out else Path(f"runs/{base.run.name}-compare")
-    return folder, run_configs(config_path, folder, methods, seeds, overrides)
+    own = {m: choice["settings"] for m, choice in (tuned or {}).items()}
+    return folder, run_configs(config_path, folder, methods, seeds, overrides, own=own)
 
 
 def check_folders(configs: Mapping[str, Config], overwrite: bool) -> None:
@@ -131,6 +138,7 @@ def compare(
     progress: bool = False,
     seeds: Sequence[int] | None = None,
     reference: str | None = None,
+    tuned: str | Path | None = None,
 ) -> tuple[Path, dict]:
     """Run ``config_path`` once per method into ``OUT/<method>/`` (with ``seeds``: once per method
     and seed into ``OUT/<method>/seed-<k>/``) and write ``OUT/report/``.
@@ -140,10 +148,17 @@ def compare(
     before any run starts, for an unknown method, a reference not among the methods, a config that
     does not hold for one of the methods (e.g. fedit with mixed ranks), a runtime that is not
     installed or a folder that already holds a run (unless ``overwrite``).
+
+    ``tuned``: a sweep folder; each method runs at the point of it chosen on validation
+    (:func:`raflora.tuning.choose`), recorded in ``OUT/tuned.json``, and the report pairs the
+    methods across the keys they chose.
     """
+    from raflora.tuning import choose
+
     reference = check_reference(reference, methods)
-    folder, configs = method_configs(config_path, methods, out, overrides, seeds)
-    return run_and_report(configs, folder, reference, overwrite=overwrite, log=log, progress=progress)
+    choices = choose(tuned, methods) if tuned is not None else None
+    folder, configs = method_configs(config_path, methods, out, overrides, seeds, choices)
+    return run_and_report(configs, folder, reference, overwrite=overwrite, log=log, progress=progress, tuned=choices)
 
 
 def check_reference(reference: str | None, methods: Sequence[str]) -> str:
@@ -163,12 +178,15 @@ def run_and_report(
     log: Callable[[str], None] | None = None,
     progress: bool = False,
     sweep: dict | None = None,
+    tuned: dict | None = None,
 ) -> tuple[Path, dict]:
     """Check every folder and runtime, run every config in order, then write ``folder/report/``.
-    ``sweep`` (a sweep's grid) is written to ``folder/sweep.json`` once the checks pass."""
+    ``sweep`` (a sweep's grid) is written to ``folder/sweep.json`` once the checks pass, ``tuned``
+    (per-method choices) to ``folder/tuned.json``."""
     import json
 
     from raflora.report import write_report
+    from raflora.report.tuned import TUNED_FILE
     from raflora.runtimes import check_runtime, run
 
     check_folders(configs, overwrite)
@@ -177,6 +195,9 @@ def run_and_report(
     if sweep is not None:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "sweep.json").write_text(json.dumps(sweep, indent=1) + "\n")
+    if tuned is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / TUNED_FILE).write_text(json.dumps(tuned, indent=1) + "\n")
     say = log or (lambda line: None)
     for k, (name, config) in enumerate(configs.items(), start=1):
         say(f"{'sweep' if sweep else 'compare'}: run {k}/{len(configs)}: {name}")
@@ -187,4 +208,5 @@ def run_and_report(
         report_folder,
         reference=reference,
         sweep=None if sweep is None else (sweep, folder),
+        tuned=tuned,
     )

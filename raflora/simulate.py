@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from raflora.aggregation import AGGREGATORS, aggregate
+from raflora.aggregation import aggregate, method_named
 from raflora.lora import ClientUpdate, LoRAFactors, energy_ratio
 
 
@@ -50,6 +50,7 @@ def simulate_collapse(
     start = [ClientUpdate(i, {"w": LoRAFactors(A=V.T.contiguous(), B=U.clone(), scale=1.0)}, 1) for i in range(1)]
     result = aggregate("flexlora", start)
     trace = CollapseTrace(method, ranks)
+    wants_previous = method_named(method, **options).wants_previous
     trace.rho.append(energy_ratio(result.singular_values("w"), r_min))
     for _ in range(rounds):
         updates = []
@@ -58,8 +59,8 @@ def simulate_collapse(
             A = f.A + noise * torch.randn(f.A.shape, generator=g, dtype=dtype)
             B = f.B + noise * torch.randn(f.B.shape, generator=g, dtype=dtype)
             updates.append(ClientUpdate(i, {"w": LoRAFactors(A=A, B=B, scale=1.0)}, size))
-        # a method that reads the previous global update (keeps_global) gets it, as in a federation
-        previous = {"w": result.delta_factors("w")} if AGGREGATORS[method].keeps_global else None
+        # a method that reads the previous global update (wants_previous) gets it, as in a federation
+        previous = {"w": result.delta_factors("w")} if wants_previous else None
         result = aggregate(method, updates, previous=previous, top_rank=r_max, **options)
         trace.rho.append(energy_ratio(result.singular_values("w"), r_min))
     return trace

@@ -28,13 +28,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from raflora.config_io import EMPTY_PARTITION_BEFORE_KEY  # noqa: E402
+from raflora.config_io import unreached_rule  # noqa: E402
 from raflora.lora import partition_order  # noqa: E402
 from raflora.report import load_runs  # noqa: E402
 from raflora.report.groups import stats  # noqa: E402
 from raflora.report.load import load_sweep  # noqa: E402
+from raflora.report.significance import paired_inference  # noqa: E402
 from raflora.report.summary import attach_sweep, build_report  # noqa: E402
 from raflora.report.tables import (  # noqa: E402
+    best,
+    difference,
     energy_rows,
     markdown_table,
     paired_rows,
@@ -61,15 +64,13 @@ cores shared with other jobs (wall times include waiting for the cores), no GPU;
 below was reduced to fit, as each experiment says.
 
 Reading the tables: `mean ± std [min, max]` over seeds (std with divisor n - 1); a paired difference
-is taken seed by seed (same partition, same sampled clients, same initial adapters), so its sign
-over the seeds says more than the means. `rho_rmin` is the share of the global update's energy in
+is taken seed by seed (same partition, same sampled clients, same initial adapters) and shown as
+`mean [95 % confidence interval] p <Wilcoxon signed-rank p> verdict`: "ahead" or "behind" only where
+the interval excludes 0, "level" otherwise. With 3 seeds the Wilcoxon p is never below 0.25 and the
+interval is wide: most 3-seed differences on this page are "level", whatever their signs. `rho_rmin` is the share of the global update's energy in
 its top `r_min` directions: 1 is total rank collapse. Test sets are small (200-500 examples), so
 one example moves the accuracy by 0.002-0.005.
 """
-
-
-def _signed(stat: dict | None, digits: int = 4) -> str:
-    return spread(stat, digits, signed=True)
 
 
 def group_table(report: dict) -> list[str]:
@@ -79,7 +80,7 @@ def group_table(report: dict) -> list[str]:
         "method",
         "seeds",
         f"final {metric}",
-        f"best {metric}",
+        best(report),
         "final rho_rmin",
         "bytes down / round",
         "bytes up / round",
@@ -103,6 +104,7 @@ def group_table(report: dict) -> list[str]:
 
 
 CONTRAST_FIELDS = {"final_metric": "final {metric}", "final_loss": "final test loss"}
+BETTER = {"final_metric": "higher", "final_loss": "lower"}
 
 
 def contrast_table(report: dict, contrasts: list[dict]) -> list[str]:
@@ -124,7 +126,7 @@ def contrast_table(report: dict, contrasts: list[dict]) -> list[str]:
                 contrast.get("label", f"{a['label']} - {b['label']}"),
                 str(len(seeds)),
                 CONTRAST_FIELDS[field].format(metric=report["metric"]),
-                _signed(stats(diffs)),
+                difference({**stats(diffs), **paired_inference(diffs, BETTER[field])}, 4) if diffs else "-",
                 ", ".join(f"{s}: {d:+.4f}" for s, d in zip(seeds, diffs)),
             ]
         )
@@ -148,7 +150,7 @@ def loss_table(report: dict) -> list[str]:
                 [
                     f"{p['reference']} - {p['other']}",
                     str(p["final_loss"]["n"]),
-                    _signed(p["final_loss"]),
+                    difference(p["final_loss"], 4),
                     per_seed(p["final_loss"], 4),
                 ]
                 for p in pairs
@@ -347,18 +349,16 @@ def headline_rows(folder: Path, runs: dict, report: dict) -> list[list[str]]:
     for ref, pairs in by_reference.items():
         worst = min(pairs, key=lambda p: p["final_metric"]["mean"])
         flexlora = [p for p in pairs if report_method(report, p["other"]) == "flexlora"]
-        # a run folder from before the key existed: config_io's legacy rule
-        federation = runs[groups[ref]["runs"][0]].config.get("federation", {})
-        rule = federation.get("empty_partition", EMPTY_PARTITION_BEFORE_KEY)
+        rule = unreached_rule(runs[groups[ref]["runs"][0]].config)
         rows.append(
             [
                 title,
                 ref,
                 rule,
                 worst["other"],
-                _signed(worst["final_metric"]),
+                difference(worst["final_metric"], 4),
                 _seed_signs(worst),
-                _signed(flexlora[0]["final_metric"]) if flexlora else "-",
+                difference(flexlora[0]["final_metric"], 4) if flexlora else "-",
                 _seed_signs(flexlora[0]) if flexlora else "-",
             ]
         )

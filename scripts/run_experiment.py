@@ -3,7 +3,7 @@
     python scripts/run_experiment.py EXPERIMENT [--part NAME] -- compare CONFIG --methods ... --out runs/exp/EXPERIMENT ...
 
 runs ``python -m raflora.cli`` with the arguments after ``--`` (they must include ``--out``), then
-copies every run's ``config.toml`` and ``metrics.jsonl`` (and a sweep's ``sweep.json``) from the
+copies every run's ``config.toml`` and ``metrics.jsonl`` (and a sweep's ``sweep.json``, a tuned comparison's ``tuned.json``) from the
 output folder into ``results/EXPERIMENT/`` (``results/EXPERIMENT/NAME/`` with ``--part``: an
 experiment made of several commands, e.g. a comparison and its reference run) with the same
 relative paths, replacing what an earlier run of the same part left there, and records in
@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-KEPT = ("config.toml", "metrics.jsonl", "sweep.json")
+KEPT = ("config.toml", "metrics.jsonl", "sweep.json", "tuned.json")
 
 
 def git(*args: str) -> str:

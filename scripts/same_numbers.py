@@ -30,7 +30,12 @@ METHODS = (
     "florist",
     "raflora",
     "carryover",
+    "rb_lora",
+    "lora_fair",
+    "raflora_keep",
 )
+# a label that is a method with options: the method and the --set it runs with
+VARIANTS = {"raflora_keep": ("raflora", 'federation.method.empty_partition="keep"')}
 
 
 def _sha(data: bytes) -> str:
@@ -70,7 +75,8 @@ def cmd_run(args) -> int:
     out = Path(args.out)
     methods = args.methods.split(",") if args.methods else list(METHODS)
     prints = {}
-    for method in methods:
+    for label in methods:
+        method, *sets = VARIANTS.get(label, (label,))
         cmd = [
             sys.executable,
             "-m",
@@ -80,7 +86,7 @@ def cmd_run(args) -> int:
             "--method",
             method,
             "--out",
-            str(out / method),
+            str(out / label),
             "--overwrite",
             "--quiet",
         ]
@@ -88,8 +94,10 @@ def cmd_run(args) -> int:
             cmd += ["--rounds", str(args.rounds)]
         if method == "fedit":  # fedit needs one rank for every client
             cmd += ["--set", 'ranks.policy="homogeneous"']
+        for assignment in sets:
+            cmd += ["--set", assignment]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        prints[method] = fingerprint(out / method)
+        prints[label] = fingerprint(out / label)
     (out / "fingerprint.json").write_text(json.dumps(prints, indent=1))
     return 0
 

@@ -6,8 +6,10 @@ import json
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
+import tomli_w
 
 from raflora.cli import build_parser, main
 
@@ -277,3 +279,49 @@ def test_a_device_this_machine_lacks_is_one_line_before_anything(config_file, tm
     assert not out.exists()
     assert main(["run", str(config_file), "--out", str(out), "--set", 'train.precision="fp16"']) == 2
     assert "train.precision = 'fp16' is not known; choose one of float32, bf16" in capsys.readouterr().err
+
+
+SYNTHETIC = Path(__file__).resolve().parents[1] / "configs" / "synthetic.toml"
+
+
+def test_carryover_always_carries_and_a_federation_rule_for_it_is_refused(tmp_path, capsys):
+    """Issue 19: ``--method carryover --set federation.empty_partition="drop"`` ran exactly flexlora.
+    Now the key is refused before work (exit 2, one line naming the key and the method), and
+    carryover's numbers on configs/synthetic.toml are those it had before the change (loss and
+    accuracy of main at b8d025c, 2 rounds), which differ from flexlora's from round 2 on."""
+    args = ["run", str(SYNTHETIC), "--quiet", "--rounds", "2", "--method", "carryover", "--out"]
+    assert main([*args, str(tmp_path / "refused"), "--set", 'federation.empty_partition="drop"']) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "federation.empty_partition does not apply to method carryover" in err
+    assert not (tmp_path / "refused").exists()
+    runs = {}
+    for method in ("carryover", "flexlora"):
+        assert main([*args[:-2], method, "--out", str(tmp_path / method)]) == 0
+        records = [json.loads(x) for x in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
+        runs[method] = [(r["accuracy"], r["loss"]) for r in records]
+    assert runs["carryover"] == [(0.685, 0.8907667541503906), (0.87, 0.46553104400634765)]
+    assert runs["flexlora"][0] == runs["carryover"][0] and runs["flexlora"][1] != runs["carryover"][1]
+
+
+@pytest.mark.parametrize("method, rule", [("raflora", "keep"), ("carryover", "keep")])
+def test_a_run_folder_with_the_old_empty_partition_key_resumes_as_it_ran(tmp_path, capsys, method, rule):
+    """A run folder written while ``federation.empty_partition`` was a federation key resumes with
+    the rule it ran (one notice line) and ends with the numbers of a run that was never cut."""
+    args = ["run", str(SYNTHETIC), "--quiet", "--rounds", "3", "--set", "federation.sample_fraction=0.25"]
+    options = ["--set", f'federation.method.empty_partition="{rule}"'] if method == "raflora" else []
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main([*args, "--method", method, *options, "--out", str(whole)]) == 0
+    assert main([*args, "--method", method, *options, "--out", str(cut), "--stop-after", "1"]) == 0
+    saved = tomllib.loads((cut / "config.toml").read_text())
+    saved["federation"]["empty_partition"] = rule  # as the version before the move wrote it
+    saved["federation"]["method"].pop("empty_partition", None)
+    (cut / "config.toml").write_text(tomli_w.dumps(saved))
+    capsys.readouterr()
+    assert main(["run", "--resume", str(cut), "--quiet"]) == 0
+    notices = [x for x in capsys.readouterr().out.splitlines() if "empty_partition" in x]
+    assert len(notices) == 1 and "federation.empty_partition is now raflora's option" in notices[0]
+
+    def numbers(folder):
+        return [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in (folder / "metrics.jsonl").open()]
+
+    assert numbers(cut) == numbers(whole) and len(numbers(cut)) == 3

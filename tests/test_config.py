@@ -103,7 +103,7 @@ METHOD_BASE = BASE.replace("[federation]\nnum_clients = 4\n", "[federation]\nnum
         ('[federation.method]\nname = "florist"\ntau = 0.5', {"tau": 0.5}),
         (
             '[federation.method]\nname = "raflora"\nrank_levels = [2, 4, 8, 16]\nweighting = "uniform"',
-            {"rank_levels": [2, 4, 8, 16], "weighting": "uniform"},
+            {"rank_levels": [2, 4, 8, 16], "weighting": "uniform", "empty_partition": "drop"},
         ),
         ('[federation.method]\nname = "fedsa"\nsfed_alpha = 2', {"sfed_alpha": 2.0, "num_clients": 0}),
     ],
@@ -165,9 +165,84 @@ def test_run_folders_of_the_flat_format_are_still_read(tmp_path):
     assert config.federation.method.name == "florist" and config.federation.method.tau == 0.8
 
 
-def test_run_folders_from_before_empty_partition_are_read_with_the_rule_their_code_had(tmp_path):
-    path = write(tmp_path, METHOD_BASE.format(method='method = "carryover"'))
-    assert load_config(path).federation.empty_partition == "keep"  # a config file: carryover's rule
-    assert load_config(path, legacy=True).federation.empty_partition == "drop"  # a run folder: its code's rule
-    kept = write(tmp_path, METHOD_BASE.format(method='method = "raflora"\nempty_partition = "keep"'))
-    assert load_config(kept, legacy=True).federation.empty_partition == "keep"
+def test_run_folders_with_the_old_empty_partition_key_are_read_with_the_rule_they_ran(tmp_path, caplog):
+    def legacy(method: str, rule: str | None):
+        key = f'\nempty_partition = "{rule}"' if rule else ""
+        path = tmp_path / f"{method}-{rule}" / "config.toml"
+        path.parent.mkdir()
+        path.write_text(METHOD_BASE.format(method=f'method = "{method}"{key}'))
+        return load_config(path, legacy=True).federation.method
+
+    assert legacy("raflora", "keep").options()["empty_partition"] == "keep"
+    assert legacy("raflora", "drop").options()["empty_partition"] == "drop"
+    assert legacy("raflora", None).options()["empty_partition"] == "drop"  # before the key: its code dropped
+    assert legacy("carryover", "keep").name == "carryover"
+    # carryover under "drop" never got the previous global update: it ran as flexlora, and reads so
+    assert legacy("carryover", "drop").name == "flexlora"
+    assert legacy("flexlora", "drop").name == "flexlora"
+    notices = [r.getMessage() for r in caplog.records if "empty_partition" in r.getMessage()]
+    assert len(notices) == 5 and all("\n" not in n for n in notices)
+    assert "is now raflora's option federation.method.empty_partition" in notices[0]
+    assert "raflora-keep/config.toml: federation.empty_partition" in notices[0]
+    assert '"drop" read as flexlora' in notices[3]
+    with pytest.raises(ConfigError, match="ran a rule that is now raflora's alone"):
+        legacy("zero_pad", "keep")
+
+
+@pytest.mark.parametrize(
+    "method, message",
+    [
+        (
+            'method = "carryover"\nempty_partition = "drop"',
+            "federation.empty_partition does not apply to method carryover",
+        ),
+        ('method = "raflora"\nempty_partition = "keep"', "write federation.method.empty_partition = 'keep'"),
+        (
+            '[federation.method]\nname = "carryover"\nempty_partition = "keep"',
+            "unknown key federation.method.empty_partition for method carryover (raflora has it); "
+            "carryover's options: none",
+        ),
+        ('[federation.method]\nname = "raflora"\nempty_partition = "kept"', "federation.method.empty_partition"),
+    ],
+)
+def test_a_rule_that_does_not_apply_to_the_method_is_refused(tmp_path, method, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, METHOD_BASE.format(method=method)))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_raflora_keeps_or_drops_as_its_option_and_carryover_always_carries(tmp_path):
+    path = write(tmp_path, METHOD_BASE.format(method='[federation.method]\nname = "raflora"\nempty_partition = "keep"'))
+    assert load_config(path).federation.method.wants_previous
+    assert not load_config(path, {"federation.method.empty_partition": "drop"}).federation.method.wants_previous
+    assert load_config(path, {"federation.method": "carryover"}).federation.method.wants_previous
+    assert not load_config(path, {"federation.method": "flexlora"}).federation.method.wants_previous
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("[task]\nname = 'synthetic'\nnoise = 'loud'", "task.noise must be a number, got 'loud'"),
+        (
+            "[task]\nname = 'synthetic'\nbogus = 1",
+            "unknown key task.bogus for task synthetic; synthetic's options: seed,",
+        ),
+        ("[federation]\ndropout = 1.0", "federation.dropout must be in [0, 1), got 1.0"),
+        ("[federation]\nmax_norm_ratio = 0.5", "federation.max_norm_ratio must be 0 (off) or a number >= 1, got 0.5"),
+        ("[run]\nrounds = 0", "run.rounds must be > 0, got 0"),
+        ("[train]\nlr = inf", "train.lr must be a finite number, got inf"),
+        (
+            "[federation.method]\nname = 'raflora'\nrank_levels = [2, 'a']",
+            "federation.method.rank_levels.1 must be an integer",
+        ),
+    ],
+)
+def test_schema_errors_name_the_dotted_key(tmp_path, extra, message):
+    section = extra.split("\n", 1)[0]
+    if section == "[task]":
+        text = BASE.split("[task]")[0] + extra + "\n"
+    else:  # merge into the existing table instead of declaring it twice
+        text = BASE.replace(section, extra, 1) if section in BASE else BASE + "\n" + extra + "\n"
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert message in str(err.value) and "\n" not in str(err.value)

@@ -11,10 +11,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "raflora"
 LAYERS = [
     ("lora", "wire"),
     ("aggregation",),
-    ("config", "ranks", "partition", "simulate"),
-    ("tasks", "client", "config_io", "config_doc", "hf_auto"),
+    ("config", "option_models", "ranks", "partition", "simulate", "tasks", "hf_auto"),
+    ("client", "config_io", "config_doc", "peft_io"),
     ("federation",),
-    ("runtimes", "compare", "sweep", "report"),
+    ("runtimes", "compare", "sweep", "tuning", "report", "api"),
     ("cli", "cli_output", "__main__", "__init__"),
 ]
 LAYER = {name: k for k, names in enumerate(LAYERS) for name in names}

@@ -20,8 +20,10 @@ from raflora.aggregation.flexlora import FlexLoRA
 from raflora.aggregation.flora import FLoRA
 from raflora.aggregation.florist import FLoRIST
 from raflora.aggregation.hetlora import HetLoRA
+from raflora.aggregation.lora_fair import LoRAFAIR
 from raflora.aggregation.method import MAX_NORM_RATIO, Method
 from raflora.aggregation.raflora import RaFLoRA
+from raflora.aggregation.rb_lora import RBLoRA
 from raflora.aggregation.replication import Replication
 from raflora.aggregation.result import AggregationResult
 from raflora.aggregation.validate import NoValidUpdates
@@ -30,7 +32,21 @@ from raflora.lora import ClientUpdate, LowRank
 
 AGGREGATORS: dict[str, type[Method]] = {
     cls.name: cls
-    for cls in (FedIT, ZeroPad, HetLoRA, Replication, FFALoRA, FedSALoRA, FLoRA, FlexLoRA, FLoRIST, RaFLoRA, Carryover)
+    for cls in (
+        FedIT,
+        ZeroPad,
+        HetLoRA,
+        Replication,
+        FFALoRA,
+        FedSALoRA,
+        FLoRA,
+        FlexLoRA,
+        FLoRIST,
+        RaFLoRA,
+        Carryover,
+        RBLoRA,
+        LoRAFAIR,
+    )
 }
 
 

@@ -13,7 +13,7 @@ previous global update ``G_t = sum_j sigma_j u_j v_j^T``. Then
 - No rank collapse: direction ``j`` of ``G_t`` comes back at weight ``q_j`` from the clients that
   received it and ``1 - q_j`` from the server, so its carry-over is exactly 1 (FlexLoRA's is
   ``q_j < 1``: the higher directions shrink geometrically). A round that reaches no rank-16 client
-  keeps directions 9-16 whole (raflora without ``empty_partition = "keep"`` loses them).
+  keeps directions 9-16 whole (raflora with its default ``empty_partition = "drop"`` loses them).
 - No amplification: every local change enters at its data share ``p_i`` (raflora divides the
   changes in partition ``k`` by ``q_k``, up to 5x for a partition two of ten clients reach).
 - Homogeneous ranks with every client reaching ``r_top``: ``q_j = 1``, exactly FlexLoRA. Round 1
@@ -52,8 +52,17 @@ class Carryover(Method):
     """carryover (this library's own): FlexLoRA plus the previous update's unreturned share."""
 
     name: ClassVar[str] = "carryover"
-    keeps_global: ClassVar[bool] = True
     result_type: ClassVar[type] = SVDResult
+
+    @classmethod
+    def read_legacy_rule(cls, rule, options):
+        if rule == "drop":  # the round never passed it the previous update: it ran as FlexLoRA
+            return "flexlora", {}, "flexlora, which carryover ran as without the previous global update"
+        return cls.name, dict(options), f"{cls.name}, whose own rule it was"
+
+    @property
+    def wants_previous(self) -> bool:
+        return True  # always: the method is built on the previous global update
 
     def combine(self, checked: Checked, seed: int) -> dict[str, LowRank]:
         return fedavg_stacks(checked)

@@ -11,10 +11,9 @@ methods that the runtimes read instead of comparing method names:
   fresh adapter every round (FLoRA, FLoRIST);
 - ``mixed_ranks``: whether one round may mix ranks (FedIT may not);
 - ``private``: the factor each client keeps for itself and never sends (FedSA-LoRA's ``B``);
-- ``keeps_global``: its rule for a rank partition that no client of a round reaches: keep the
-  previous round's global component there (:meth:`keep_unreached`; carryover, this library's own
-  method, which is built on the previous global update) or lose it (raFLoRA and the baselines, as
-  published); the default of ``federation.empty_partition``;
+- ``wants_previous``: whether :meth:`carry` reads the previous round's global update (carryover,
+  this library's own method, always; raFLoRA with its option ``empty_partition = "keep"``; the
+  baselines never): the runtimes pass it exactly when the method asks, and nothing else decides;
 - ``result_type``: what a client of rank ``r`` starts from next round
   (:mod:`raflora.aggregation.result`);
 - :meth:`refuse` (method-specific checks) and :meth:`combine` (the formula, a pure function of the
@@ -39,9 +38,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from raflora.aggregation.numerics import NumericalFailure, all_finite, fits, log2_norm, log2_product_norm, stable_svd
+from raflora.aggregation.numerics import NumericalFailure, all_finite, fits, log2_norm, log2_product_norm
 from raflora.aggregation.result import AggregationResult
-from raflora.aggregation.stacking import Stack, append_components
+from raflora.aggregation.stacking import Stack
 from raflora.aggregation.validate import (
     Checked,
     NoValidUpdates,
@@ -93,7 +92,6 @@ class Method:
     merges_into_base: ClassVar[bool] = False
     mixed_ranks: ClassVar[bool] = True
     private: ClassVar[str] = ""
-    keeps_global: ClassVar[bool] = False
     result_type: ClassVar[type[AggregationResult]] = AggregationResult
 
     def __post_init__(self) -> None:
@@ -158,9 +156,9 @@ class Method:
     ) -> AggregationResult:
         """Validate ``updates``, drop what :meth:`refuse` refuses and the norm outliers
         (``max_norm_ratio``, :func:`~raflora.aggregation.validate.norm_outliers`), :meth:`combine`
-        the rest (:meth:`combine_safely`). ``previous``: the previous round's global update, whose
-        components this round's updates do not reach are kept (:meth:`keep_unreached`, up to
-        ``top_rank``).
+        the rest (:meth:`combine_safely`). ``previous``: the previous round's global update, for a
+        method that :attr:`wants_previous` (:meth:`carry` decides what of it stays, up to
+        ``top_rank``); ``ValueError`` for any other method.
 
         The steps are the ones :func:`raflora.aggregation.streamed.aggregate_files` runs module by
         module: :meth:`check_round`, ``check_updates``, each of :meth:`refusal_steps`,
@@ -178,11 +176,11 @@ class Method:
     # -- the steps of a round (aggregate above, aggregate_files in streamed.py) -------------------
     def check_round(self, max_norm_ratio: float, previous: Mapping[str, LowRank] | None) -> float:
         """The round's arguments, checked before any update is read: ``max_norm_ratio`` as a float
-        (``ValueError`` unless 0 or >= 1), and ``ValueError`` for a ``previous`` this method cannot
-        keep (:meth:`keep_problem`)."""
+        (``ValueError`` unless 0 or >= 1), and ``ValueError`` for a ``previous`` this method does
+        not read (:attr:`wants_previous`)."""
         ratio = check_ratio(max_norm_ratio)
-        if previous and self.keep_problem():
-            raise ValueError(f"{self.name}: cannot keep the previous global update: {self.keep_problem()}")
+        if previous and not self.wants_previous:
+            raise ValueError(f"{self.name}: does not read the previous global update; pass previous=None")
         return ratio
 
     def refusal_steps(
@@ -246,41 +244,31 @@ class Method:
                 }
             )
 
+    @classmethod
+    def read_legacy_rule(cls, rule: str, options: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
+        """How a run folder written while ``federation.empty_partition`` was a federation key reads
+        today: ``(method name, options, what it is read as)``, the rule its code ran; ValueError
+        when this version cannot rerun it. Default: ``drop`` was every method's own rule, ``keep``
+        is now raflora's alone."""
+        if rule != "drop":
+            raise ValueError(
+                f'federation.empty_partition = "{rule}" with method {cls.name} ran a rule that is now '
+                "raflora's alone (federation.method.empty_partition); this version cannot rerun it"
+            )
+        return cls.name, dict(options), f"{cls.name}, whose own rule it was"
+
+    @property
+    def wants_previous(self) -> bool:
+        """Whether :meth:`carry` reads the previous round's global update; the runtimes pass it
+        exactly then. Default: no."""
+        return False
+
     def carry(
         self, factors: LowRank, previous: LowRank | None, checked: Checked, module: str, top_rank: int | None
     ) -> LowRank:
         """What of the previous round's global update ``previous`` this round's ``factors`` of
-        ``module`` carry on (only when the round passes it: ``keeps_global`` methods, or
-        ``federation.empty_partition = "keep"``). Default: the components no update reached
-        (:meth:`keep_unreached`)."""
-        return self.keep_unreached(factors, previous, max(checked.ranks(module)), top_rank)
-
-    def keep_unreached(self, factors: LowRank, previous: LowRank | None, reached: int, top_rank: int | None) -> LowRank:
-        """``factors`` plus the components ``reached + 1 .. top_rank`` of ``previous`` (its singular
-        directions in descending order): a rank partition that no update of this round reaches
-        keeps its previous global component instead of losing it (``federation.empty_partition =
-        "keep"``). Only for a global update that clients receive whole and train both factors of
-        (:meth:`keep_problem`)."""
-        if previous is None:
-            return factors
-        top = top_rank if top_rank is not None else previous.A.shape[0]
-        if top <= reached:
-            return factors
-        like: dict[str, Any] = {"dtype": factors.dtype, "device": factors.device}
-        U, S, V = stable_svd(previous.B.to(**like), previous.A.to(**like), top=top)
-        tail = slice(reached, min(top, S.shape[0]))
-        return append_components(factors, A=V[:, tail].T, B=U[:, tail] * S[tail])
-
-    @classmethod
-    def keep_problem(cls) -> str | None:
-        """Why this method cannot keep an unreached partition's previous component, else None."""
-        if cls.merges_into_base:
-            return "its clients merge every round's update into the base weight, which keeps every component"
-        if cls.private:
-            return f"its clients keep their own {cls.private}, so there is no global update to keep"
-        if not cls.trains_a:
-            return "its A is a frozen init, which a kept component would change"
-        return None
+        ``module`` carry on (called only when :attr:`wants_previous`). Default: nothing."""
+        return factors
 
     # -- the client's side -------------------------------------------------------------------------
     def missing_part(

@@ -10,10 +10,10 @@ partition, so no partition is diluted by clients that cannot contribute to it:
 
 A client of rank ``r`` starts from the best rank-``r`` approximation of ``delta`` (as FlexLoRA).
 Homogeneous ranks give ``K = 1`` and ``c_ij = p_i``: exactly FlexLoRA. A partition no client
-reaches contributes nothing to the round's stack (the default, as published); in a federation with
-``empty_partition = "keep"`` it keeps its previous global component instead
-(:meth:`Method.keep_unreached`), which measured worse on text and on Fashion-MNIST
-(docs/results.md, experiments 8 and 8c).
+reaches contributes nothing to the round's stack (option ``empty_partition = "drop"``, the default,
+as published); with ``empty_partition = "keep"`` it keeps its previous global component instead
+(:func:`keep_unreached`: the method then asks for the previous global update, ``wants_previous``),
+which measured worse on text and on Fashion-MNIST (docs/results.md, experiments 8 and 8c).
 An update whose rank is not a level is refused.
 
 Option ``weighting = "uniform"`` uses ``p_i = 1 / N`` in place of the data share (secondary
@@ -25,13 +25,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
 from raflora.aggregation.method import Method, Refusals, option
+from raflora.aggregation.numerics import stable_svd
 from raflora.aggregation.result import SVDResult
-from raflora.aggregation.stacking import stack_factors
+from raflora.aggregation.stacking import append_components, stack_factors
 from raflora.aggregation.validate import Checked
 from raflora.lora import LowRank
 
@@ -58,7 +59,23 @@ def partition_weights(ranks: Sequence[int], weights: Sequence[float], levels: Se
     return out
 
 
+def keep_unreached(factors: LowRank, previous: LowRank | None, reached: int, top_rank: int | None) -> LowRank:
+    """``factors`` plus the components ``reached + 1 .. top_rank`` of ``previous`` (its singular
+    directions in descending order): a rank partition that no update of this round reaches keeps
+    its previous global component instead of losing it."""
+    if previous is None:
+        return factors
+    top = top_rank if top_rank is not None else previous.A.shape[0]
+    if top <= reached:
+        return factors
+    B, A = (t.to(dtype=factors.dtype, device=factors.device) for t in (previous.B, previous.A))
+    U, S, V = stable_svd(B, A, top=top)
+    tail = slice(reached, min(top, S.shape[0]))
+    return append_components(factors, A=V[:, tail].T, B=U[:, tail] * S[tail])
+
+
 WEIGHTINGS = ("data", "uniform")
+EMPTY_PARTITIONS = ("drop", "keep")
 
 
 @dataclass
@@ -67,9 +84,6 @@ class RaFLoRA(Method):
 
     name: ClassVar[str] = "raflora"
     result_type: ClassVar[type] = SVDResult
-    # a partition nobody reaches contributes nothing (as published); federation.empty_partition = "keep"
-    # keeps its previous component instead: measured worse on text and images (docs/results.md, experiment 8)
-    keeps_global: ClassVar[bool] = False
 
     rank_levels: list[int] = option(
         factory=list,
@@ -82,7 +96,20 @@ class RaFLoRA(Method):
         "p_i) or uniform (every contributing client alike)",
     )
 
+    # drop: a partition nobody reaches contributes nothing (as published); keep: measured worse on
+    # text and images (docs/results.md, experiment 8)
+    empty_partition: Literal["drop", "keep"] = option(
+        "drop",
+        help="drop | keep: a rank partition no client of the round reaches loses its previous global "
+        "component (as published) or keeps it",
+    )
+
     def check(self) -> None:
+        if self.empty_partition not in EMPTY_PARTITIONS:
+            raise ValueError(
+                f"raflora: empty_partition {self.empty_partition!r} is not known; "
+                f"choose one of {', '.join(EMPTY_PARTITIONS)}"
+            )
         if any(int(level) < 1 for level in self.rank_levels):
             raise ValueError(f"raflora: rank_levels must be positive integers, got {list(self.rank_levels)}")
         if self.weighting not in WEIGHTINGS:
@@ -100,6 +127,18 @@ class RaFLoRA(Method):
 
     def bind(self, client_ranks, num_sampled):
         return replace(self, rank_levels=sorted(set(self.rank_levels) | set(client_ranks)))
+
+    @classmethod
+    def read_legacy_rule(cls, rule, options):
+        options = {"empty_partition": rule, **options}
+        return cls.name, options, f'raflora with federation.method.empty_partition = "{options["empty_partition"]}"'
+
+    @property
+    def wants_previous(self) -> bool:
+        return self.empty_partition == "keep"
+
+    def carry(self, factors, previous, checked, module, top_rank):
+        return keep_unreached(factors, previous, max(checked.ranks(module)), top_rank)
 
     def refuse(self, checked: Checked, seed: int) -> Refusals:
         if not self.rank_levels:

@@ -21,8 +21,7 @@ pass by pass.
 
 from __future__ import annotations
 
-import json
-import struct
+import os
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from raflora.aggregation.result import AggregationResult
 from raflora.aggregation.stacking import compact
 from raflora.aggregation.validate import Checked, NoValidUpdates, Rejection, check_updates
 from raflora.lora import ClientUpdate, LoRAFactors, LowRank
-from raflora.wire import encode_factors
+from raflora.wire import Entry, WireError, encode_factors, header_length, read_header, tensor_of
 
 
 @dataclass(frozen=True)
@@ -73,31 +72,29 @@ class UploadFile:
         return ClientUpdate(self.client_id, factors, self.num_examples)
 
 
-# safetensors dtype names -> torch (the ones raflora.wire writes, and float64)
-_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
-
-
 def _header(path: str | Path) -> tuple[dict, int]:
     """The safetensors header of ``path`` (8-byte little-endian length, then JSON) and where the
-    data starts."""
+    data starts, every tensor's offsets checked against the file's size first
+    (:func:`raflora.wire.read_header`; :class:`~raflora.wire.WireError` otherwise)."""
     with open(path, "rb") as fh:
-        (length,) = struct.unpack("<Q", fh.read(8))
-        if length > 100_000_000:
-            raise ValueError(f"header of {length} bytes: not a safetensors file")
-        return json.loads(fh.read(length)), 8 + length
+        size = os.fstat(fh.fileno()).st_size
+        length = header_length(fh.read(8), size)
+        entries, meta = read_header(fh.read(length), size)
+    header: dict = {**entries, "__metadata__": meta}
+    return header, 8 + length
 
 
-def _read(fh, start: int, entry: dict) -> torch.Tensor:
-    begin, end = entry["data_offsets"]
-    dtype = _DTYPES.get(entry["dtype"])
-    if dtype is None:
-        raise ValueError(f"dtype {entry['dtype']} is not a factor dtype")
-    data = bytearray(end - begin)
-    fh.seek(start + begin)
+def _read(fh, start: int, entry: Entry) -> torch.Tensor:
+    """The tensor ``entry`` (checked by :func:`_header`) from ``fh``, as float32; the file is
+    measured again first, so a file cut short since its header was read allocates nothing."""
+    size = os.fstat(fh.fileno()).st_size
+    if start + entry.end > size:
+        raise WireError(f"the file ends at byte {size}, before its tensors do (byte {start + entry.end})")
+    fh.seek(start + entry.begin)
+    data = bytearray(entry.end - entry.begin)
     if fh.readinto(data) != len(data):
-        raise ValueError("the file ends before its tensors do")
-    tensor = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
-    return tensor.reshape(entry["shape"]).to(torch.float32)
+        raise WireError("the file ends before its tensors do")
+    return tensor_of(data, entry).to(torch.float32)
 
 
 def write_upload(path: str | Path, update: ClientUpdate, dtype: str = "float32") -> UploadFile:

@@ -230,11 +230,10 @@ def check_updates(
                 )
             )
             continue
-        try:
-            hash(u.client_id)
-        except TypeError:
-            # The id keys result.weights; an unhashable one would crash the round, not refuse.
-            rejected.append((None, None, f"client {u.client_id!r}: client_id must be hashable"))
+        cid = u.client_id
+        if not ((isinstance(cid, str) and cid.strip()) or (isinstance(cid, int) and not isinstance(cid, bool))):
+            # The id keys result.weights: NaN (never equal to itself) would pass the duplicate check.
+            rejected.append((None, None, f"client {cid!r}: client_id must be a non-empty string or an integer"))
             continue
         if u.client_id in seen_ids:
             rejected.append((u.client_id, None, f"client {u.client_id!r}: duplicate client id in this round"))

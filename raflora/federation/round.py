@@ -153,7 +153,7 @@ def run_round(
     evaluate = None
     if setup.method.private:
         # The clients that took part this round, as the Flower strategy asks them to evaluate.
-        evaluate = lambda: {c: evaluate_client(setup, state, c, kept[c]) for c in turns if c in kept}  # noqa: E731
+        evaluate = lambda split: {c: evaluate_client(setup, state, c, kept[c], split) for c in turns if c in kept}  # noqa: E731
     return close_round(setup, state, round_, sampled, turns, [], began, evaluate_clients=evaluate, dropped=dropped)
 
 
@@ -177,17 +177,18 @@ def close_round(
     refused: list[dict],
     began: float,
     bytes_down: int | None = None,
-    evaluate_clients: Callable[[], dict[int, dict[str, float]]] | None = None,
+    evaluate_clients: Callable[[str], dict[int, dict[str, float]]] | None = None,
     dropped: Sequence[int] = (),
 ) -> dict:
     """The server's part of round ``round_`` once the clients' ``turns`` are in: aggregate, merge,
     diagnose, evaluate; update ``state`` in place and return the round's metrics. ``refused`` lists
     clients whose reply never made a turn (``{"client", "module", "reason"}``, reported first);
     ``bytes_down`` defaults to the turns' own. Methods whose clients keep a private part have no
-    global model: ``evaluate_clients`` returns each client's own evaluation (personalised models).
+    global model: ``evaluate_clients(split)`` returns each client's own evaluation (personalised
+    models) on ``"validation"`` or ``"test"``.
     ``dropped``: the sampled clients that failed (``federation.dropout``), listed in the metrics.
-    With ``federation.empty_partition = "keep"`` the previous global update goes into the
-    aggregation, which keeps its components that no client of this round reaches."""
+    A method that asks for the previous global update (``Method.wants_previous``: carryover, raflora
+    with ``empty_partition = "keep"``) gets it; what it keeps of it is the method's own rule."""
     config = setup.config
     updates, heads, losses, diverged = [], {}, {}, []
     bytes_up = 0
@@ -211,7 +212,6 @@ def close_round(
         "diverged": diverged,
     }
     rejected = list(refused)
-    keep = config.federation.empty_partition == "keep"  # the previous update fills unreached partitions
     try:
         # workers: the modules are factorized side by side on run.threads threads (bit-identical
         # to one thread at a time, see raflora.aggregation.workers)
@@ -222,7 +222,7 @@ def close_round(
             seed=config.run.seed,
             workers=config.run.threads,
             max_norm_ratio=config.federation.max_norm_ratio,
-            previous=state.delta if keep else None,
+            previous=state.delta if setup.method.wants_previous else None,
             top_rank=max(setup.levels),
         )
     except NoValidUpdates as err:
@@ -245,11 +245,20 @@ def close_round(
     record["train_loss"] = sum(finite) / len(finite) if finite else float("nan")
     record.update(bytes_up=bytes_up, bytes_down=bytes_down)
     record.update({setup.task.metric: None, "loss": None})  # same fields on every line
-    if round_ % config.eval.every == 0 or round_ == config.run.rounds:
-        if setup.method.private:
-            record.update(personal_summary(setup.task.metric, evaluate_clients() if evaluate_clients else {}))
-        else:
-            record.update(evaluate_global(setup, state))
+    last = round_ == config.run.rounds
+    if setup.validation:
+        record.update({f"val_{setup.task.metric}": None, "val_loss": None})
+    if round_ % config.eval.every == 0 or last:
+        # With a validation set, every evaluated round is scored on it (what a choice may read) and
+        # the test split once, after the last round (the reported number).
+        for split in ("validation", "test") if setup.validation else ("test",):
+            if split == "test" and setup.validation and not last:
+                continue
+            if setup.method.private:
+                scores = personal_summary(setup.task.metric, evaluate_clients(split) if evaluate_clients else {})
+            else:
+                scores = evaluate_global(setup, state, split)
+            record.update(scores if split == "test" else {f"val_{k}": v for k, v in scores.items()})
     state.round = round_
     record["seconds"] = round(time.perf_counter() - began, 3)
     return record
@@ -268,25 +277,34 @@ def _apply(setup, state, result, heads, weights) -> None:
     }
 
 
-def evaluate_global(setup: RunSetup, state: FederationState) -> dict[str, float]:
-    """The task's metric and loss of the global model: base weights plus this round's global update
-    (already merged for methods that merge into the base)."""
+def split_examples(setup: RunSetup, split: str) -> list:
+    """The examples of ``split``: ``"test"`` or ``"validation"`` (``eval.validation``'s hold-out)."""
+    if split not in ("test", "validation"):
+        raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
+    return setup.test if split == "test" else setup.validation
+
+
+def evaluate_global(setup: RunSetup, state: FederationState, split: str = "test") -> dict[str, float]:
+    """The task's metric and loss of the global model on ``split``: base weights plus this round's
+    global update (already merged for methods that merge into the base)."""
     deltas = {} if state.base else {m: f.dense() for m, f in state.delta.items()}
     head = state.head or setup.model.get_head(None)
     with setup.model.global_model(deltas, head) as model:
-        return setup.task.evaluate(model, setup.test, setup.config.eval.batch_size)
+        return setup.task.evaluate(model, split_examples(setup, split), setup.config.eval.batch_size)
 
 
-def evaluate_client(setup: RunSetup, state: FederationState, client: int, kept: Kept) -> dict[str, float]:
-    """A client's own (personalised) model on the test split: the start it would get next round
-    (the new global part, as it arrives over the wire, with its own private part) and the global head."""
+def evaluate_client(
+    setup: RunSetup, state: FederationState, client: int, kept: Kept, split: str = "test"
+) -> dict[str, float]:
+    """A client's own (personalised) model on ``split``: the start it would get next round (the
+    new global part, as it arrives over the wire, with its own private part) and the global head."""
     sent = state.starts[setup.ranks[client]]
     received = client_receive(setup, pack(sent, setup.config.federation.transport_dtype, setup.method.uploads), sent)
     start = setup.method.client_start(received, kept)
     deltas = {m: f.delta() for m, f in start.items()}
     head = state.head or setup.model.get_head(None)
     with setup.model.global_model(deltas, head) as model:
-        return setup.task.evaluate(model, setup.test, setup.config.eval.batch_size)
+        return setup.task.evaluate(model, split_examples(setup, split), setup.config.eval.batch_size)
 
 
 def personal_summary(metric: str, by_client: Mapping[int, Mapping[str, float]]) -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import random
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -49,6 +49,7 @@ class RunSetup:
     test: list
     base0: dict  # module -> the pretrained weight (the reference of exported adapters)
     method: Method  # the config's method bound to this federation (Method.bind)
+    validation: list = field(default_factory=list)  # eval.validation's held-out training examples
 
     @property
     def r_min(self) -> int:
@@ -89,7 +90,7 @@ def build_setup(config: Config) -> RunSetup:
     device = resolve_device(config.run.device)  # a missing GPU stops the run before anything loads
     seed = config.run.seed
     task = build_task(config.task.name, **config.task.options)
-    data = load_data(task, config)
+    data, validation = hold_out(load_data(task, config), config)
     fed = config.federation
     shards = split_among_clients(config, data)
     ranks = client_ranks(config.ranks, fed.num_clients, seed)
@@ -115,9 +116,11 @@ def build_setup(config: Config) -> RunSetup:
     test = list(data.test)
     if config.eval.max_examples > 0:
         test = subsample(test, config.eval.max_examples, derived_seed("eval", seed))
-    task.prepare(list(data.train) + test)
+    task.prepare(list(data.train) + validation + test)
     base0 = model.base_weights()
-    return RunSetup(config, task, data, shards, ranks, levels, scales, model, model.shapes(), test, base0, method)
+    return RunSetup(
+        config, task, data, shards, ranks, levels, scales, model, model.shapes(), test, base0, method, validation
+    )
 
 
 def check_inputs(config: Config) -> None:
@@ -126,7 +129,7 @@ def check_inputs(config: Config) -> None:
     as a ConfigError, before it starts."""
     resolve_device(config.run.device)
     task = build_task(config.task.name, **config.task.options)
-    split_among_clients(config, load_data(task, config))
+    split_among_clients(config, hold_out(load_data(task, config), config)[0])
     load_model(task, config)
 
 
@@ -148,6 +151,31 @@ def load_data(task: Task, config: Config) -> TaskData:
             "it needs some of each"
         )
     return data
+
+
+def hold_out(data: TaskData, config: Config) -> tuple[TaskData, list]:
+    """``eval.validation``'s share of the training examples, drawn under the run seed, as the
+    server's validation set, and the data without them (the clients' pool). Global, not per client:
+    the examples are drawn before the partition, so every client keeps its share of the rest; the
+    partition of a run with a validation set differs from one without. Nothing is held out at 0."""
+    share = config.eval.validation
+    if share <= 0:
+        return data, []
+    n = len(data.train)
+    count = int(round(share * n))
+    if count < 1 or count >= n:
+        raise ConfigError(
+            f"eval.validation = {share:g} of {n} training examples holds out {count}; "
+            "it must leave at least one example on each side"
+        )
+    held = set(subsample(range(n), count, derived_seed("validation", config.run.seed)))
+    rest = [i for i in range(n) if i not in held]
+
+    def pick(values):
+        return None if values is None else [values[i] for i in rest]
+
+    kept = replace(data, train=pick(data.train), train_labels=pick(data.train_labels), train_keys=pick(data.train_keys))
+    return kept, [data.train[i] for i in sorted(held)]
 
 
 def split_among_clients(config: Config, data: TaskData) -> list[list[int]]:

@@ -34,12 +34,15 @@ def write_report(
     out: str | Path,
     reference: str | None = None,
     sweep: tuple[dict, Path] | None = None,
+    tuned: dict | None = None,
 ) -> dict:
     """Write report.md, report.html, report.json and the plots for ``run_folders`` into ``out``;
     returns the report's numbers (report.json's content). Paired differences are ``reference``
     (a method; default the first run's) minus each other method of the same setting.
     ``sweep`` is a sweep's grid and folder (read from ``sweep.json`` when one sweep folder is given
-    alone); it adds the sweep table. ReportError (one line) for input it cannot use."""
+    alone); it adds the sweep table. ``tuned``: a comparison's per-method choices (read from
+    ``tuned.json`` when one comparison folder is given alone; :mod:`raflora.tuning`). ReportError
+    (one line) for input it cannot use."""
     from raflora.report.html import report_html
     from raflora.report.plots import write_plots
     from raflora.report.tables import report_markdown
@@ -48,7 +51,9 @@ def write_report(
     sweep = sweep or load_sweep(run_folders)
     if sweep and reference is None:
         reference = sweep[0].get("reference")  # the sweep's own, not the first run's in name order
-    report = build_report(runs, reference)
+    from raflora.report.tuned import load_tuned
+
+    report = build_report(runs, reference, tuned if tuned is not None else load_tuned(run_folders))
     if sweep:
         attach_sweep(report, *sweep)
     out = Path(out)

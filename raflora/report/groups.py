@@ -5,7 +5,8 @@ A *group* is the runs whose configs are equal except ``run.seed`` (and how a run
 one setting, repeated over seeds. The grouping is read from the configs, not from folder names, so
 ``raflora report`` groups any set of runs, whoever made them.
 
-A *paired difference* is ``reference - other`` seed by seed: the reference method's group and
+A *paired difference* is ``reference - other`` seed by seed (with its 95 % interval, Wilcoxon p and
+verdict: :mod:`raflora.report.significance`): the reference method's group and
 another group of the same setting (configs equal except the method, its options, the seed and the
 folder), over the seeds both have. Pairing by seed removes what the seed does to both (the
 partition, the sampled clients, the initial adapters), which is most of the spread between runs.
@@ -18,9 +19,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from raflora.report.method_keys import follows_method
+from raflora.report.significance import paired_inference
 
 PER_RUN_KEYS = ("run.out", "run.seed", "run.threads")  # what changes between the runs of one group
 STAT_FIELDS = ("final_metric", "best_metric", "rho_rmin_last", "final_loss")  # final_loss: the test loss
+# which side of a paired difference is better, per field (rho_rmin has none)
+BETTER = {"final_metric": "higher", "best_metric": "higher", "rho_rmin_last": None, "final_loss": "lower"}
 
 
 def stats(values: Sequence[float]) -> dict[str, Any] | None:
@@ -85,10 +89,11 @@ def _energy_rounds(members: list[dict]) -> list[dict]:
 
 
 def build_groups(
-    summaries: Sequence[dict], flats: Sequence[dict[str, Any]], metric: str
+    summaries: Sequence[dict], flats: Sequence[dict[str, Any]], metric: str, per_method: Sequence[str] = ()
 ) -> tuple[list[dict], list[str]]:
     """One group per setting, in the order of its first run, and each group's setting for pairing
-    (its config without the method, the method's options, the seed and the folder); ``summaries``
+    (its config without the method, the method's options, the seed and the folder, and the keys
+    ``per_method`` that each method chose for itself, e.g. a tuned ``train.lr``); ``summaries``
     are the per-run numbers (:func:`raflora.report.summary.summarize_run`), ``flats`` the runs'
     flat configs."""
     order: dict[str, list[int]] = {}
@@ -110,7 +115,9 @@ def build_groups(
             "seeds": seeds,
             "r_min": members[0]["r_min"],
         }
-        pair_settings.append(_setting(flats[indices[0]], lambda key: key in PER_RUN_KEYS or follows_method(key)))
+        pair_settings.append(
+            _setting(flats[indices[0]], lambda key: key in PER_RUN_KEYS or follows_method(key) or key in per_method)
+        )
         group.update({field: stats([_value(m, field) for m in members]) for field in STAT_FIELDS})
         for field in ("bytes_up", "bytes_down", "seconds"):
             group[field] = stats([m[field] for m in members])
@@ -146,10 +153,15 @@ def paired_differences(
             mine, theirs = _seed_values(ref, by_label, field), _seed_values(group, by_label, field)
             seeds = [s for s in ref["seeds"] if s in mine and s in theirs]
             diffs = {s: mine[s] - theirs[s] for s in seeds}
+            values = list(diffs.values())
             pair[field] = (
                 None
                 if not diffs
-                else {**stats(list(diffs.values())), "per_seed": {str(s): d for s, d in diffs.items()}}
+                else {
+                    **stats(values),
+                    **paired_inference(values, BETTER[field]),
+                    "per_seed": {str(s): d for s, d in diffs.items()},
+                }
             )
         pairs.append(pair)
     return pairs

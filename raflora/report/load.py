@@ -7,7 +7,6 @@ file that is not here) still reports. Every problem names the folder or file and
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -107,7 +106,7 @@ def _metric_of(task: str) -> str:
 def _client_ranks(config: dict[str, dict[str, Any]]) -> list[int]:
     from raflora.ranks import client_ranks
 
-    known = {f.name for f in dataclasses.fields(RanksConfig)}
+    known = set(RanksConfig.model_fields)
     ranks = RanksConfig(**{k: v for k, v in config.get("ranks", {}).items() if k in known})
     federation, run = config.get("federation", {}), config.get("run", {})
     return client_ranks(ranks, int(federation.get("num_clients", 10)), int(run.get("seed", 0)))

@@ -10,8 +10,9 @@ options are spelled ``federation.method.KEY``; the method's class lists them
 from __future__ import annotations
 
 METHOD_PREFIX = "federation.method."
-# Federation keys whose resolved value follows the method unless a config sets it (each method's
-# own rule for an unreached rank partition): runs that differ only there are one setting.
+# Keys of older run folders whose resolved value followed the method (federation.empty_partition,
+# each method's rule for an unreached rank partition, now raflora's option): runs that differ only
+# there are one setting.
 FOLLOWS_METHOD = ("federation.empty_partition",)
 
 

@@ -1,6 +1,7 @@
 """The numbers of a report, computed from the loaded runs (what report.json holds).
 
-Per run: the task metric at the last evaluated round and at its best round, ``rho_rmin`` (energy
+Per run: the task metric at the last evaluated round and at its best round (on the validation
+set when the run has one, ``eval.validation``; on the test split for runs without), ``rho_rmin`` (energy
 share of the global update's top ``r_min`` directions; 1 = collapsed) first and last, totals of
 bytes, seconds and rejected updates, the energy per rank partition of the last round, and one row
 per round. ``differences`` lists the config values that are not the same in every run.
@@ -51,6 +52,8 @@ def round_row(record: dict, metric: str) -> dict[str, Any]:
         "bytes_down": int(record.get("bytes_down") or 0),
         "seconds": finite(record.get("seconds")) or 0.0,
         "rejected": len(record.get("rejected") or []),
+        f"val_{metric}": finite(record.get(f"val_{metric}")),
+        "val_loss": finite(record.get("val_loss")),
     }
 
 
@@ -75,6 +78,8 @@ def energy_rounds(run: Run) -> list[dict]:
 def summarize_run(run: Run) -> dict[str, Any]:
     rows = [round_row(r, run.metric) for r in run.records]
     metric = [(row["round"], row[run.metric]) for row in rows]
+    validation = [(row["round"], row[f"val_{run.metric}"]) for row in rows]
+    validated = any(v is not None for _, v in validation)
     rho = [(row["round"], row["rho_rmin"]) for row in rows]
     return {
         "label": run.label,
@@ -85,7 +90,10 @@ def summarize_run(run: Run) -> dict[str, Any]:
         "r_min": run.r_min,
         "client_ranks": run.client_ranks,
         "final_metric": _last(metric),
-        "best_metric": _best(metric),
+        # with a validation set: the best round and value on it (test is read once, at the end);
+        # runs without one: the best test round, as they were reported
+        "best_metric": _best(validation if validated else metric),
+        "best_on": "validation" if validated else "test",
         "final_loss": _last([(row["round"], row["loss"]) for row in rows]),
         "rho_rmin_first": _first(rho),
         "rho_rmin_last": _last(rho),
@@ -119,29 +127,39 @@ def differences(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
     }
 
 
-def build_report(runs: Sequence[Run], reference: str | None = None) -> dict[str, Any]:
+def build_report(runs: Sequence[Run], reference: str | None = None, tuned: dict | None = None) -> dict[str, Any]:
     """Everything report.json holds (the tables and plots are drawn from the same numbers).
 
     ``groups`` are the runs of one setting over seeds (:mod:`.groups`), ``paired`` the differences
     ``reference`` method minus each other method of the same setting, seed by seed; the reference is
     by default the method of the first run. ReportError when no run has the reference method.
+    ``tuned``: a comparison's per-method choices (:mod:`raflora.tuning`); the keys they set are
+    the methods' own, so methods are paired across them.
     """
+    from raflora.report.tuned import tuned_keys
+
     first = runs[0]
     summaries = [summarize_run(run) for run in runs]
     reference = reference or summaries[0]["method"]
     if reference not in {s["method"] for s in summaries}:
         methods = ", ".join(dict.fromkeys(s["method"] for s in summaries))
         raise ReportError(f"--reference {reference!r}: no run of that method; the runs are of {methods}")
-    groups, pair_settings = build_groups(summaries, [_flat(run.config) for run in runs], first.metric)
+    per_method = tuned_keys(tuned or {})
+    groups, pair_settings = build_groups(summaries, [_flat(run.config) for run in runs], first.metric, per_method)
     return {
         "task": first.task,
         "metric": first.metric,
         "r_min": sorted({run.r_min for run in runs}),
         "differences": differences(runs),
         "reference": reference,
+        # where "best" was chosen: "validation", "test" (runs without eval.validation), or "mixed"
+        "best_on": "".join({s["best_on"] for s in summaries})
+        if len({s["best_on"] for s in summaries}) == 1
+        else "mixed",
         "runs": summaries,
         "groups": groups,
         "paired": paired_differences(groups, pair_settings, summaries, reference),
+        "tuned": dict(tuned or {}),
     }
 
 

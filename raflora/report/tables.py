@@ -31,6 +31,15 @@ def _at(point: dict | None, digits: int = 4) -> str:
     return "-" if point is None else f"{point['value']:.{digits}f} (r{point['round']})"
 
 
+def best(report: dict) -> str:
+    """The "best" columns' name: chosen on the validation set, on the test split (runs without
+    ``eval.validation``: test-selected, an optimistic number), or both kinds of runs mixed."""
+    metric = report["metric"]
+    return {"validation": f"best val {metric}", "mixed": f"best {metric} (val or test)"}.get(
+        report.get("best_on", "test"), f"best {metric}"
+    )
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -48,7 +57,7 @@ def summary_rows(report: dict) -> tuple[list[str], list[list[str]]]:
         "method",
         "rounds",
         f"final {metric}",
-        f"best {metric}",
+        best(report),
         "final rho_rmin",
         "rho_rmin first -> last",
         "bytes up",
@@ -100,7 +109,7 @@ def group_rows(report: dict) -> tuple[list[str], list[list[str]]]:
         "method",
         "seeds",
         f"final {metric}",
-        f"best {metric}",
+        best(report),
         "final rho_rmin",
         "bytes up / run",
         "bytes down / run",
@@ -128,11 +137,19 @@ def per_seed(diff: dict | None, digits: int) -> str:
     return ", ".join(f"{seed}: {value:+.{digits}f}" for seed, value in diff["per_seed"].items())
 
 
-def _signed(stat: dict | None, digits: int) -> str:
+def difference(stat: dict | None, digits: int) -> str:
+    """A paired difference: ``+0.0400 [+0.0100, +0.0700] p 0.25 level``: the mean, its 95 %
+    interval, the Wilcoxon p and the verdict (:mod:`raflora.report.significance`); the mean and
+    ``level`` alone for one seed."""
     if stat is None:
         return "-"
     text = f"{stat['mean']:+.{digits}f}"
-    return text + (f" ± {stat['std']:.{digits}f}" if stat["std"] is not None else "")
+    if stat.get("ci95") is not None:
+        low, high = stat["ci95"]
+        text += f" [{low:+.{digits}f}, {high:+.{digits}f}]"
+    if stat.get("wilcoxon_p") is not None and stat["n"] > 1:
+        text += f" p {stat['wilcoxon_p']:.2f}"
+    return text + f" {stat['verdict']}" if "verdict" in stat else text
 
 
 def paired_rows(report: dict) -> tuple[list[str], list[list[str]]]:
@@ -142,8 +159,8 @@ def paired_rows(report: dict) -> tuple[list[str], list[list[str]]]:
         "seeds",
         f"final {metric}",
         f"final {metric} per seed",
-        f"best {metric}",
-        f"best {metric} per seed",
+        best(report),
+        f"{best(report)} per seed",
         "final rho_rmin",
         "final rho_rmin per seed",
     ]
@@ -154,11 +171,11 @@ def paired_rows(report: dict) -> tuple[list[str], list[list[str]]]:
             [
                 f"{pair['reference']} - {pair['other']}",
                 "-" if final is None else f"{final['n']}",
-                _signed(final, 4),
+                difference(final, 4),
                 per_seed(final, 4),
-                _signed(pair["best_metric"], 4),
+                difference(pair["best_metric"], 4),
                 per_seed(pair["best_metric"], 4),
-                _signed(pair["rho_rmin_last"], 3),
+                difference(pair["rho_rmin_last"], 3),
                 per_seed(pair["rho_rmin_last"], 3),
             ]
         )
@@ -256,13 +273,29 @@ SWEEP_NOTE = (
 SEEDS_NOTE = (
     "Runs whose configs differ only in run.seed form a group. Cells: mean ± sample standard "
     "deviation [min, max] over the seeds. Paired differences: the reference method minus the "
-    "other method of the same setting, seed by seed (positive: the reference is higher)."
+    "other method of the same setting, seed by seed (positive: the reference is higher): the mean, "
+    "its 95 % confidence interval (Student's t), the two-sided Wilcoxon signed-rank p and the verdict: "
+    "ahead or behind only where the interval excludes 0, level otherwise."
 )
+
+
+def tuned_lines(report: dict) -> list[str]:
+    """One line per method of a comparison run at its own settings (``compare --tuned``)."""
+    lines = []
+    for method, choice in report["tuned"].items():
+        settings = ", ".join(f"{k} = {v!r}" for k, v in choice["settings"].items())
+        scores = ", ".join(f"{p}: {v:.4f}" for p, v in choice["validation"].items())
+        lines.append(
+            f"- {method}: {settings} ({choice['point']} of {choice['sweep']}; mean validation metric {scores})"
+        )
+    return lines
 
 
 def report_markdown(report: dict, plots: Sequence[str] = ()) -> str:
     lines = [f"# Report: {len(report['runs'])} run(s) of task {report['task']}", "", intro(report), ""]
     lines += summary_table(report) + [""]
+    if report.get("tuned"):
+        lines += ["## Each method's own settings, chosen on validation", ""] + tuned_lines(report) + [""]
     if has_seeds(report):
         lines += ["## Over seeds", "", SEEDS_NOTE, ""] + markdown_table(*group_rows(report)) + [""]
         if report["paired"]:

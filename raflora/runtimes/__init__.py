@@ -10,6 +10,10 @@ from collections.abc import Callable
 from raflora.config import Config, ConfigError
 
 FLOWER_EXTRA = "install the flower extra: pip install .[flower]"
+ROUNDS_UNDER_FLOWER = (
+    "run.runtime = 'flower': a per-round callback or iterator needs the embedded runtime (the rounds run "
+    "inside Flower's ServerApp); read the run folder's metrics.jsonl after the run instead"
+)
 
 
 def check_runtime(config: Config) -> None:
@@ -26,13 +30,19 @@ def run(
     stop_after: int | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool = False,
+    on_round: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """Run ``config`` with its ``run.runtime``; returns every round's metrics (as ``metrics.jsonl``)."""
+    """Run ``config`` with its ``run.runtime``; returns every round's metrics (as ``metrics.jsonl``).
+    ``on_round`` receives each round's metrics record as the round ends (embedded runtime only)."""
     check_runtime(config)
     if config.run.runtime == "flower":
+        if on_round is not None:
+            raise ConfigError(ROUNDS_UNDER_FLOWER)
         from raflora.runtimes.flower import run_flower
 
         return run_flower(config, resume=resume, overwrite=overwrite, stop_after=stop_after, log=log)
     from raflora.runtimes.embedded import run_federation
 
-    return run_federation(config, resume=resume, overwrite=overwrite, stop_after=stop_after, log=log, progress=progress)
+    return run_federation(
+        config, resume=resume, overwrite=overwrite, stop_after=stop_after, log=log, progress=progress, on_round=on_round
+    )

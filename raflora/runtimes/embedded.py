@@ -8,7 +8,8 @@ uninterrupted one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Generator
 from pathlib import Path
 
 from raflora.config import Config
@@ -34,13 +35,39 @@ def run_federation(
     stop_after: int | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool = False,
+    on_round: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Run (or continue) the federation described by ``config``; returns every round's metrics.
 
     ``stop_after=k`` ends after round ``k`` with its checkpoint written (an interruption that
     ``resume=True`` continues). ``log`` receives one summary line per round; ``progress`` shows a
-    tqdm bar over the round's local steps.
+    tqdm bar over the round's local steps; ``on_round`` receives each round's metrics record (the
+    ``metrics.jsonl`` line) once its checkpoint is written.
     """
+    records = federation_rounds(
+        config, resume=resume, overwrite=overwrite, stop_after=stop_after, log=log, progress=progress
+    )
+    while True:
+        try:
+            record = next(records)
+        except StopIteration as done:
+            return done.value
+        if on_round is not None:
+            on_round(record)
+
+
+def federation_rounds(
+    config: Config,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    stop_after: int | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
+) -> Generator[dict, None, list[dict]]:
+    """:func:`run_federation` one round at a time: yields each round's metrics record once its
+    checkpoint is written and returns every round's metrics. Closing the generator early stops the
+    run after the last round it yielded (its checkpoint kept: ``resume=True`` continues it)."""
     prepare_folder(config, Path(config.out), resume, overwrite)
     say = log or (lambda line: None)
     try:
@@ -48,6 +75,7 @@ def run_federation(
         kept = resume_kept(config, resume)
         for round_ in range(state.round + 1, last_round(config, stop_after) + 1):
             record_round(setup, state, _one_round(setup, state, round_, kept, progress), say, kept)
+            yield copy.deepcopy(state.metrics[-1])  # the caller's to change; the run keeps its own
     except BaseException:
         settle_replaced(Path(config.out))  # --overwrite: the old run back, unless a new checkpoint exists
         raise

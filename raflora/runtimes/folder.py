@@ -45,7 +45,8 @@ def _differences(a: dict, b: dict) -> list[str]:
     return out
 
 
-RUN_FILES = ("metrics.jsonl", "checkpoints", "adapter", "config.toml", PROVENANCE_FILE)
+# flower_nodes.json: which node owns each client id (runtimes.flower.roster.OWNERS_FILE)
+RUN_FILES = ("metrics.jsonl", "checkpoints", "adapter", "config.toml", PROVENANCE_FILE, "flower_nodes.json")
 REPLACED = ".replaced"  # the old run's files while --overwrite replaces them with a new run
 
 
@@ -121,6 +122,8 @@ def format_round(record: dict, rounds: int, metric: str) -> str:
     parts = [f"round {record['round']}/{rounds}"]
     if record.get(metric) is not None:
         parts.append(f"{metric} {record[metric]:.4f}  loss {record['loss']:.4f}")
+    if record.get(f"val_{metric}") is not None:
+        parts.append(f"val {metric} {record[f'val_{metric}']:.4f}  val loss {record['val_loss']:.4f}")
     if record.get("rho_rmin") is not None:
         parts.append(f"rho_rmin {record['rho_rmin']:.3f}")
     parts.append(f"up {_size(record['bytes_up'])}  down {_size(record['bytes_down'])}")

@@ -17,8 +17,8 @@ from torch import Tensor
 from raflora import ClientUpdate, LoRAFactors, init_a
 
 F64 = torch.float64
-TRUNCATION = ("fedit", "zero_pad", "hetlora", "replication", "ffa")
-SVD = ("flexlora", "raflora")
+TRUNCATION = ("fedit", "zero_pad", "hetlora", "replication", "ffa", "lora_fair")
+SVD = ("flexlora", "raflora", "rb_lora")
 MERGE = ("flora", "florist")
 METHODS = TRUNCATION + SVD + MERGE + ("fedsa",)
 # Each dtype's error budget from the issue: norm(diff) / norm(reference).
@@ -206,8 +206,35 @@ def ref_carryover(updates, module: str, previous: Tensor, top: int) -> Tensor:
     return product_sum(updates, module, weights) + carried
 
 
+def ref_lora_fair(updates, module: str, lam: float = 0.01, steps: int = 100, step_size: float = 0.5) -> Tensor:
+    """``(B_avg + dB) A_avg``: ``steps`` gradient steps (autograd on the dense ``m x n`` matrices)
+    from ``D = 0`` on ``1 - cos(dW, (B_avg + ||B_avg|| D) A_avg) + lam ||D||^2``, step
+    ``step_size ||B_avg A_avg||^2 / (||B_avg||^2 ||A_avg||_2^2)``."""
+    weights = p(updates)
+    B0, A = padded(updates, module, weights, renormalise=False)
+    ideal = product_sum(updates, module, weights)
+    size = torch.linalg.norm(B0)
+    start = torch.linalg.norm(B0 @ A)
+    if steps == 0 or size == 0 or start == 0 or torch.linalg.norm(ideal) == 0:
+        return B0 @ A
+    step = step_size * start**2 / (size**2 * torch.linalg.matrix_norm(A, ord=2) ** 2)
+    D = torch.zeros_like(B0)
+    for _ in range(steps):
+        D = D.detach().requires_grad_(True)
+        X = (B0 + size * D) @ A
+        cos = (ideal * X).sum() / (torch.linalg.norm(ideal) * torch.linalg.norm(X))
+        (grad,) = torch.autograd.grad(1 - cos + lam * (D * D).sum(), D)
+        D = D - step * grad
+    return (B0 + size * D.detach()) @ A
+
+
 def ref_delta(method: str, updates, module: str, seed: int = 0, **options) -> Tensor:
     """Dense float64 global update of ``method`` (FedSA: its shared ``A``)."""
+    if method == "lora_fair":
+        return ref_lora_fair(updates, module, **options)
+    if method == "rb_lora":
+        B, A = padded(updates, module, p(updates), renormalise=options.get("rank_balanced", True))
+        return B @ A
     if method in TRUNCATION:
         B, A = ref_factors(method, updates, module, seed)
         return B @ A

@@ -1,6 +1,7 @@
-"""Method.aggregate with the previous global update (federation.empty_partition = "keep"): a rank
-partition that no update of the round reaches keeps its previous component; the rest is this
-round's aggregate, checked against dense float64 SVDs."""
+"""Method.aggregate with the previous global update, which only a method that asks for it gets
+(``wants_previous``): raflora with ``empty_partition = "keep"``, whose rank partition that no update
+of the round reaches keeps its previous component (the rest is this round's aggregate, checked
+against dense float64 SVDs), and carryover (tests/aggregation/test_carryover.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from raflora import AGGREGATORS, aggregate
 from raflora.aggregation import method_named
+from raflora.aggregation.raflora import keep_unreached
 from raflora.lora import LowRank
 
 from .reference import F64, assert_close, best_rank, dense_global, random_updates, ref_delta
@@ -20,19 +22,18 @@ def previous_round(seed: int = 21):
     return {m: res.delta_factors(m) for m in res.modules}, res
 
 
-@pytest.mark.parametrize("method", ["raflora", "flexlora", "zero_pad", "hetlora", "replication", "fedit"])
-def test_unreached_partitions_keep_the_previous_components(method):
+def test_unreached_partitions_keep_the_previous_components():
     previous, _ = previous_round()
     shapes = {m: (f.B.shape[0], f.A.shape[1]) for m, f in previous.items()}
     lone = random_updates(5, [2], shapes=shapes)  # a round of one rank-2 client
-    kept = method_named(method).aggregate(lone, previous=previous, top_rank=8)
-    dropped = method_named(method).aggregate(lone)
+    kept = aggregate_with(lone, previous)
+    dropped = method_named("raflora").aggregate(lone)
     for m, prev in previous.items():
         before = prev.dense()
         # Components 3..8 of the previous global update, from its dense SVD.
         tail = best_rank(before, 8) - best_rank(before, 2)
-        assert_close(dense_global(kept, m) - dense_global(dropped, m), tail, F64, f"{method} {m}")
-        assert_close(dense_global(dropped, m), ref_delta(method, lone, m), F64, f"{method} {m}")
+        assert_close(dense_global(kept, m) - dense_global(dropped, m), tail, F64, m)
+        assert_close(dense_global(dropped, m), ref_delta("raflora", lone, m), F64, m)
         assert torch.linalg.matrix_rank(dense_global(kept, m)) == min(8, *shapes[m])
         assert torch.linalg.matrix_rank(dense_global(dropped, m)) == 2
 
@@ -54,7 +55,7 @@ def test_a_rank_8_client_starts_from_the_higher_directions_only_when_kept():
 
 
 def aggregate_with(updates, previous):
-    return method_named("raflora").aggregate(updates, previous=previous, top_rank=8)
+    return method_named("raflora", empty_partition="keep").aggregate(updates, previous=previous, top_rank=8)
 
 
 def test_a_reached_partition_is_not_kept():
@@ -68,24 +69,26 @@ def test_a_reached_partition_is_not_kept():
 
 
 @pytest.mark.parametrize("method", list(AGGREGATORS))
-def test_keep_problem_names_why_a_method_cannot_keep(method):
-    cls = AGGREGATORS[method]
-    problem = cls.keep_problem()
-    assert (problem is None) == (not cls.merges_into_base and not cls.private and cls.trains_a)
-    # carryover is built on the previous global update; raflora and the baselines drop, as published
-    assert cls.keeps_global is (method == "carryover")
-    if cls.keeps_global:
-        assert problem is None
+def test_only_carryover_and_raflora_keep_ask_for_the_previous_update(method):
+    assert method_named(method).wants_previous is (method == "carryover")
+    if method == "raflora":
+        assert method_named(method, empty_partition="keep").wants_previous
 
 
 def test_keep_unreached_without_previous_is_the_identity():
     f = LowRank(A=torch.ones(2, 4, dtype=F64), B=torch.ones(3, 2, dtype=F64))
-    assert method_named("raflora").keep_unreached(f, None, 2, 8) is f
+    assert keep_unreached(f, None, 2, 8) is f
 
 
-@pytest.mark.parametrize("method", ["flora", "florist", "fedsa", "ffa"])
-def test_passing_a_previous_update_where_it_cannot_be_kept_is_an_option_error(method):
+@pytest.mark.parametrize("method", [m for m in AGGREGATORS if m != "carryover"])
+def test_a_previous_update_for_a_method_that_does_not_ask_for_it_is_refused(method):
     previous, _ = previous_round()
     shapes = {m: (f.B.shape[0], f.A.shape[1]) for m, f in previous.items()}
-    with pytest.raises(ValueError, match="cannot keep the previous global update"):
-        method_named(method).aggregate(random_updates(5, [2], shapes=shapes), previous=previous)
+    ranks = [2] if method != "fedit" else [4]
+    with pytest.raises(ValueError, match=f"{method}: does not read the previous global update"):
+        method_named(method).aggregate(random_updates(5, ranks, shapes=shapes), previous=previous)
+
+
+def test_raflora_refuses_an_unknown_rule():
+    with pytest.raises(ValueError, match="raflora: empty_partition 'kept' is not known; choose one of drop, keep"):
+        method_named("raflora", empty_partition="kept")

@@ -102,7 +102,7 @@ def test_values_on_the_wire_per_method():
 
 
 def test_options_are_discoverable():
-    assert AGGREGATORS["raflora"].option_names() == ("rank_levels", "weighting")
+    assert AGGREGATORS["raflora"].option_names() == ("rank_levels", "weighting", "empty_partition")
     assert AGGREGATORS["florist"].option_names() == ("tau",)
     assert AGGREGATORS["fedsa"].option_names() == ("sfed_alpha", "num_clients")
     assert AGGREGATORS["flexlora"].option_names() == ()

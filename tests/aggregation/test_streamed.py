@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from raflora import ClientUpdate, LoRAFactors, aggregate
-from raflora.aggregation import AGGREGATORS
+from raflora.aggregation import AGGREGATORS, method_named
 from raflora.aggregation.flexlora import FlexLoRA
 from raflora.aggregation.result import SharedAResult
 from raflora.aggregation.stacking import DenseUpdate
@@ -68,16 +68,18 @@ def test_the_same_numbers_as_aggregate(tmp_path, method):
     assert_same(aggregate_files(method, files(tmp_path, updates)), aggregate(method, updates), ranks)
 
 
-@pytest.mark.parametrize("method", [m for m, cls in AGGREGATORS.items() if cls.keep_problem() is None])
-def test_the_same_numbers_as_aggregate_with_the_previous_update(tmp_path, method):
-    # carryover carries its share of it; the others keep the components 9..12 that no update
-    # reached (R = 28 + 12 stays below the size where a module is made dense)
+@pytest.mark.parametrize("method, options", [("carryover", {}), ("raflora", {"empty_partition": "keep"})])
+def test_the_same_numbers_as_aggregate_with_the_previous_update(tmp_path, method, options):
+    # every method that reads it: carryover carries its share; raflora under "keep" keeps the
+    # components 9..12 that no update reached (R = 28 + 12 stays below the size where a module is
+    # made dense)
+    assert method_named(method, **options).wants_previous
     ranks, updates = round_for(method, WIDER)
     previous = previous_update(WIDER)
-    streamed = aggregate_files(method, files(tmp_path, updates), previous=previous, top_rank=12)
-    direct = aggregate(method, updates, previous=previous, top_rank=12)
+    streamed = aggregate_files(method, files(tmp_path, updates), previous=previous, top_rank=12, **options)
+    direct = aggregate(method, updates, previous=previous, top_rank=12, **options)
     assert_same(streamed, direct, ranks)
-    without = aggregate(method, updates)
+    without = aggregate(method, updates, **options)
     assert all(not torch.equal(direct.delta(m), without.delta(m)) for m in WIDER), "previous is used"
 
 
@@ -113,7 +115,7 @@ def test_the_method_s_own_refusal_is_aggregate_s(tmp_path):
 @pytest.mark.parametrize(
     "method, kwargs, match",
     [
-        ("flora", {"previous": previous_update()}, "cannot keep the previous global update"),
+        ("flora", {"previous": previous_update()}, "does not read the previous global update"),
         ("raflora", {"max_norm_ratio": 0.5}, "max_norm_ratio"),
     ],
 )

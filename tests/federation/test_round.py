@@ -1,7 +1,8 @@
 """The round protocol: the server half aggregates what the clients' turns carry, refuses what it must
 and keeps the state; the client half keeps a method's private part on the client. Faults: simulated
-dropout (seeded, listed as ``dropped``), the norm bound, and the empty-partition rule (a rank
-partition no client of the round reaches keeps or loses its previous global component)."""
+dropout (seeded, listed as ``dropped``), the norm bound, and the previous global update passed to
+exactly the methods that ask for it (raflora's empty_partition option: a rank partition no client of
+the round reaches keeps or loses its previous global component; carryover always)."""
 
 from __future__ import annotations
 
@@ -105,7 +106,7 @@ def test_fedsa_clients_keep_their_b_and_the_server_holds_none(tmp_path):
         turns,
         [],
         time.perf_counter(),
-        evaluate_clients=lambda: {c: {"accuracy": 0.5 + c / 10, "loss": 1.0} for c in turns},
+        evaluate_clients=lambda split: {c: {"accuracy": 0.5 + c / 10, "loss": 1.0} for c in turns},
     )
     assert not state.delta
     assert record["accuracy"] == pytest.approx(sum(0.5 + c / 10 for c in turns) / len(turns))
@@ -147,7 +148,6 @@ def test_dropped_clients_do_not_train_and_are_listed(tmp_path):
         ("dropout", -0.1, "[0, 1)"),
         ("max_norm_ratio", 0.5, ">= 1"),
         ("max_norm_ratio", -1.0, ">= 1"),
-        ("empty_partition", "kept", "keep, drop"),
     ],
 )
 def test_bad_fault_keys_are_config_errors(tmp_path, key, value, word):
@@ -159,31 +159,23 @@ def test_bad_fault_keys_are_config_errors(tmp_path, key, value, word):
 
 
 @pytest.mark.parametrize(
-    "method, rule",
+    "method, options, wants",
     [
-        ("raflora", "drop"),
-        ("carryover", "keep"),
-        ("flexlora", "drop"),
-        ("zero_pad", "drop"),
-        ("flora", "drop"),
-        ("fedsa", "drop"),
+        ("raflora", {}, False),
+        ("raflora", {"empty_partition": "keep"}, True),
+        ("carryover", {}, True),
+        ("flexlora", {}, False),
+        ("zero_pad", {}, False),
+        ("flora", {}, False),
+        ("fedsa", {}, False),
     ],
 )
-def test_the_default_rule_is_the_methods_and_config_toml_records_it(tmp_path, method, rule):
-    config = config_from_dict(small_config(tmp_path / "r", federation={"method": method}))
-    assert config.federation.empty_partition == rule
+def test_the_round_passes_the_previous_update_exactly_when_the_method_asks(tmp_path, method, options, wants):
+    config = config_from_dict(small_config(tmp_path / "r", federation={"method": {"name": method, **options}}))
+    assert config.federation.method.wants_previous is wants
     path = tmp_path / "config.toml"
     path.write_text(config_to_toml(config))
-    assert f'empty_partition = "{rule}"' in path.read_text()
-    assert load_config(path).federation.empty_partition == rule
-
-
-@pytest.mark.parametrize("method", ["flora", "florist", "fedsa", "ffa"])
-def test_keep_is_refused_where_it_cannot_apply(tmp_path, method):
-    from raflora.config import ConfigError
-
-    with pytest.raises(ConfigError, match=f"empty_partition = 'keep' does not apply to {method}"):
-        config_from_dict(small_config(tmp_path / "r", federation={"method": method, "empty_partition": "keep"}))
+    assert load_config(path).federation.method == config.federation.method  # config.toml records the rule
 
 
 def two_rounds(tmp_path, rule: str):
@@ -193,7 +185,7 @@ def two_rounds(tmp_path, rule: str):
     data = small_config(
         tmp_path / rule,
         run={"rounds": 2},
-        federation={"num_clients": 2, "empty_partition": rule},
+        federation={"num_clients": 2, "method": {"name": "raflora", "empty_partition": rule}},
         ranks={"policy": "explicit", "ranks": [2, 8], "r_max": 8},
     )
     setup = build_setup(config_from_dict(data))

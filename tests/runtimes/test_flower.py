@@ -112,6 +112,16 @@ def test_strategy_and_client_app_give_the_embedded_numbers(tmp_path, flower_in_p
     _same_outputs(tmp_path / "flower", tmp_path / "embedded")
 
 
+@pytest.mark.parametrize("method", ["raflora", "fedsa"])
+def test_a_validation_split_gives_the_embedded_numbers_under_flower(tmp_path, flower_in_process, method):
+    # fedsa: the clients score their own models on the split the server names in the request
+    sections = {"federation": {"method": method}, "eval": {"validation": 0.2}}
+    flower = flower_in_process(config_from_dict(small_config(tmp_path / "flower", **sections)))
+    embedded = run_federation(config_from_dict(small_config(tmp_path / "embedded", **sections)))
+    assert without_time(flower) == without_time(embedded)
+    assert [r["accuracy"] is None for r in flower] == [True, False] and flower[0]["val_accuracy"] is not None
+
+
 def test_flower_resumes_an_embedded_run(tmp_path, flower_in_process):
     sections = {"run": {"rounds": 3}, "federation": {"method": "flora"}}
     run_federation(config_from_dict(small_config(tmp_path / "cut", **sections)), stop_after=1)

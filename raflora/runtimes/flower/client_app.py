@@ -28,6 +28,7 @@ from raflora.federation.transport import pack
 from raflora.runtimes.flower.node import Node, build_node_setup, node_identity, node_of
 from raflora.runtimes.flower.records import (
     evaluate_reply,
+    evaluate_split,
     read_run,
     read_train_request,
     record_tensors,
@@ -111,7 +112,7 @@ def evaluate(setup: RunSetup, content: RecordDict, node: Node, context: Context)
 
     kept = _kept(context) or {}
     state = FederationState(starts={request["rank"]: request["start"]}, head=request["head"])
-    return evaluate_reply(evaluate_client(setup, state, me, kept))
+    return evaluate_reply(evaluate_client(setup, state, me, kept, evaluate_split(content)))
 
 
 def identity(node: Node, rank: int, examples: int) -> RecordDict:

@@ -14,8 +14,12 @@ run config key         raflora config key
 ``lr``                 ``train.lr``
 =====================  ===============================
 
-The ServerApp alone reads ``out``, ``resume``, ``overwrite`` and ``min-nodes`` (the nodes round 1
-waits for; ``0``: ``federation.num_clients``).
+The ServerApp alone reads ``out``, ``resume``, ``overwrite``, ``min-nodes`` (the nodes round 1
+waits for; ``0``: ``federation.num_clients``), ``nodes`` (the kind of nodes: ``"declared"``, each
+declares its client id, rank and data file, or ``"partition-id"``, each plays one client of the
+config; ``""``: declared when the task reads a data file, else partition-id) and ``node-auth``
+(``true`` when the SuperLink authenticates nodes: a client id then stays with the node that first
+declared it, for the run and across a resume).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from raflora.config import ConfigError
+from raflora.config import Config, ConfigError
 from raflora.config_io import apply_overrides
 
 COMMON_KEYS = {
@@ -78,4 +82,25 @@ def min_nodes(run_config: Mapping[str, Any]) -> int:
     value = int(run_config.get("min-nodes", 0) or 0)
     if value < 0:
         raise ConfigError(f"run config key min-nodes must be >= 0, got {value}")
+    return value
+
+
+NODE_KINDS = ("declared", "partition-id")
+
+
+def declared_nodes(run_config: Mapping[str, Any], config: Config) -> bool:
+    """Whether the run's nodes declare their own rank and data (``nodes``): the server decides, a
+    node never does. Unset: declared when the task reads a data file (``train_file``)."""
+    kind = str(run_config.get("nodes", "") or "")
+    if not kind:
+        return "train_file" in config.task.options
+    if kind not in NODE_KINDS:
+        raise ConfigError(f"run config key nodes must be one of {', '.join(NODE_KINDS)}, got {kind!r}")
+    return kind == "declared"
+
+
+def node_auth(run_config: Mapping[str, Any]) -> bool:
+    value = run_config.get("node-auth", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"run config key node-auth must be true or false, got {value!r}")
     return value

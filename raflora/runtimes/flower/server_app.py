@@ -13,8 +13,8 @@ from flwr.serverapp import Grid, ServerApp
 from raflora.config import Config, ConfigError
 from raflora.config_io import apply_overrides, config_from_dict, config_to_dict
 from raflora.federation.setup import load_data
-from raflora.runtimes.flower.roster import NodesMissing, Roster
-from raflora.runtimes.flower.run_config import config_data, min_nodes
+from raflora.runtimes.flower.roster import OWNERS_FILE, NodesMissing, Roster, load_owners
+from raflora.runtimes.flower.run_config import config_data, declared_nodes, min_nodes, node_auth
 from raflora.runtimes.flower.strategy import RafloraStrategy
 from raflora.runtimes.folder import finish_run, last_round, open_run, prepare_folder
 from raflora.tasks import build_task
@@ -59,13 +59,19 @@ def serve(
     nodes: int = 0,
     wait_s: float = 600.0,
     check_folder: Callable[[Config], None] | None = None,
+    declared: bool = False,
+    node_auth: bool = False,
 ) -> list[dict]:
     """The whole run on ``grid``, in a run folder that :func:`prepare_folder` has checked, or that
     ``check_folder`` checks once the nodes have declared themselves (a resumed declared run: its
-    ``config.toml`` holds their ranks). ``nodes``: how many declared nodes round 1 waits for (0:
-    ``federation.num_clients``), at most ``wait_s`` s."""
+    ``config.toml`` holds their ranks). ``declared``: the nodes declare their rank and data (else
+    they give a partition id); ``nodes``: how many declared nodes round 1 waits for (0:
+    ``federation.num_clients``), at most ``wait_s`` s; ``node_auth``: the SuperLink authenticates
+    nodes, so a client id stays with the node that first declared it (:mod:`.roster`)."""
     say = log or (lambda line: None)
-    roster = Roster(config, label_names(config), say)
+    # node ids mean something across runs only when they are registered keys (node authentication)
+    owners = load_owners(config.out) if resume and node_auth else None
+    roster = Roster(config, label_names(config), say, declared=declared, node_auth=node_auth, owners=owners)
     roster.wait(grid, nodes, wait_s)
     if roster.declared:
         config = declared_config(config, roster.ranks())
@@ -73,6 +79,7 @@ def serve(
     if check_folder is not None:
         check_folder(config)
     setup, state = open_run(config, resume, say)
+    roster.keep_in(Path(config.out) / OWNERS_FILE)
     rounds = last_round(config, stop_after) - state.round
     if rounds > 0:
         strategy = RafloraStrategy(setup, state, roster, say)
@@ -96,7 +103,8 @@ def build_server_app(
 # The entry point for `flwr run` / a SuperLink: the run config (:mod:`.run_config`) names the raflora
 # config (`config`, a TOML path readable by the ServerApp's process, or `config-toml`, its text) and
 # may set the common keys; `out` overrides run.out when not empty, `resume` and `overwrite` are
-# booleans, `min-nodes` the declared nodes round 1 waits for (examples/flower_app/pyproject.toml).
+# booleans, `min-nodes` the declared nodes round 1 waits for, `nodes` the kind of nodes ("declared" or
+# "partition-id"), `node-auth` whether the SuperLink authenticates them (examples/flower_app/pyproject.toml).
 app = ServerApp()
 
 
@@ -109,11 +117,20 @@ def _main(grid: Grid, context: Context) -> None:
             config.run.out = str(run_config["out"])
         config.run.runtime = "flower"  # what config.toml of the run folder records
         resume, overwrite = bool(run_config.get("resume", False)), bool(run_config.get("overwrite", False))
-        nodes = min_nodes(run_config)
+        nodes, declared, auth = min_nodes(run_config), declared_nodes(run_config, config), node_auth(run_config)
         if not resume:
             prepare_folder(config, Path(config.out), resume, overwrite)
         # a resumed run is checked against its config.toml once the nodes have said their ranks
         check = (lambda final: prepare_folder(final, Path(final.out), True, False)) if resume else None
-        serve(grid, config, resume=resume, log=print, nodes=nodes, check_folder=check)
+        serve(
+            grid,
+            config,
+            resume=resume,
+            log=print,
+            nodes=nodes,
+            check_folder=check,
+            declared=declared,
+            node_auth=auth,
+        )
     except (ConfigError, NodesMissing) as err:
         raise SystemExit(f"error: {err}") from None

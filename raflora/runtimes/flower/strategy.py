@@ -61,13 +61,14 @@ class RafloraStrategy(Strategy):
     ) -> Iterable[Message]:
         setup, state = self.setup, self.state
         self.grid = grid  # the methods without a global model ask their clients to evaluate (aggregate_train)
-        self.admit(self.roster.refresh(grid))
+        self.admit(self.roster.refresh(grid, retry=True))
         round_ = state.round + 1  # server_round restarts at 1 when a run is resumed
         sampled = setup.sample_clients(round_)
         dropped = dropped_clients(setup, round_, sampled)  # simulated failures: never asked
-        downs, messages = {}, {}
+        downs, starts, messages = {}, {}, {}
         for client in (c for c in sampled if c not in dropped):
             start, packet, downs[client] = client_download(setup, state, client)
+            starts[client] = start  # what the reply is read against: modules, shapes, rank, dtype
             dtype = next(iter(start.values())).A.dtype
             content = train_request(round_, client, setup.ranks[client], packet, dtype, state.head, state.base)
             messages[client] = Message(
@@ -81,6 +82,7 @@ class RafloraStrategy(Strategy):
             "sampled": sampled,
             "dropped": dropped,
             "downs": downs,
+            "starts": starts,
             "began": time.perf_counter(),
             "messages": messages,
         }
@@ -103,7 +105,7 @@ class RafloraStrategy(Strategy):
                 if reply.has_error():
                     raise ReplyError(f"Flower error {reply.error.code}: {reply.error.reason}")
                 turns[client] = read_train_reply(
-                    reply.content, client, self.state.head, r["downs"][client], fill_missing(setup)
+                    reply.content, client, r["starts"][client], self.state.head, r["downs"][client], fill_missing(setup)
                 )
             except ReplyError as err:
                 refused[client] = f"client {client!r}: {err}"
@@ -116,7 +118,7 @@ class RafloraStrategy(Strategy):
                 f"round {r['round']}: no client replied, the global model is unchanged "
                 f"({'; '.join(refused[c] for c in sorted(refused))})"
             )
-        evaluate = (lambda: self.evaluate_clients(sorted(turns))) if setup.method.private else None
+        evaluate = (lambda split: self.evaluate_clients(sorted(turns), split)) if setup.method.private else None
         record = close_round(
             setup,
             self.state,
@@ -132,8 +134,9 @@ class RafloraStrategy(Strategy):
         record_round(setup, self.state, record, self.say)
         return None, round_metrics(record, setup.task.metric)
 
-    def evaluate_clients(self, clients: list[int]) -> dict[int, dict[str, float]]:
-        """Each client's evaluation of its own model (the new global part with what it kept)."""
+    def evaluate_clients(self, clients: list[int], split: str = "test") -> dict[int, dict[str, float]]:
+        """Each client's evaluation of its own model (the new global part with what it kept) on
+        ``split`` (``"test"``, or ``"validation"``: eval.validation's hold-out)."""
         setup, state = self.setup, self.state
         messages = {}
         for client in clients:
@@ -141,7 +144,7 @@ class RafloraStrategy(Strategy):
             start = state.starts[rank]
             packet = pack(start, setup.config.federation.transport_dtype, setup.method.uploads)
             dtype = next(iter(start.values())).A.dtype
-            content = evaluate_request(state.round + 1, client, rank, packet, dtype, state.head)
+            content = evaluate_request(state.round + 1, client, rank, packet, dtype, state.head, split)
             messages[client] = Message(
                 self.roster.stamp(content),
                 dst_node_id=self.roster.node(client),

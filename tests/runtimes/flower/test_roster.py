@@ -16,40 +16,9 @@ from raflora.config import ConfigError  # noqa: E402
 from raflora.config_io import config_from_dict  # noqa: E402
 from raflora.runtimes.folder import prepare_folder  # noqa: E402
 
-from .declared_data import config_data, split_reviews  # noqa: E402
+from .conftest import node  # noqa: E402
+from .declared_data import config_data  # noqa: E402
 from .local_grid import LocalGrid  # noqa: E402
-
-
-def node(name: str, rank: int, files: dict[str, Path]) -> dict:
-    return {"client-id": name, "rank": rank, "data-file": str(files[name])}
-
-
-@pytest.fixture
-def files(tmp_path):
-    return split_reviews(tmp_path)
-
-
-@pytest.fixture
-def serve_declared(monkeypatch):
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for key, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
-        monkeypatch.setattr(TaskIdentity, key, value)
-    from raflora.runtimes.flower.client_app import app
-    from raflora.runtimes.flower.server_app import serve
-
-    def run(data: dict, node_configs: list[dict], tamper=None, nodes: int = 0, grid_hook=None, stop_after=None):
-        config = config_from_dict(data)
-        prepare_folder(config, Path(config.out), False, False)
-        # the nodes' run config names no config file: each message carries the server's config
-        grid = LocalGrid(app, 0, tamper, node_configs=node_configs, run_config={})
-        if grid_hook is not None:
-            grid_hook(grid)
-        lines: list[str] = []
-        metrics = serve(grid, config, log=lines.append, nodes=nodes, wait_s=2.0, stop_after=stop_after)
-        return metrics, lines, grid
-
-    return run
 
 
 def test_nodes_declare_rank_and_data_and_are_numbered_by_client_id(tmp_path, files, serve_declared):
@@ -219,7 +188,6 @@ def test_a_restarted_server_resumes_a_declared_run(tmp_path, files, serve_declar
     serve_declared(cut, nodes, stop_after=1)
     # the ServerApp starts again (resume=true); the nodes come back in another order, under new ids
     from raflora.runtimes.flower.client_app import app
-    from raflora.runtimes.folder import prepare_folder
 
     grid = LocalGrid(app, 0, node_configs=list(reversed(nodes)), run_config={})
     config = config_from_dict(cut)
@@ -228,6 +196,7 @@ def test_a_restarted_server_resumes_a_declared_run(tmp_path, files, serve_declar
         config,
         resume=True,
         wait_s=5.0,
+        declared=True,
         check_folder=lambda final: prepare_folder(final, Path(final.out), True, False),
     )
     strip = lambda ms: [{k: v for k, v in m.items() if k != "seconds"} for m in ms]  # noqa: E731
@@ -243,6 +212,7 @@ def test_a_restarted_server_resumes_a_declared_run(tmp_path, files, serve_declar
             resume=True,
             wait_s=5.0,
             nodes=2,
+            declared=True,
             check_folder=lambda final: prepare_folder(final, Path(final.out), True, False),
         )
 
