@@ -145,15 +145,21 @@ def resume(folder: str | os.PathLike, **options) -> RunResult:
 
 
 def export(
-    folder: str | os.PathLike, out: str | os.PathLike | None = None, *, merged: bool = False, rank: int | None = None
+    folder: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    merged: bool = False,
+    rank: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """``raflora export``: the run's global model as a PEFT adapter folder of rank ``rank`` (default
     ``ranks.r_max``) or, ``merged=True``, as merged weights, into ``out`` (default
-    ``FOLDER/export`` or ``FOLDER/merged``). Returns the folder written."""
+    ``FOLDER/export`` or ``FOLDER/merged``), which must be new or empty unless ``overwrite`` (an
+    earlier export's files are replaced, no others). Returns the folder written."""
     from raflora.federation import export_run
 
     target = Path(out) if out is not None else Path(folder) / ("merged" if merged else "export")
-    return Path(export_run(folder, target, merged=merged, rank=rank))
+    return Path(export_run(folder, target, merged=merged, rank=rank, overwrite=overwrite))
 
 
 def _prepared(

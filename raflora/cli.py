@@ -2,8 +2,10 @@
 ``python -m raflora`` is the same.
 
 Config problems (unknown key, wrong type, rank above r_max, unknown method or task, missing file)
-print one line ``error: ...`` and exit with code 2 before any work starts. A run that finishes
-without aggregating any round exits with code 3. What a command says goes to the ``raflora``
+print one line ``error: ...`` and exit with code 2 before any work starts; so does a folder that
+another command is writing (its lock names the holder). A run that finishes without aggregating
+any round exits with code 3. A write the disk refuses (full, read-only, no permission) prints one
+line and exits with code 74 (``EX_IOERR`` of sysexits.h); what was written before stays whole. What a command says goes to the ``raflora``
 logger (:mod:`raflora.cli_output`: ``--log-level``, ``--log-file``).
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
 import os
 import sys
@@ -189,7 +192,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise ConfigError(f"give the export folder once (--merged {args.merged} or {args.out})")
         args.out = args.merged
     out = Path(args.out or Path(args.run) / ("merged" if merged else "export"))
-    written = export_run(args.run, out, merged=merged, rank=args.rank)
+    written = export_run(args.run, out, merged=merged, rank=args.rank, overwrite=args.overwrite)
     kind = "the merged model" if merged else "a PEFT adapter"
     log.info(f"wrote {kind} to {written}")
     return 0
@@ -259,13 +262,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from raflora.report import load_runs, write_report
-    from raflora.report.destination import clear_target, report_folder
+    from raflora.report import load_runs
+    from raflora.report.destination import check_target, report_folder, write_report_folder
 
     folder = Path(args.out) if args.out else report_folder(args.runs)
     load_runs(args.runs)  # runs that cannot be reported leave an old report in place
-    clear_target(folder, args.overwrite)
-    _print_summary(write_report(args.runs, folder, reference=args.reference), folder)
+    check_target(folder, args.overwrite)
+    _print_summary(write_report_folder(args.runs, folder, reference=args.reference), folder)
     return 0
 
 
@@ -325,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a federation (in this process, or under Flower with --runtime flower). Writes "
         "config.toml, run.json, metrics.jsonl, checkpoints/ and adapter/ to the output folder ([run] "
         "out, default runs/<name>). raflora run --resume DIR continues the run in DIR from its own "
-        "config.toml.",
+        "config.toml. One run at a time writes a folder: a second one exits with code 2 naming the first.",
     )
     run.add_argument(
         "config",
@@ -358,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace a run already in the output folder (kept until the new run writes its first checkpoint)",
+        help="replace a run already in the output folder (kept until the new run writes its first checkpoint); "
+        "files no raflora run wrote are never replaced",
     )
     run.add_argument(
         "--stop-after", type=_positive, metavar="K", help="stop after round K (checkpoint kept, resumable)"
@@ -381,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the global update): AutoPeftModelForSequenceClassification (after import raflora) or "
         "AutoPeftModelForCausalLM loads it, raflora.tasks.vision.load_adapter for vision. "
         "--merged: the exact merged model, a save_pretrained folder that AutoModelFor... loads "
-        "(text, reasoning; raflora.tasks.vision.load_merged for vision).",
+        "(text, reasoning; raflora.tasks.vision.load_merged for vision). OUT must be new or empty "
+        "(or an earlier export, with --overwrite), and not inside the run's own files.",
     )
     export.add_argument("run", help="run folder (holds config.toml and checkpoints/)")
     export.add_argument("out", nargs="?", help="folder to write (default: RUN/export, or RUN/merged with --merged)")
@@ -393,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="write merged weights instead of an adapter (optionally into OUT)",
     )
     export.add_argument("--rank", type=_positive, help="adapter rank (default: [ranks] r_max of the run)")
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier export in OUT (only the files it wrote, listed in OUT/raflora-files.json); "
+        "without it OUT must be new or empty. Files raflora did not write are never replaced",
+    )
     export.set_defaults(func=cmd_export)
 
     demo = sub.add_parser(
@@ -515,6 +526,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+IO_ERROR = 74  # EX_IOERR (sysexits.h): a write the disk refused
+IO_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
+
+
+def io_error_line(err: OSError) -> str:
+    """One line for a write the disk refused: what, where, and that nothing written before was lost."""
+    where = f" {err.filename}" if err.filename else ""
+    return (
+        f"error: cannot write{where}: {err.strerror or err} (errno {errno.errorcode.get(err.errno, err.errno)}); "
+        "the files written before are whole: free space or fix the permissions, then run again (--resume DIR continues a run)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     from raflora.config import ConfigError
 
@@ -531,10 +555,20 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as err:
         # one line, whatever the message quotes (a library's OSError text runs over several)
-        line = "error: " + " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-        print(line, file=sys.stderr)
+        return _error("error: " + " ".join(line.strip() for line in str(err).splitlines() if line.strip()), 2)
+    except OSError as err:
+        if err.errno not in IO_ERRNOS:
+            raise  # a bug (a file the code itself lost): the traceback, exit 1
+        return _error(io_error_line(err), IO_ERROR)
+
+
+def _error(line: str, code: int) -> int:
+    print(line, file=sys.stderr)
+    try:
         log.error(line, extra={"file_only": True})  # the console has it already, on stderr
-        return 2
+    except OSError:
+        pass  # the log file's disk is the full one
+    return code
 
 
 if __name__ == "__main__":

@@ -121,8 +121,13 @@ def method_configs(
 
 
 def check_folders(configs: Mapping[str, Config], overwrite: bool) -> None:
+    from raflora.federation.run_files import refuse_links
+    from raflora.runtimes.folder import refuse_foreign
+
     for config in configs.values():
         out = Path(config.out)
+        refuse_links(out)
+        refuse_foreign(out)  # a user's config.toml where a run goes: refused before the first run
         if not overwrite and ((out / "metrics.jsonl").exists() or (out / "checkpoints").exists()):
             raise ConfigError(f"{str(out)!r} already holds a run; pass --overwrite to replace the comparison")
 
@@ -185,7 +190,7 @@ def run_and_report(
     (per-method choices) to ``folder/tuned.json``."""
     import json
 
-    from raflora.report import write_report
+    from raflora.report.destination import write_report_folder
     from raflora.report.tuned import TUNED_FILE
     from raflora.runtimes import check_runtime, run
 
@@ -203,7 +208,7 @@ def run_and_report(
         say(f"{'sweep' if sweep else 'compare'}: run {k}/{len(configs)}: {name}")
         run(config, overwrite=overwrite, log=log, progress=progress)  # run.runtime: embedded or flower
     report_folder = folder / "report"
-    return report_folder, write_report(
+    return report_folder, write_report_folder(
         [Path(c.out) for c in configs.values()],
         report_folder,
         reference=reference,

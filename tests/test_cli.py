@@ -260,9 +260,9 @@ def test_report_writes_its_own_folder_and_never_over_a_report(config_file, tmp_p
     capsys.readouterr()
     assert main(["report", *map(str, runs)]) == 2  # never silently over the report already there
     assert "already holds a report; pass --overwrite" in capsys.readouterr().err
-    (both / "stale.png").write_bytes(b"")
+    (both / "mine.png").write_bytes(b"a user's file")  # raflora did not write it: --overwrite keeps it
     assert main(["report", *map(str, runs), "--overwrite"]) == 0
-    assert not (both / "stale.png").exists() and (both / "report.json").is_file()
+    assert (both / "mine.png").read_bytes() == b"a user's file" and (both / "report.json").is_file()
     assert main(["report", str(runs[0]), "--out", str(runs[1])]) == 2  # a folder that is no report
     assert "holds no report" in capsys.readouterr().err
 

@@ -10,6 +10,7 @@ folder with its tokenizer, any other model as ``model.safetensors`` of its state
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,8 +20,13 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from raflora.client.adapters import AdapterModel, peft_task_type
+from raflora.config import ConfigError
+from raflora.federation.checkpoint_check import Expected
+from raflora.federation.export_folder import check_target, write_export
 from raflora.federation.model_card import CardFacts, run_facts, write_card
+from raflora.federation.run_files import OWNED
 from raflora.federation.state import FederationState, checkpoints, latest_checkpoint, load_checkpoint
+from raflora.folder_lock import hold_folder
 from raflora.lora import LoRAFactors, lora_scale, product_svd
 
 
@@ -51,13 +57,42 @@ def global_factors(
 
 
 def write_adapter(
-    model: AdapterModel, base0, state: FederationState, rank: int, scale: float, folder: Path, *, task=None
+    model: AdapterModel,
+    base0,
+    state: FederationState,
+    rank: int,
+    scale: float,
+    folder: Path,
+    *,
+    task=None,
+    replace: bool | None = None,
+    legacy: bool = False,
 ) -> None:
     """The PEFT adapter folder of the run's global model, with its model card (``task`` names the
-    metric; without it the card takes the metric from the records)."""
+    metric; without it the card takes the metric from the records). With ``replace`` (True or
+    False: the export's ``--overwrite``) the files go through :func:`write_export` (staged, recorded,
+    an earlier export replaced only when True; ``legacy``: a folder without a record is raflora's,
+    as a run's own ``adapter/`` from before records existed); None writes straight into ``folder``."""
     folder = Path(folder)
-    shutil.rmtree(folder, ignore_errors=True)
+    if replace is None:
+        _adapter_files(model, base0, state, rank, scale, folder, folder, task)
+        return
+
+    def write(staging: Path) -> None:
+        _adapter_files(model, base0, state, rank, scale, staging, folder, task)
+
+    write_export(folder, write, replace, legacy=legacy)
+
+
+def _adapter_files(model: AdapterModel, base0, state, rank: int, scale: float, folder: Path, shown: Path, task) -> None:
     base_path = model.save_adapter(folder, rank, scale, global_factors(state, base0, rank, scale), state.head, base0)
+    if base_path and folder != shown and base_path.startswith(str(folder.resolve())):
+        # the adapter's own base/ folder: point at where it ends up, not at the staging folder
+        base_path = str(shown.resolve()) + base_path[len(str(folder.resolve())) :]
+        config_file = folder / "adapter_config.json"
+        adapter_config = json.loads(config_file.read_text())
+        adapter_config["base_model_name_or_path"] = base_path
+        config_file.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
     base = model.peft.get_base_model()
     facts = CardFacts(
         task_type=peft_task_type(base),
@@ -70,7 +105,7 @@ def write_adapter(
         head_modules=model.head_modules,
         **run_facts(state.metrics, getattr(task, "metric", None)),
     )
-    write_card(folder, facts)
+    write_card(folder, facts, shown)
 
 
 def weights_source(model) -> str | None:
@@ -79,10 +114,12 @@ def weights_source(model) -> str | None:
     return getattr(config, "encoder_name_or_path", None) or getattr(model, "name_or_path", None) or None
 
 
-def write_merged(task, state: FederationState, folder: Path) -> Path:
+def write_merged(task, state: FederationState, folder: Path, *, model=None, shown: Path | None = None) -> Path:
     """``W0 + (W - W0)`` in every adapted layer and the global head: ``save_pretrained`` (weights,
-    config, tokenizer) for a transformers model, else ``model.safetensors``; and a model card."""
-    model = task.load_model()
+    config, tokenizer) for a transformers model, else ``model.safetensors``; and a model card
+    (naming ``shown``, the folder the files end up in, if not ``folder``). ``model``: the task's
+    model, freshly loaded (loaded here when not given)."""
+    model = task.load_model() if model is None else model
     with torch.no_grad():
         for name, p in model.named_parameters():
             module, _, _ = name.rpartition(".")
@@ -109,18 +146,37 @@ def write_merged(task, state: FederationState, folder: Path) -> Path:
         merged=True,
         **run_facts(state.metrics, task.metric),
     )
-    write_card(folder, facts)
-    return path
+    write_card(folder, facts, shown)
+    return (shown or folder) / path.name
 
 
-def export_run(run_dir: str | Path, out: str | Path, merged: bool = False, rank: int | None = None) -> Path:
-    """Export a run folder's latest checkpoint; returns the folder written."""
-    from raflora.config import ConfigError
+def check_outside_run(run_dir: Path, out: Path) -> None:
+    """ConfigError when ``out`` is the run folder itself or inside one of its own files (its
+    checkpoints, adapter, ...): an export never writes into what a run wrote."""
+    run, target = run_dir.resolve(), out.resolve()
+    if target == run:
+        raise ConfigError(f"{str(out)!r} is the run folder itself; export into a new folder (default RUN/export)")
+    if run in target.parents:
+        first = target.relative_to(run).parts[0]
+        if first in OWNED:
+            raise ConfigError(
+                f"{str(out)!r} is inside the run's own {first}; export into a new folder (default RUN/export)"
+            )
+
+
+def export_run(
+    run_dir: str | Path, out: str | Path, merged: bool = False, rank: int | None = None, overwrite: bool = False
+) -> Path:
+    """Export a run folder's latest usable checkpoint into ``out``; returns the folder written.
+    ``out`` must be new or empty, unless ``overwrite`` (:mod:`raflora.federation.export_folder`:
+    an earlier export is replaced, files raflora did not write are never)."""
     from raflora.config_io import load_config
     from raflora.tasks import build_task
 
     run_dir, out = Path(run_dir), Path(out)
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")  # the newest one that passes its checksums
+    check_outside_run(run_dir, out)
+    check_target(out, overwrite)
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")  # the newest one that passes its checks
     if not (run_dir / "config.toml").is_file() or checkpoint is None:
         unusable = " that can be used" if checkpoints(run_dir / "checkpoints") else ""
         raise ConfigError(f"{str(run_dir)!r} holds no checkpoint of a run{unusable}")
@@ -133,17 +189,52 @@ def export_run(run_dir: str | Path, out: str | Path, merged: bool = False, rank:
         )
     torch.set_num_threads(config.run.threads)
     task = build_task(config.task.name, **config.task.options)
-    state = load_checkpoint(checkpoint)
-    if merged:
-        write_merged(task, state, out)
-        shutil.copy(run_dir / "config.toml", out / "config.toml")
-        return out
-    rank = rank or config.ranks.r_max
-    scale = lora_scale(config.lora.scaling, config.lora.alpha, rank, _clients(config))
-    model = AdapterModel(task.load_model(), task.target_modules, task.head_modules, [rank], {rank: scale})
-    base0 = model.base_weights()
-    write_adapter(model, base0, state, rank, scale, out, task=task)
+    with hold_folder(out, _command(run_dir, out)):
+        if merged:
+            model = task.load_model()
+            checkpoint = _fitting(run_dir, _shapes(model))
+            state = load_checkpoint(checkpoint)
+
+            def write(staging: Path) -> None:
+                write_merged(task, state, staging, model=model, shown=out)
+                shutil.copy(run_dir / "config.toml", staging / "config.toml")
+
+            write_export(out, write, overwrite)
+            return out
+        rank = rank or config.ranks.r_max
+        scale = lora_scale(config.lora.scaling, config.lora.alpha, rank, _clients(config))
+        model = AdapterModel(task.load_model(), task.target_modules, task.head_modules, [rank], {rank: scale})
+        base0 = model.base_weights()
+        expected = Expected({m: tuple(w.shape) for m, w in base0.items()}, _head_shapes(model.get_head(None)))
+        state = load_checkpoint(_fitting(run_dir, expected))
+        write_adapter(model, base0, state, rank, scale, out, task=task, replace=overwrite)
     return out
+
+
+def _command(run_dir: Path, out: Path) -> str:
+    return f"raflora export {run_dir} {out}"
+
+
+def _head_shapes(head: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(t.shape) for key, t in head.items()}
+
+
+def _shapes(model) -> Expected:
+    """Every tensor of the plain task model (before PEFT wraps it), of which a checkpoint names some."""
+    params = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    weights = {
+        name.removesuffix(".weight"): shape
+        for name, shape in params.items()
+        if name.endswith(".weight") and len(shape) == 2
+    }
+    return Expected(weights, params, subset=True)
+
+
+def _fitting(run_dir: Path, expected: Expected) -> Path:
+    checkpoint = latest_checkpoint(run_dir / "checkpoints", expected)
+    if checkpoint is None:
+        raise ConfigError(f"{str(run_dir)!r} holds no checkpoint that fits the run's model")
+    return checkpoint
 
 
 def _clients(config) -> int:

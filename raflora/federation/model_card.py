@@ -177,7 +177,9 @@ def run_facts(metrics: list[dict], metric: str | None) -> dict:
     return out
 
 
-def write_card(folder: Path, facts: CardFacts) -> Path:
+def write_card(folder: Path, facts: CardFacts, shown: Path | None = None) -> Path:
+    """``folder/README.md``; its loading snippet names ``shown`` (the folder the files end up in,
+    when they are written into a staging folder first), else ``folder``."""
     path = Path(folder) / "README.md"
-    path.write_text(model_card(facts, str(folder)))
+    path.write_text(model_card(facts, str(shown or folder)))
     return path

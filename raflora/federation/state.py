@@ -8,8 +8,9 @@ that merge into the base) and the metrics so far. What clients keep for themselv
 run seed, the round and the client, so no generator state needs saving.
 
 Checkpoints carry checksums and are written durably (:mod:`raflora.federation.checkpoint_files`);
-:func:`latest_checkpoint` skips, with a warning, any newer one that fails them, so resume and export
-continue from the newest checkpoint that can be trusted.
+:func:`latest_checkpoint` skips, with a warning, any newer one that fails them or means nothing
+(:mod:`raflora.federation.checkpoint_check`), so resume and export continue from the newest
+checkpoint that can be trusted.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import Tensor
 
+from raflora.federation.checkpoint_check import Expected, metrics_rounds, state_problem
 from raflora.federation.checkpoint_files import MANIFEST, CorruptCheckpoint, read_folder, write_folder
 from raflora.lora import LoRAFactors, LowRank
 
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
 CLIENTS_TENSORS = "clients.safetensors"
+METRICS_FILE = "metrics.jsonl"  # the run folder's, beside checkpoints/: a checkpoint may not be ahead of it
 
 
 @dataclass
@@ -90,13 +93,24 @@ def save_checkpoint(
     }
     if clients:
         files[CLIENTS_TENSORS] = save(clients)
-    shutil.rmtree(final, ignore_errors=True)
-    write_folder(tmp, final, files)
-    for old in checkpoints(folder)[:-keep]:
+    # a checkpoint of this round already there (one resume skipped as unusable) stays until the new one is in place
+    old = folder / f".old_round_{state.round:04d}"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.is_dir():
+        final.rename(old)
+    try:
+        write_folder(tmp, final, files)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk: the half-written folder goes, the older ones stay
+        if old.is_dir() and not final.exists():
+            old.rename(final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    for stale in checkpoints(folder)[:-keep]:
         # never the one just written: a later round's folder that resume fell back past (corrupt)
         # still sorts after it until that round is written again
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
+        if stale != final:
+            shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
@@ -113,13 +127,28 @@ def checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=checkpoint_round)
 
 
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The newest checkpoint that loads and passes its checksums; each newer one that does not is
-    reported (a warning naming it and why) and skipped. None when there is none."""
+def latest_checkpoint(folder: Path, expected: Expected | None = None) -> Path | None:
+    """The newest checkpoint that passes its checksums and means something (finite values, its
+    round agreeing with its folder, its metrics and the run's ``metrics.jsonl``; with ``expected``,
+    the run model's shapes: :mod:`raflora.federation.checkpoint_check`). Each newer one that does
+    not is reported (a warning naming it and why) and skipped. A checkpoint without a manifest is
+    skipped too when another one of the folder has one (its manifest was lost, not never written);
+    a folder whose checkpoints all lack one (an older raflora's) is read unverified. None when
+    there is none."""
+    found = checkpoints(folder)
+    manifests = any((path / MANIFEST).is_file() for path in found)
+    recorded = metrics_rounds(folder.parent / METRICS_FILE)
     skipped = []
-    for path in reversed(checkpoints(folder)):
+    for path in reversed(found):
         try:
-            load_checkpoint(path)
+            if manifests and not (path / MANIFEST).is_file():
+                raise CorruptCheckpoint(f"its {MANIFEST} is missing, so its files cannot be verified")
+            state = load_checkpoint(path)
+            problem = state_problem(state, checkpoint_round(path), recorded, expected)
+            if problem is None:
+                problem = _clients_problem(path)
+            if problem:
+                raise CorruptCheckpoint(problem)
         except CorruptCheckpoint as err:
             _report(f"checkpoint {path} is unusable: {err}")
             skipped.append(path.name)
@@ -127,6 +156,14 @@ def latest_checkpoint(folder: Path) -> Path | None:
         if skipped:
             _report(f"falling back to checkpoint {path} (skipped {', '.join(skipped)})")
         return path
+    return None
+
+
+def _clients_problem(path: Path) -> str | None:
+    for client, tensors in load_clients(path).items():
+        for module, t in tensors.items():
+            if t.is_floating_point() and not bool(t.isfinite().all()):
+                return f"client {client}'s kept {module} holds NaN or infinite values"
     return None
 
 
@@ -186,7 +223,10 @@ def load_clients(checkpoint: Path) -> dict[int, dict[str, Tensor]]:
         return {}
     files, _ = read_folder(checkpoint, [CLIENTS_TENSORS])
     kept: dict[int, dict[str, Tensor]] = {}
-    for key, t in load(files[CLIENTS_TENSORS]).items():
-        client, module = key.split("/", 1)
-        kept.setdefault(int(client), {})[module] = t
+    try:
+        for key, t in load(files[CLIENTS_TENSORS]).items():
+            client, module = key.split("/", 1)
+            kept.setdefault(int(client), {})[module] = t
+    except (ValueError, SafetensorError) as err:
+        raise CorruptCheckpoint(f"{CLIENTS_TENSORS} does not parse ({type(err).__name__}: {err})") from None
     return kept

@@ -4,11 +4,13 @@ over anything silently."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from raflora.config import ConfigError
+from raflora.folder_lock import LOCK, hold_folder
+
+STAGING = ".raflora-staging"  # raflora.federation.export_folder.STAGING (imported lazily: it loads torch)
 
 
 def report_folder(runs: Sequence[str | Path]) -> Path:
@@ -40,10 +42,12 @@ def _common_parts(paths: list[Path]) -> tuple[str, ...]:
     return parts
 
 
-def clear_target(folder: Path, overwrite: bool) -> None:
+def check_target(folder: Path, overwrite: bool) -> None:
     """Refuse to write over anything: a folder that holds a report is replaced only with
     ``overwrite``, a folder that holds other files never."""
-    if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+    if folder.is_symlink():
+        raise ConfigError(f"{str(folder)!r} is a symbolic link; give the folder it points to, or another --out")
+    if not folder.exists() or (folder.is_dir() and not _entries(folder)):
         return
     if not (folder / "report.json").is_file():
         raise ConfigError(f"{str(folder)!r} exists and holds no report; choose another --out")
@@ -51,4 +55,23 @@ def clear_target(folder: Path, overwrite: bool) -> None:
         raise ConfigError(
             f"{str(folder)!r} already holds a report; pass --overwrite to replace it or --out to write elsewhere"
         )
-    shutil.rmtree(folder)  # no plot of a run that is no longer in the report stays behind
+
+
+def _entries(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.name not in (LOCK, STAGING)]
+
+
+def write_report_folder(runs: Sequence[str | Path], folder: Path, **options) -> dict:
+    """:func:`raflora.report.write_report` staged and recorded like an export
+    (:mod:`raflora.federation.export_folder`): the files of the report it replaces go (no plot of a
+    run that is no longer in the report stays behind), the files raflora did not write stay, and a
+    report that fails half-way leaves the old one whole. Returns the report's numbers."""
+    from raflora.federation.export_folder import write_export
+    from raflora.report import write_report
+
+    report: dict = {}
+    with hold_folder(folder):
+        # a report folder from before records: its files of the names this report writes are raflora's
+        legacy = (folder / "report.json").is_file()
+        write_export(folder, lambda staging: report.update(write_report(runs, staging, **options)), True, legacy=legacy)
+    return report

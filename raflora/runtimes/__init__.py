@@ -38,9 +38,11 @@ def run(
     if config.run.runtime == "flower":
         if on_round is not None:
             raise ConfigError(ROUNDS_UNDER_FLOWER)
+        from raflora.folder_lock import hold_folder
         from raflora.runtimes.flower import run_flower
 
-        return run_flower(config, resume=resume, overwrite=overwrite, stop_after=stop_after, log=log)
+        with hold_folder(config.out):  # one writer per run folder (the embedded runtime holds it itself)
+            return run_flower(config, resume=resume, overwrite=overwrite, stop_after=stop_after, log=log)
     from raflora.runtimes.embedded import run_federation
 
     return run_federation(

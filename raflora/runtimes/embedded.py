@@ -16,6 +16,7 @@ from raflora.config import Config
 from raflora.federation.round import run_round, steps_in_round
 from raflora.federation.setup import RunSetup
 from raflora.federation.state import FederationState
+from raflora.folder_lock import hold_folder
 from raflora.runtimes.folder import (
     finish_run,
     last_round,
@@ -68,18 +69,19 @@ def federation_rounds(
     """:func:`run_federation` one round at a time: yields each round's metrics record once its
     checkpoint is written and returns every round's metrics. Closing the generator early stops the
     run after the last round it yielded (its checkpoint kept: ``resume=True`` continues it)."""
-    prepare_folder(config, Path(config.out), resume, overwrite)
-    say = log or (lambda line: None)
-    try:
-        setup, state = open_run(config, resume, say)
-        kept = resume_kept(config, resume)
-        for round_ in range(state.round + 1, last_round(config, stop_after) + 1):
-            record_round(setup, state, _one_round(setup, state, round_, kept, progress), say, kept)
-            yield copy.deepcopy(state.metrics[-1])  # the caller's to change; the run keeps its own
-    except BaseException:
-        settle_replaced(Path(config.out))  # --overwrite: the old run back, unless a new checkpoint exists
-        raise
-    return finish_run(setup, state, stop_after, say)
+    with hold_folder(config.out):  # one writer per run folder, from the first check to the adapter
+        prepare_folder(config, Path(config.out), resume, overwrite)
+        say = log or (lambda line: None)
+        try:
+            setup, state = open_run(config, resume, say)
+            kept = resume_kept(config, resume, state)
+            for round_ in range(state.round + 1, last_round(config, stop_after) + 1):
+                record_round(setup, state, _one_round(setup, state, round_, kept, progress), say, kept)
+                yield copy.deepcopy(state.metrics[-1])  # the caller's to change; the run keeps its own
+        except BaseException:
+            settle_replaced(Path(config.out))  # --overwrite: the old run back, unless a new checkpoint exists
+            raise
+        return finish_run(setup, state, stop_after, say)
 
 
 def _one_round(setup: RunSetup, state: FederationState, round_: int, kept: dict, progress: bool) -> dict:

@@ -16,7 +16,18 @@ from pathlib import Path
 
 from raflora.config import Config, ConfigError
 from raflora.config_io import config_to_dict, config_to_toml
+from raflora.federation.checkpoint_check import Expected
 from raflora.federation.export import write_adapter
+from raflora.federation.run_files import (
+    ADAPTER,
+    CONFIG,
+    METRICS,
+    REPLACED,
+    RUN_FILES,
+    append_line,
+    refuse_links,
+    replace_file,
+)
 from raflora.federation.setup import RunSetup, build_setup
 from raflora.federation.state import (
     FederationState,
@@ -26,7 +37,6 @@ from raflora.federation.state import (
     load_clients,
     save_checkpoint,
 )
-from raflora.runtimes.provenance import FILE as PROVENANCE_FILE
 from raflora.runtimes.provenance import record_session
 
 # run.runtime: both runtimes give the same numbers, so either may continue the other's run
@@ -45,15 +55,10 @@ def _differences(a: dict, b: dict) -> list[str]:
     return out
 
 
-# flower_nodes.json: which node owns each client id (runtimes.flower.roster.OWNERS_FILE)
-RUN_FILES = ("metrics.jsonl", "checkpoints", "adapter", "config.toml", PROVENANCE_FILE, "flower_nodes.json")
-REPLACED = ".replaced"  # the old run's files while --overwrite replaces them with a new run
-
-
 def holds_run(out: Path) -> bool:
     """Whether ``out`` holds a run: a metrics line or a checkpoint folder. ``config.toml`` alone
     (and an empty ``metrics.jsonl``) is a run killed before its first round: not a run yet."""
-    metrics = out / "metrics.jsonl"
+    metrics = out / METRICS
     if metrics.is_file():
         with metrics.open("rb") as fh:
             if any(line.strip() for line in fh):
@@ -72,8 +77,12 @@ def prepare_folder(config: Config, out: Path, resume: bool, overwrite: bool) -> 
     deleted once the new run has written its first checkpoint (:func:`record_round`); a new run
     that stops before that gives it back (:func:`settle_replaced`: the embedded runtime on its way
     out, and this function first, for a run that was killed or ran under Flower)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{str(out)!r} is a file, not a folder; choose another --out")
+    refuse_links(out)
     settle_replaced(out)
     used = holds_run(out)
+    refuse_foreign(out)
     if resume:
         saved = out / "config.toml"
         if not saved.is_file() or latest_checkpoint(out / "checkpoints") is None:
@@ -85,6 +94,20 @@ def prepare_folder(config: Config, out: Path, resume: bool, overwrite: bool) -> 
             raise ConfigError(f"cannot resume {str(out)!r} with a different config: {'; '.join(diff)}")
     elif used and not overwrite:
         raise ConfigError(f"{str(out)!r} already holds a run; resume it with --resume {out} or pass --overwrite")
+
+
+def refuse_foreign(out: Path) -> None:
+    """ConfigError when ``out`` holds a file of a run's names that no raflora run wrote: a folder is
+    raflora's once it has ``metrics.jsonl`` (written first, :func:`open_run`); without it, a
+    ``config.toml`` (or any other run file) there is the user's and a run would overwrite it."""
+    if not out.is_dir() or (out / METRICS).is_file():
+        return
+    present = [name for name in (*RUN_FILES, REPLACED) if (out / name).exists()]
+    if present:
+        raise ConfigError(
+            f"{str(out)!r} holds {', '.join(present)} but no {METRICS}, so no raflora run wrote "
+            f"{'them' if len(present) > 1 else 'it'}; choose another --out (a run never overwrites a file it did not write)"
+        )
 
 
 def _move_aside(out: Path) -> None:
@@ -151,10 +174,10 @@ def open_run(config: Config, resume: bool, say: Callable[[str], None]) -> tuple[
     out.mkdir(parents=True, exist_ok=True)
     if not resume and holds_run(out):  # prepare_folder let it through: --overwrite
         _move_aside(out)
-    (out / "config.toml").write_text(config_to_toml(config))
+    # metrics.jsonl first: it marks the folder as raflora's (refuse_foreign); each file is replaced whole
+    replace_file(out / METRICS, "".join(json.dumps(m) + "\n" for m in state.metrics).encode())
+    replace_file(out / CONFIG, config_to_toml(config).encode())
     record_session(out, setup.model.device, state.round)
-    with (out / "metrics.jsonl").open("w") as fh:
-        fh.writelines(json.dumps(m) + "\n" for m in state.metrics)
     if resume:
         say(f"resuming {out} after round {state.round}")
     return setup, state
@@ -167,8 +190,7 @@ def record_round(
     kept factors, when this runtime plays the clients), its summary line."""
     config, out = setup.config, Path(setup.config.out)
     state.metrics.append(clean_json(record))
-    with (out / "metrics.jsonl").open("a") as fh:
-        fh.write(json.dumps(state.metrics[-1]) + "\n")
+    append_line(out / METRICS, json.dumps(state.metrics[-1]) + "\n")  # a failed write leaves no half line
     save_checkpoint(state, out / "checkpoints", config.run.keep_checkpoints, kept)
     if (out / REPLACED).is_dir():  # the new run has its first checkpoint: the run it replaces goes
         shutil.rmtree(out / REPLACED)
@@ -196,14 +218,17 @@ def finish_run(
             f"global adapter; {_last_metric(state, setup.task.metric)}"
         )
         return state.metrics
+    refuse_links(out, (ADAPTER,))
     write_adapter(
         setup.model,
         setup.base0,
         state,
         config.ranks.r_max,
         setup.scales[config.ranks.r_max],
-        out / "adapter",
+        out / ADAPTER,
         task=setup.task,
+        replace=True,  # the run's own adapter: an earlier one (a resumed run's) is replaced, other files stay
+        legacy=True,
     )
     metric = setup.task.metric
     last = next((m for m in reversed(state.metrics) if m.get(metric) is not None), None)
@@ -236,17 +261,30 @@ def plural(count: int, word: str) -> str:
     return word if count == 1 else word + "s"
 
 
+def expected_shapes(setup: RunSetup) -> Expected:
+    """What a checkpoint of this run must hold: the model's shapes, the clients' ranks."""
+    head = {key: tuple(t.shape) for key, t in setup.model.get_head(None).items()}
+    return Expected(weights=dict(setup.shapes), head=head, ranks=frozenset(setup.ranks))
+
+
 def _initial_state(setup: RunSetup, out: Path, resume: bool) -> FederationState:
     if not resume:
         return FederationState(starts=setup.fresh_starts(), head=setup.model.get_head(None))
-    state = load_checkpoint(latest_checkpoint(out / "checkpoints"))
+    checkpoint = latest_checkpoint(out / "checkpoints", expected_shapes(setup))
+    if checkpoint is None:
+        raise ConfigError(f"cannot resume: {str(out)!r} holds no checkpoint that fits the run's model")
+    state = load_checkpoint(checkpoint)
     if state.base:
         setup.model.load_base(state.base)
     return state
 
 
-def resume_kept(config: Config, resume: bool) -> dict:
-    """The clients' own kept factors from the last checkpoint (a runtime that plays the clients)."""
+def resume_kept(config: Config, resume: bool, state: FederationState | None = None) -> dict:
+    """The clients' own kept factors from the checkpoint the run resumed from (a runtime that plays
+    the clients): that of ``state.round``, else the newest usable one."""
     if not resume:
         return {}
-    return load_clients(latest_checkpoint(Path(config.out) / "checkpoints"))
+    folder = Path(config.out) / "checkpoints"
+    if state is not None and (folder / f"round_{state.round:04d}").is_dir():
+        return load_clients(folder / f"round_{state.round:04d}")
+    return load_clients(latest_checkpoint(folder))

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import torch
 
+from raflora.federation.run_files import RUN_JSON, replace_file
+
 LIBRARIES = ("torch", "transformers", "peft", "flwr", "safetensors", "numpy")
-FILE = "run.json"
+FILE = RUN_JSON
 
 
 def _version(distribution: str) -> str | None:
@@ -111,5 +113,5 @@ def record_session(folder: Path, device: torch.device, after_round: int) -> dict
         except (ValueError, AttributeError):
             sessions = []  # an unreadable record is replaced, never a reason to stop a run
     sessions.append(provenance(device, after_round))
-    path.write_text(json.dumps({"sessions": sessions}, indent=1) + "\n")
+    replace_file(path, (json.dumps({"sessions": sessions}, indent=1) + "\n").encode())  # whole, or the old one
     return sessions[-1]

@@ -206,25 +206,30 @@ def ref_carryover(updates, module: str, previous: Tensor, top: int) -> Tensor:
     return product_sum(updates, module, weights) + carried
 
 
-def ref_lora_fair(updates, module: str, lam: float = 0.01, steps: int = 100, step_size: float = 0.5) -> Tensor:
+def ref_lora_fair(updates, module: str, lam: float = 0.01, steps: int = 100, step_size: float = 1.0) -> Tensor:
     """``(B_avg + dB) A_avg``: ``steps`` gradient steps (autograd on the dense ``m x n`` matrices)
-    from ``D = 0`` on ``1 - cos(dW, (B_avg + ||B_avg|| D) A_avg) + lam ||D||^2``, step
-    ``step_size ||B_avg A_avg||^2 / (||B_avg||^2 ||A_avg||_2^2)``."""
+    from ``D = 0`` on ``1 - cos(dW, (B_avg + ||B_avg|| D) A_avg) + lam ||D||^2``, each of
+    ``step_size / (1 / tau + 2 lam)`` with ``tau K = (||X|| - tau u)^2``: ``X`` the current
+    product, ``u = ||B_avg|| ||grad A_avg||`` how fast a step moves it, ``K = (2 / sqrt(3))
+    ||B_avg||^2 ||A_avg||_2^2`` (the cosine's Hessian is at most ``K / ||X||^2``)."""
     weights = p(updates)
     B0, A = padded(updates, module, weights, renormalise=False)
     ideal = product_sum(updates, module, weights)
     size = torch.linalg.norm(B0)
-    start = torch.linalg.norm(B0 @ A)
-    if steps == 0 or size == 0 or start == 0 or torch.linalg.norm(ideal) == 0:
+    if steps == 0 or size == 0 or torch.linalg.norm(B0 @ A) == 0 or torch.linalg.norm(ideal) == 0:
         return B0 @ A
-    step = step_size * start**2 / (size**2 * torch.linalg.matrix_norm(A, ord=2) ** 2)
+    K = 2 / 3**0.5 * size**2 * torch.linalg.matrix_norm(A, ord=2) ** 2
     D = torch.zeros_like(B0)
     for _ in range(steps):
         D = D.detach().requires_grad_(True)
         X = (B0 + size * D) @ A
         cos = (ideal * X).sum() / (torch.linalg.norm(ideal) * torch.linalg.norm(X))
         (grad,) = torch.autograd.grad(1 - cos + lam * (D * D).sum(), D)
-        D = D - step * grad
+        x, u = torch.linalg.norm(X.detach()), size * torch.linalg.norm(grad @ A)
+        # the smaller root of u^2 tau^2 - (2 x u + K) tau + x^2 = 0 (as 2c / (b + sqrt(b^2 - 4ac)))
+        b = 2 * x * u + K
+        tau = 2 * x**2 / (b + torch.sqrt(b**2 - 4 * u**2 * x**2))
+        D = D - step_size / (1 / tau + 2 * lam) * grad
     return (B0 + size * D.detach()) @ A
 
 

@@ -13,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 from raflora.config import Config, ConfigError
 from raflora.config_io import apply_overrides, config_from_dict, config_to_dict
 from raflora.federation.setup import load_data
+from raflora.folder_lock import hold_folder
 from raflora.runtimes.flower.roster import OWNERS_FILE, NodesMissing, Roster, load_owners
 from raflora.runtimes.flower.run_config import config_data, declared_nodes, min_nodes, node_auth
 from raflora.runtimes.flower.strategy import RafloraStrategy
@@ -118,19 +119,22 @@ def _main(grid: Grid, context: Context) -> None:
         config.run.runtime = "flower"  # what config.toml of the run folder records
         resume, overwrite = bool(run_config.get("resume", False)), bool(run_config.get("overwrite", False))
         nodes, declared, auth = min_nodes(run_config), declared_nodes(run_config, config), node_auth(run_config)
-        if not resume:
-            prepare_folder(config, Path(config.out), resume, overwrite)
-        # a resumed run is checked against its config.toml once the nodes have said their ranks
-        check = (lambda final: prepare_folder(final, Path(final.out), True, False)) if resume else None
-        serve(
-            grid,
-            config,
-            resume=resume,
-            log=print,
-            nodes=nodes,
-            check_folder=check,
-            declared=declared,
-            node_auth=auth,
-        )
+        # one writer per run folder, as for an embedded run (a second flwr run or a resume of a
+        # running deployment exits with one line naming the holder)
+        with hold_folder(config.out, "flwr run (ServerApp)"):
+            if not resume:
+                prepare_folder(config, Path(config.out), resume, overwrite)
+            # a resumed run is checked against its config.toml once the nodes have said their ranks
+            check = (lambda final: prepare_folder(final, Path(final.out), True, False)) if resume else None
+            serve(
+                grid,
+                config,
+                resume=resume,
+                log=print,
+                nodes=nodes,
+                check_folder=check,
+                declared=declared,
+                node_auth=auth,
+            )
     except (ConfigError, NodesMissing) as err:
         raise SystemExit(f"error: {err}") from None
