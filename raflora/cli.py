@@ -210,7 +210,7 @@ def _print_summary(report: dict, folder: Path) -> None:
             log.info(f"\npaired differences, reference {report['reference']} minus the other method, seed by seed")
             log.info("\n".join(markdown_table(*paired_rows(report))))
     if report.get("sweep"):
-        from raflora.report.sweep_table import sweep_rows
+        from raflora.report.tables import sweep_rows
 
         log.info("\nsweep: one row per grid point")
         log.info("\n".join(markdown_table(*sweep_rows(report))))

@@ -32,9 +32,9 @@ from raflora.config_io import unreached_rule  # noqa: E402
 from raflora.lora import partition_order  # noqa: E402
 from raflora.report import load_runs  # noqa: E402
 from raflora.report.groups import stats  # noqa: E402
+from raflora.report.load import load_sweep  # noqa: E402
 from raflora.report.significance import paired_inference  # noqa: E402
-from raflora.report.summary import build_report  # noqa: E402
-from raflora.report.sweep_table import attach_sweep, load_sweep, sweep_rows  # noqa: E402
+from raflora.report.summary import attach_sweep, build_report  # noqa: E402
 from raflora.report.tables import (  # noqa: E402
     best,
     difference,
@@ -44,6 +44,7 @@ from raflora.report.tables import (  # noqa: E402
     per_seed,
     size,
     spread,
+    sweep_rows,
 )
 
 HEADER = """# Results

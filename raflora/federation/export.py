@@ -35,8 +35,8 @@ def global_svd(state: FederationState, base0: Mapping[str, Tensor], module: str)
     if state.base:
         U, S, Vh = torch.linalg.svd(state.base[module] - base0[module], full_matrices=False)
         return U, S, Vh.T
-    B, A = state.delta[module]
-    return product_svd(B, A)
+    delta = state.delta[module]
+    return product_svd(delta.B, delta.A)
 
 
 def global_factors(
@@ -52,7 +52,7 @@ def global_factors(
             root = (S[:k].float() / scale).sqrt()
             B[:, :k] = U[:, :k].float() * root
             A[:k] = root[:, None] * V[:, :k].T.float()
-        out[module] = LoRAFactors(A, B, scale)
+        out[module] = LoRAFactors(A=A, B=B, scale=scale)
     return out
 
 
@@ -126,8 +126,7 @@ def write_merged(task, state: FederationState, folder: Path, *, model=None, show
             if state.base and module in state.base and name.endswith(".weight"):
                 p.copy_(state.base[module])
             elif not state.base and module in state.delta and name.endswith(".weight"):
-                B, A = state.delta[module]
-                p.add_(B @ A)
+                p.add_(state.delta[module].dense())
             elif name in state.head:
                 p.copy_(state.head[name])
     folder.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,9 @@ The config holds the encoder's own config (``encoder``) and where its pretrained
 (``encoder_name_or_path``: a Hub id found in the local Hugging Face cache, or a folder). A folder
 holding only ``config.json`` is a *base folder*: ``from_pretrained`` then loads the encoder from
 ``encoder_name_or_path`` and starts a new head. A folder written by ``save_pretrained`` loads as
-usual. ``raflora.hf`` registers both classes with the transformers Auto classes.
+usual. :func:`register` (run when this module is imported) registers both classes with the
+transformers Auto classes; ``import raflora`` imports this module as soon as they load
+(:mod:`raflora.hf_auto`).
 """
 
 from __future__ import annotations
@@ -25,9 +27,7 @@ from transformers.configuration_utils import PretrainedConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.modeling_utils import PreTrainedModel
 from transformers.models.auto.configuration_auto import AutoConfig
-from transformers.models.auto.modeling_auto import AutoModel
-
-from raflora.hf_auto import register
+from transformers.models.auto.modeling_auto import AutoModel, AutoModelForSequenceClassification
 
 MODEL_TYPE = "raflora-meanpool"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -161,6 +161,13 @@ def mean_pool_classifier(
         torch.manual_seed(seed)  # post_init drew the head once already: draw it again from the seed
         model.classifier.reset_parameters()
     return model
+
+
+def register() -> None:
+    """Register ``MeanPoolConfig`` with ``AutoConfig`` and ``MeanPoolForSequenceClassification``
+    with ``AutoModelForSequenceClassification`` (idempotent)."""
+    AutoConfig.register(MODEL_TYPE, MeanPoolConfig, exist_ok=True)
+    AutoModelForSequenceClassification.register(MeanPoolConfig, MeanPoolForSequenceClassification, exist_ok=True)
 
 
 register()  # idempotent; covers this module being imported before transformers' Auto classes

@@ -19,6 +19,7 @@ from raflora.client.adapters import AdapterModel
 from raflora.federation import export_run
 from raflora.federation.export import write_adapter, write_merged
 from raflora.federation.state import FederationState
+from raflora.lora import LowRank
 from raflora.runtimes.embedded import run_federation
 from raflora.tasks import build_task
 
@@ -39,16 +40,16 @@ def _logits(model, batch):
 def random_state(model: AdapterModel, rank: int, seed: int = 0) -> FederationState:
     """A global update of rank ``rank`` on every adapted module and a perturbed head."""
     g = torch.Generator().manual_seed(seed)
-    delta = {
-        m: (0.2 * torch.randn(rows, rank, generator=g), 0.2 * torch.randn(rank, cols, generator=g))
-        for m, (rows, cols) in model.shapes().items()
-    }
+    delta = {}
+    for m, (rows, cols) in model.shapes().items():
+        B = 0.2 * torch.randn(rows, rank, generator=g)  # drawn before A
+        delta[m] = LowRank(A=0.2 * torch.randn(rank, cols, generator=g), B=B)
     head = {k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in model.get_head(None).items()}
     return FederationState(round=1, head=head, delta=delta, metrics=[dict(r) for r in METRICS])
 
 
 def global_logits(model: AdapterModel, state: FederationState, batch) -> torch.Tensor:
-    with model.global_model({m: B @ A for m, (B, A) in state.delta.items()}, state.head) as g:
+    with model.global_model({m: f.dense() for m, f in state.delta.items()}, state.head) as g:
         return _logits(g, batch)
 
 
