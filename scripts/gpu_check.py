@@ -42,7 +42,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402  (after the repository root is on the path, as the other scripts)
+try:  # a Python without torch is reported in the JSON line, not raised
+    import torch
+except ImportError:
+    torch = None
 
 BUDGET_S = 480.0  # the issue's 8 minutes
 
@@ -83,6 +86,8 @@ class Missing(Exception):
 
 def detect(device: str) -> dict[str, Any]:
     """What torch sees of ``device`` ("cuda" or "cpu")."""
+    if torch is None:
+        return {"requested": device, "torch": None, "python": sys.executable}
     info: dict[str, Any] = {
         "requested": device,
         "torch": torch.__version__,
@@ -105,6 +110,8 @@ def detect(device: str) -> dict[str, Any]:
 
 def device_problem(info: dict[str, Any]) -> str | None:
     """Why the requested device cannot run the checks, None when it can."""
+    if info["torch"] is None:
+        return f"torch is not installed in {info['python']} (set PYTHON to a Python that has it)"
     if info["requested"] == "cpu":
         return None
     if not info["cuda_available"]:
@@ -192,6 +199,7 @@ def server_check(args) -> dict[str, Any]:
     from benchmarks.common import LLAMA_DIM, LLAMA_MODULES, LLAMA_RANKS, make_updates, median, repeat, server_round
     from raflora import ClientUpdate, LoRAFactors
 
+    torch.set_num_threads(args.threads)  # the CPU side's threads, whatever the checks before set
     dim, modules = (256, 4) if args.quick else (LLAMA_DIM, LLAMA_MODULES)
     updates = make_updates(LLAMA_RANKS, modules, dim, dim)
 
@@ -234,23 +242,27 @@ CHECKS: list[tuple[str, Callable[[argparse.Namespace], dict[str, Any]]]] = [
 ]
 
 
+def entry(name: str, status: str, seconds: float = 0.0, reason: str | None = None, **fields) -> dict[str, Any]:
+    """A check's record, every key present: ``gpu``, ``cpu``, ``tolerance`` and ``delta`` are None
+    for a check that did not compare anything."""
+    record = {"name": name, "ok": status == "ok", "status": status, "reason": reason}
+    record.update({key: fields.pop(key, None) for key in ("gpu", "cpu", "tolerance", "delta")})
+    return {**record, **fields, "seconds": round(seconds, 3)}
+
+
 def run_check(name: str, fn: Callable, args: argparse.Namespace) -> dict[str, Any]:
     """One check's record; what it prints goes to stderr, what it raises becomes its reason."""
     start = time.perf_counter()
-    record: dict[str, Any] = {"name": name}
     try:
         with contextlib.redirect_stdout(sys.stderr):
             out = fn(args)
     except Missing as err:
-        record.update(ok=False, status="missing", reason=str(err))
+        return entry(name, "missing", time.perf_counter() - start, str(err))
     except Exception as err:  # a check that breaks is reported, and the next one still runs
         traceback.print_exc(file=sys.stderr)
-        record.update(ok=False, status="error", reason=f"{type(err).__name__}: {err}")
-    else:
-        ok, delta = compare(out["gpu"], out["cpu"], out["tolerance"])
-        record.update(ok=ok, status="ok" if ok else "failed", delta=delta, **out)
-    record["seconds"] = round(time.perf_counter() - start, 3)
-    return record
+        return entry(name, "error", time.perf_counter() - start, f"{type(err).__name__}: {err}")
+    ok, delta = compare(out["gpu"], out["cpu"], out["tolerance"])
+    return entry(name, "ok" if ok else "failed", time.perf_counter() - start, delta=delta, **out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,7 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed server rounds per side (median), after a warm-up")
     parser.add_argument("--text-model", default=None, help="task.model of the MiniLM check (default: the config's)")
     parser.add_argument("--reasoning-model", default=None, help="task.model of the SmolLM2 check (default: smollm2)")
+    parser.add_argument(
+        "--only", default=None, help=f"comma-separated checks to run (of {', '.join(n for n, _ in CHECKS)})"
+    )
     args = parser.parse_args(argv)
+    known = [n for n, _ in CHECKS]
+    only = known if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in only if n not in known]
+    if unknown or not only:
+        parser.error(f"--only: unknown check(s) {unknown or [args.only]}; choose from {', '.join(known)}")
     if args.device != "cpu" and not args.device.startswith("cuda"):
         parser.error(f"--device must be cuda, cuda:N or cpu, got {args.device!r}")
     if args.threads < 1 or args.repeats < 1:
@@ -275,17 +295,15 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     info = detect(args.device)
     problem = device_problem(info)
-    checks = [{"name": "device", "ok": problem is None, "status": "ok" if problem is None else "missing", "gpu": info}]
-    if problem:
-        checks[0]["reason"] = problem
-    checks[0]["seconds"] = round(time.perf_counter() - start, 3)
-    for name, fn in CHECKS:
+    host = {"cores": os.cpu_count(), "threads": args.threads}
+    checks = [entry("device", "missing" if problem else "ok", time.perf_counter() - start, problem, gpu=info, cpu=host)]
+    for name, fn in [(n, fn) for n, fn in CHECKS if n in only]:
         elapsed = time.perf_counter() - start
         if problem:
-            checks.append({"name": name, "ok": False, "status": "skipped", "reason": f"no device: {problem}"})
+            checks.append(entry(name, "skipped", reason=f"no device: {problem}"))
         elif elapsed >= args.budget:
             reason = f"time budget of {args.budget:g} s spent ({elapsed:.0f} s elapsed)"
-            checks.append({"name": name, "ok": False, "status": "skipped", "reason": reason})
+            checks.append(entry(name, "skipped", reason=reason))
         else:
             checks.append(run_check(name, fn, args))
     summary = {
