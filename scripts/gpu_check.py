@@ -97,12 +97,17 @@ def detect(device: str) -> dict[str, Any]:
     if device == "cpu":
         info.update(name="cpu", cores=os.cpu_count(), bf16=True)
     elif torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
+        index, count = torch.device(device).index or 0, torch.cuda.device_count()
+        if index >= count:
+            return {**info, "count": count, "bf16": False}
+        props = torch.cuda.get_device_properties(index)
+        with torch.cuda.device(index):
+            bf16 = bool(torch.cuda.is_bf16_supported())
         info.update(
             name=props.name,
-            count=torch.cuda.device_count(),
+            count=count,
             capability=f"{props.major}.{props.minor}",
-            bf16=bool(torch.cuda.is_bf16_supported()),
+            bf16=bf16,
             memory_gib=round(props.total_memory / 2**30, 1),
         )
     return info
@@ -118,6 +123,8 @@ def device_problem(info: dict[str, Any]) -> str | None:
         if info["cuda_build"] is None:
             return f"torch {info['torch']} without CUDA (a CPU-only build)"
         return f"torch {info['torch']} is built with CUDA {info['cuda_build']} but sees no GPU"
+    if "name" not in info:
+        return f"{info['requested']} is not one of the {info['count']} CUDA device(s) torch sees"
     if not info["bf16"]:
         return f"{info['name']} has no bf16 support"
     return None
