@@ -385,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the global update): AutoPeftModelForSequenceClassification (after import raflora) or "
         "AutoPeftModelForCausalLM loads it, raflora.tasks.vision.load_adapter for vision. "
         "--merged: the exact merged model, a save_pretrained folder that AutoModelFor... loads "
-        "(text, reasoning; raflora.tasks.vision.load_merged for vision). OUT must be new or empty "
+        "(text, with trust_remote_code=True and no raflora needed: the folder holds its model code; "
+        "reasoning; raflora.tasks.vision.load_merged for vision). OUT must be new or empty "
         "(or an earlier export, with --overwrite), and not inside the run's own files.",
     )
     export.add_argument("run", help="run folder (holds config.toml and checkpoints/)")

@@ -5,7 +5,8 @@ sum merged into the base for flora/florist. The adapter holds its best rank-``r`
 (``r = ranks.r_max`` by default), split evenly between the factors:
 ``B = U_r sqrt(S_r / s)``, ``A = sqrt(S_r / s) V_r^T``. ``--merged`` writes ``W0 + (W - W0)``
 exactly, with the global head: a transformers model (text, reasoning) as a ``save_pretrained``
-folder with its tokenizer, any other model as ``model.safetensors`` of its state dict.
+folder with its tokenizer (the text model with its own code, loaded with ``trust_remote_code=True``),
+any other model as ``model.safetensors`` of its state dict.
 """
 
 from __future__ import annotations
@@ -132,7 +133,9 @@ def write_merged(task, state: FederationState, folder: Path, *, model=None, show
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.safetensors"
     if hasattr(model, "save_pretrained"):
-        model.save_pretrained(folder)  # ties shared weights (SmolLM2's lm_head) instead of refusing them
+        # ties shared weights (SmolLM2's lm_head) instead of refusing them; raflora's own model class
+        # also writes its code (save_standalone), so that plain transformers loads the folder
+        getattr(model, "save_standalone", model.save_pretrained)(folder)
         if getattr(task, "tokenizer", None) is not None:
             task.tokenizer.save_pretrained(folder)
     else:
