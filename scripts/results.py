@@ -17,7 +17,8 @@ Each folder ``results/<experiment>/`` holds
   without the sweep that tuned it; their ``tuned.json`` pairs the methods across their choices);
   tables "val_rounds" (validation metric per round) and "tuning" (each method's choice);
   ``trace``: run labels whose rounds are listed (sampled ranks, energy per rank partition).
-Experiments are listed in the order of ``about.toml``'s ``order``, then by name.
+Experiments are listed in the order of ``about.toml``'s ``order``, then by name; ``results/findings.md``
+(the findings in words, each with its experiment and interval) comes first.
 """
 
 from __future__ import annotations
@@ -419,6 +420,9 @@ def headline_rows(folder: Path, runs: dict, report: dict) -> list[list[str]]:
 
 def build(results: Path, out: Path, img: Path, paper: Path | None = ROOT / "configs" / "paper") -> str:
     lines = [HEADER]
+    findings = results / "findings.md"  # the page's summary in words, each claim with its experiment
+    if findings.is_file():
+        lines += [findings.read_text(encoding="utf-8").strip(), ""]
     read = [(folder, *experiment_report(folder)) for folder in experiments(results)]
     rows = [row for folder, runs, report in read for row in headline_rows(folder, runs, report)]
     if rows:
