@@ -181,6 +181,12 @@ def hold_out(data: TaskData, config: Config) -> tuple[TaskData, list]:
 def split_among_clients(config: Config, data: TaskData) -> list[list[int]]:
     """The partition of the training examples; too few examples (or keys) for the clients is a ConfigError."""
     p, n = config.partition, config.federation.num_clients
+    if p.scheme == "by_key" and data.train_keys is None:
+        raise ConfigError(
+            f"partition.scheme = 'by_key' needs a key per training example and task {config.task.name!r} has none: "
+            "set task.key_column to the column that groups the rows (user, site, ...), or choose "
+            "partition.scheme = 'iid' or 'dirichlet'"
+        )
     try:
         return partition(
             p.scheme,
@@ -202,6 +208,7 @@ def load_model(task: Task, config: Config):
     """The task's base model; a model that is not available here (a Hub id offline, a missing
     folder, target modules it lacks) is a ConfigError naming the key."""
     try:
+        task.check_model()  # a model that is not installed: said at once, not after the spinner
         with spinner(f"loading model {config.task.options.get('model', config.task.name)}"):
             return task.load_model()
     except (OSError, ValueError, ImportError) as err:
