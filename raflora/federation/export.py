@@ -94,7 +94,9 @@ def _adapter_files(model: AdapterModel, base0, state, rank: int, scale: float, f
         config_file.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
     tokenizer = getattr(task, "tokenizer", None) if task is not None else None
     if tokenizer is not None:
-        tokenizer.save_pretrained(folder)  # AutoTokenizer.from_pretrained(folder), pipeline(model=folder)
+        tokenizer.save_pretrained(folder)  # AutoTokenizer.from_pretrained(folder)
+        if written and (folder / "base").resolve() == Path(written).resolve():
+            tokenizer.save_pretrained(folder / "base")  # pipeline(model=folder) reads the base's tokenizer
     base = model.peft.get_base_model()
     facts = CardFacts(
         task_type=peft_task_type(base),

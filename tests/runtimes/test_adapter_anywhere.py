@@ -48,11 +48,15 @@ def test_a_copied_text_adapter_loads_after_the_run_is_gone(make_config, tmp_path
     listed = json.loads((adapter / RECORD).read_text())["files"]
     assert set(TOKENIZER_FILES) <= set(listed) and all((adapter / name).is_file() for name in TOKENIZER_FILES)
     assert _modes(adapter) == {0o644}
+    from transformers import pipeline
+
+    task = build_task("text", model="tiny", max_length=24, train_size=80, test_size=32)
+    classify = pipeline("text-classification", model=str(adapter))  # its tokenizer: the base's
+    assert classify("Shares rose after the results.")[0]["label"] in task.label_names()
     copy = tmp_path / "elsewhere" / "adapter"
     shutil.copytree(adapter, copy)
     shutil.rmtree(run)
 
-    task = build_task("text", model="tiny", max_length=24, train_size=80, test_size=32)
     tokenizer = AutoTokenizer.from_pretrained(copy)
     texts = ["Shares rose after the results.", "The match ended in a draw."]
     assert tokenizer(texts).input_ids == task.tokenizer(texts).input_ids
