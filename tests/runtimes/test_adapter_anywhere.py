@@ -154,3 +154,34 @@ def test_the_card_of_a_bundled_base_keeps_its_local_folder_as_the_fallback():
     assert "AutoPeftModelForCausalLM.from_pretrained('out/adapter')" in card
     assert f"PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({local!r}), 'out/adapter')" in card
     assert "AutoTokenizer.from_pretrained('out/adapter')" in card and ".venv" not in card
+
+
+@pytest.mark.slow
+def test_smollm2_adapter_names_its_hub_id_and_the_cards_fallback_loads_a_copy(tmp_path):
+    # the bundled SmolLM2 (dequantised from the package's GGUF) is recorded by its Hub id; this
+    # machine's Hugging Face cache lacks that id, so the copy loads the way the card says offline
+    task = build_task("reasoning", train_size=4, test_size=2, max_length=48)
+    model = AdapterModel(task.load_model(), task.target_modules, [], [2], {2: 1.0})
+    state = random_state(model, 2)
+    base0 = {m: model.base_weight(m).detach().clone() for m in model.modules}
+    write_adapter(model, base0, state, 2, 1.0, tmp_path / "run" / "adapter", task=task, replace=False)
+    folder = tmp_path / "run" / "adapter"
+    saved = json.loads((folder / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    card = (folder / "README.md").read_text()
+    local = str(Path(task.cache_dir).expanduser())
+    fallback = f"PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({local!r}), {str(folder)!r})"
+    assert fallback in card
+    batch = task.collate(task.load_data().test)
+    batch.pop("labels")
+    expected = global_logits(model, state, batch)
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(folder, copy)
+    shutil.rmtree(tmp_path / "run")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(local), copy).eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(**batch).logits, expected, atol=1e-3)  # logits of size ~20
+    assert AutoTokenizer.from_pretrained(copy).chat_template == task.tokenizer.chat_template
