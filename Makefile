@@ -40,10 +40,12 @@ demo: setup
 test: setup lint
 	$(PY) -m pytest -q
 
-# ruff (lint and format) on the whole tree; config in pyproject.toml
+# ruff (lint and format) on the whole tree, mypy on raflora/lora.py and raflora/aggregation; config in
+# pyproject.toml
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -42,7 +42,8 @@ class ExplicitQResult(SVDResult):
         got = self._top.get(module)
         if got is None or got[0].shape[1] < min(rank, got[1].shape[0]):
             need = max(rank, max(self._ranks[module].values()))
-            got = product_svd(*self.delta_factors(module), top=need)
+            factors = self.delta_factors(module)
+            got = product_svd(factors.B, factors.A, top=need)
             self._top[module] = got
         return got
 
@@ -54,8 +55,8 @@ class ExplicitQResult(SVDResult):
         m, n = self.shapes[module]
         k = min(rank, numerical_rank(S, m, n))
         root = (S[:k] / scale).sqrt()
-        B, A = pad_factors(module, LowRank(U[:, :k] * root, root[:, None] * V[:, :k].T), rank, self.seed)
-        return LoRAFactors(A.contiguous(), B.contiguous(), scale)
+        padded = pad_factors(module, LowRank(A=root[:, None] * V[:, :k].T, B=U[:, :k] * root), rank, self.seed)
+        return LoRAFactors(A=padded.A.contiguous(), B=padded.B.contiguous(), scale=scale)
 
 
 def aggregate_explicit_q(method: str, updates: Sequence[ClientUpdate], **options) -> ExplicitQResult:
@@ -81,7 +82,8 @@ class StackedCopyResult(SVDResult):
         if got is not None and (got[0] >= rank or got[1].shape[1] < got[0]):
             return got[1:]
         need = max(rank, max(self._ranks[module].values()))
-        BAV, S, V = stable_top_svd(*self.delta_factors(module), top=need)
+        factors = self.delta_factors(module)
+        BAV, S, V = stable_top_svd(factors.B, factors.A, top=need)
         root = S[: BAV.shape[1]].sqrt()
         balanced = (BAV / root, S, root[:, None] * V.T)
         self._top[module] = (need, *balanced)

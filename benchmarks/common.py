@@ -60,7 +60,7 @@ def make_updates(
             A.normal_(generator=g).mul_(n**-0.5)
             B = torch.empty((m, r), dtype=dtype)
             B.normal_(generator=g).mul_(0.01)
-            factors[name] = LoRAFactors(A, B, lora_scale("lora", ALPHA, r))
+            factors[name] = LoRAFactors(A=A, B=B, scale=lora_scale("lora", ALPHA, r))
         updates.append(ClientUpdate(f"client{i}", factors, 100 + 10 * i))
     return updates
 

@@ -48,7 +48,8 @@ def run(
 
         def full_svd():
             for module in result.modules:
-                product_svd(*result.delta_factors(module))
+                factors = result.delta_factors(module)
+                product_svd(factors.B, factors.A)
 
         after = repeat(values_only, repeats)
         before = repeat(full_svd, repeats)

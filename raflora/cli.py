@@ -244,7 +244,7 @@ def _print_summary(report: dict, folder: Path) -> None:
             log.info(f"\npaired differences, reference {report['reference']} minus the other method, seed by seed")
             log.info("\n".join(markdown_table(*paired_rows(report))))
     if report.get("sweep"):
-        from raflora.report.sweep_table import sweep_rows
+        from raflora.report.tables import sweep_rows
 
         log.info("\nsweep: one row per grid point")
         log.info("\n".join(markdown_table(*sweep_rows(report))))
@@ -419,7 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the global update): AutoPeftModelForSequenceClassification (after import raflora) or "
         "AutoPeftModelForCausalLM loads it, raflora.tasks.vision.load_adapter for vision. "
         "--merged: the exact merged model, a save_pretrained folder that AutoModelFor... loads "
-        "(text, reasoning; raflora.tasks.vision.load_merged for vision). OUT must be new or empty "
+        "(text, with trust_remote_code=True and no raflora needed: the folder holds its model code; "
+        "reasoning; raflora.tasks.vision.load_merged for vision). OUT must be new or empty "
         "(or an earlier export, with --overwrite), and not inside the run's own files.",
     )
     export.add_argument("run", help="run folder (holds config.toml and checkpoints/)")

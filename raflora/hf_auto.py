@@ -29,33 +29,15 @@ def _model_module_ready() -> bool:
     return importing is None or hasattr(importing, "MeanPoolForSequenceClassification")
 
 
-def register_config() -> None:
-    """Register ``MeanPoolConfig`` with ``AutoConfig`` (idempotent)."""
-    if not _model_module_ready():
-        return
-    from transformers.models.auto.configuration_auto import AutoConfig
-
-    from raflora.tasks.meanpool import MODEL_TYPE, MeanPoolConfig
-
-    AutoConfig.register(MODEL_TYPE, MeanPoolConfig, exist_ok=True)
-
-
-def register_model() -> None:
-    """Register ``MeanPoolForSequenceClassification`` with ``AutoModelForSequenceClassification``."""
-    if not _model_module_ready():
-        return
-    from transformers.models.auto.modeling_auto import AutoModelForSequenceClassification
-
-    from raflora.tasks.meanpool import MeanPoolConfig, MeanPoolForSequenceClassification
-
-    register_config()
-    AutoModelForSequenceClassification.register(MeanPoolConfig, MeanPoolForSequenceClassification, exist_ok=True)
-
-
 def register() -> None:
-    """Both registrations (idempotent); imports transformers' Auto modules."""
-    register_config()
-    register_model()
+    """Register raflora's model with the transformers Auto classes (idempotent): the registration
+    lives beside the classes, in :func:`raflora.tasks.meanpool.register`, which importing that
+    module runs; this module only decides when (it imports transformers' Auto modules)."""
+    if not _model_module_ready():
+        return
+    from raflora.tasks.meanpool import register as register_meanpool
+
+    register_meanpool()
 
 
 def _or_warn(step: Callable[[], None]) -> Callable[[], None]:

@@ -17,7 +17,6 @@ import math
 import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -56,19 +55,40 @@ class LoRAFactors:
         return int(self.A.numel() + self.B.numel())
 
 
-class LowRank(NamedTuple):
-    """A low-rank matrix by its named factors: ``B @ A``, ``B`` is ``(m, k)``, ``A`` is ``(k, n)``.
+class LowRank:
+    """A low-rank matrix by its named factors: ``B @ A``, ``A`` is ``(k, n)``, ``B`` is ``(m, k)``.
 
-    The global update of a module travels as this pair (any scale already folded in), so the two
-    factors are never told apart by position or shape.
+    The global update of a module travels as this pair (any scale already folded in). Like
+    :class:`LoRAFactors` it takes ``A`` then ``B``, by keyword only (``LowRank(A=..., B=...)``), and
+    is read by name (``.A``, ``.B``), never unpacked: the two factors are never told apart by
+    position or shape. Subclasses that form their factors when read
+    (:class:`~raflora.aggregation.stacking.Stack`) override the properties.
     """
 
-    B: Tensor
-    A: Tensor
+    __slots__ = ("_A", "_B")
+
+    def __init__(self, *, A: Tensor, B: Tensor):
+        self._A = A
+        self._B = B
+
+    @property
+    def A(self) -> Tensor:
+        return self._A
+
+    @property
+    def B(self) -> Tensor:
+        return self._B
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(A={tuple(self.A.shape)}, B={tuple(self.B.shape)}, dtype={self.dtype})"
 
     def dense(self) -> Tensor:
         """``B @ A`` as an ``(m, n)`` matrix (for checks and small models only)."""
         return self.B @ self.A
+
+    def clone(self) -> LowRank:
+        """A plain pair holding detached copies of the factors (a subclass's formed once)."""
+        return LowRank(A=self.A.detach().clone(), B=self.B.detach().clone())
 
     @property
     def rank(self) -> int:
@@ -260,10 +280,10 @@ def pad_factors(module: str, factors: LowRank, rank: int, seed: int = 0) -> LowR
     Missing components get ``B = 0`` and a seeded ``A`` row, so they start at zero but still
     receive gradients (a zero ``A`` row with a zero ``B`` column would never train).
     """
-    B, A = factors
+    A, B = factors.A, factors.B
     have = A.shape[0]
     if rank <= have:
-        return LowRank(B[:, :rank], A[:rank])
+        return LowRank(A=A[:rank], B=B[:, :rank])
     extra_a = init_a(module, rank, A.shape[1], seed, A.dtype).to(A.device)[have:]
     extra_b = torch.zeros((B.shape[0], rank - have), dtype=B.dtype, device=B.device)
-    return LowRank(torch.cat([B, extra_b], dim=1), torch.cat([A, extra_a], dim=0))
+    return LowRank(A=torch.cat([A, extra_a], dim=0), B=torch.cat([B, extra_b], dim=1))

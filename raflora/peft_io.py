@@ -108,7 +108,7 @@ def _model_factors(model: nn.Module, adapter: str) -> dict[str, LoRAFactors]:
             continue
         _check_layer(module, layer, adapter)
         A, B = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
-        out[module] = LoRAFactors(_copy(A), _copy(B), float(layer.scaling[adapter]))
+        out[module] = LoRAFactors(A=_copy(A), B=_copy(B), scale=float(layer.scaling[adapter]))
     return out
 
 
@@ -149,7 +149,7 @@ def _dict_factors(
         if A.dim() != 2 or B.dim() != 2:
             raise ValueError(f"module {module!r}: only nn.Linear LoRA layers convert (lora_A has {A.dim()} dims)")
         s = scale if config is None else peft_scale(config, module, int(A.shape[0]))
-        out[module] = LoRAFactors(_copy(A), _copy(B), float(s))
+        out[module] = LoRAFactors(A=_copy(A), B=_copy(B), scale=float(s))
     return out
 
 

@@ -47,7 +47,7 @@ def simulate_collapse(
     sizes = list(num_examples) if num_examples is not None else [1] * len(ranks)
     U, _ = torch.linalg.qr(torch.randn(m, r_max, generator=g, dtype=dtype))
     V, _ = torch.linalg.qr(torch.randn(n, r_max, generator=g, dtype=dtype))
-    start = [ClientUpdate(i, {"w": LoRAFactors(V.T.contiguous(), U.clone(), 1.0)}, 1) for i in range(1)]
+    start = [ClientUpdate(i, {"w": LoRAFactors(A=V.T.contiguous(), B=U.clone(), scale=1.0)}, 1) for i in range(1)]
     result = aggregate("flexlora", start)
     trace = CollapseTrace(method, ranks)
     wants_previous = method_named(method, **options).wants_previous
@@ -58,7 +58,7 @@ def simulate_collapse(
             f = result.client_factors("w", r, scale=1.0)
             A = f.A + noise * torch.randn(f.A.shape, generator=g, dtype=dtype)
             B = f.B + noise * torch.randn(f.B.shape, generator=g, dtype=dtype)
-            updates.append(ClientUpdate(i, {"w": LoRAFactors(A, B, 1.0)}, size))
+            updates.append(ClientUpdate(i, {"w": LoRAFactors(A=A, B=B, scale=1.0)}, size))
         # a method that reads the previous global update (wants_previous) gets it, as in a federation
         previous = {"w": result.delta_factors("w")} if wants_previous else None
         result = aggregate(method, updates, previous=previous, top_rank=r_max, **options)

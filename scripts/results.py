@@ -12,6 +12,10 @@ Each folder ``results/<experiment>/`` holds
   group labels; the per-seed difference a - b of the final metric, or of ``field = "final_loss"``,
   for comparisons the report does not pair, like rank 16 vs rank 2);
   ``heatmap``: a file name under the image folder for the energy heatmap (rank partition x round);
+  ``validation_plot``, ``bytes_plot``: file names for the validation curves and the final metric
+  against bytes; ``runs``: the sub-folders (parts) whose runs the tables cover (a tuned comparison
+  without the sweep that tuned it; their ``tuned.json`` pairs the methods across their choices);
+  tables "val_rounds" (validation metric per round) and "tuning" (each method's choice);
   ``trace``: run labels whose rounds are listed (sampled ranks, energy per rank partition).
 Experiments are listed in the order of ``about.toml``'s ``order``, then by name.
 """
@@ -32,9 +36,9 @@ from raflora.config_io import unreached_rule  # noqa: E402
 from raflora.lora import partition_order  # noqa: E402
 from raflora.report import load_runs  # noqa: E402
 from raflora.report.groups import stats  # noqa: E402
+from raflora.report.load import load_sweep  # noqa: E402
 from raflora.report.significance import paired_inference  # noqa: E402
-from raflora.report.summary import build_report  # noqa: E402
-from raflora.report.sweep_table import attach_sweep, load_sweep, sweep_rows  # noqa: E402
+from raflora.report.summary import attach_sweep, build_report  # noqa: E402
 from raflora.report.tables import (  # noqa: E402
     best,
     difference,
@@ -44,7 +48,9 @@ from raflora.report.tables import (  # noqa: E402
     per_seed,
     size,
     spread,
+    sweep_rows,
 )
+from raflora.report.tuned import TUNED_FILE  # noqa: E402
 
 HEADER = """# Results
 
@@ -184,10 +190,23 @@ def trace_table(folder: Path, runs: dict, label: str) -> list[str]:
     return markdown_table(["round", "ranks sampled"] + [f"directions {k}" for k in keys], rows)
 
 
+def _tuned(folder: Path, parts: list[str]) -> dict:
+    """The per-method choices of the experiment's tuned comparisons (their ``tuned.json``)."""
+    tuned: dict = {}
+    for part in parts:
+        path = folder / part / TUNED_FILE
+        if path.is_file():
+            tuned.update(json.loads(path.read_text()))
+    return tuned
+
+
 def experiment_report(folder: Path) -> tuple[dict, dict]:
-    """The experiment's runs (by label) and its report, read once for every table of the page."""
-    runs = load_runs([folder])
-    report = build_report(runs, _about(folder).get("reference"))
+    """The experiment's runs (by label) and its report, read once for every table of the page.
+    ``about.toml``'s ``runs`` (sub-folders, e.g. ``["compare", "compare2"]``) limits the report to
+    those parts' runs, leaving out e.g. the sweep that chose each method's learning rate."""
+    parts = _about(folder).get("runs")
+    runs = load_runs([folder / part for part in parts] if parts else [folder])
+    report = build_report(runs, _about(folder).get("reference"), _tuned(folder, parts or []))
     sweep = load_sweep([folder])
     if sweep:
         attach_sweep(report, *sweep)
@@ -199,7 +218,25 @@ def _about(folder: Path) -> dict:
     return tomllib.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-TABLES = ("groups", "paired", "loss", "sweep", "energy", "rho_rounds", "metric_rounds")
+TABLES = ("groups", "paired", "loss", "sweep", "energy", "rho_rounds", "metric_rounds", "val_rounds", "tuning")
+
+
+def tuning_table(report: dict) -> list[str]:
+    """Each method's learning rate (or other tuned keys) as its sweep chose it on validation, with
+    the mean validation metric at every point of the sweep."""
+    tuned = report.get("tuned") or {}
+    points = sorted({p for c in tuned.values() for p in c["validation"]}, key=lambda p: int(p.split("-")[-1]))
+    rows = []
+    for method, choice in tuned.items():
+        chosen = ", ".join(f"{k} = {v}" for k, v in choice["settings"].items())
+        cells = [
+            "-"
+            if p not in choice["validation"]
+            else f"{choice['validation'][p]:.4f}" + (" *" if p == choice["point"] else "")
+            for p in points
+        ]
+        rows.append([method, chosen, *cells])
+    return markdown_table(["method", "chosen on validation", *points], rows)
 
 
 def _parts(folder: Path) -> list[dict]:
@@ -258,6 +295,12 @@ def experiment_section(folder: Path, runs: dict, report: dict, img: Path, doc: P
             lines += markdown_table(header, [r for r in rows if r[0] in first]) + [""]
         elif table == "rho_rounds":
             lines += ["rho_rmin per round (mean over seeds):", ""] + per_round_table(report, "rho_rmin", 3) + [""]
+        elif table == "val_rounds":
+            lines += [f"validation {report['metric']} per evaluated round (mean over seeds):", ""]
+            lines += per_round_table(report, f"val_{report['metric']}", 4) + [""]
+        elif table == "tuning" and report.get("tuned"):
+            lines += ["Each method's learning rate, chosen on validation (mean over the tuning seeds; * = chosen):", ""]
+            lines += tuning_table(report) + [""]
         elif table == "metric_rounds":
             lines += [f"{report['metric']} per evaluated round (mean over seeds):", ""]
             lines += per_round_table(report, report["metric"], 4) + [""]
@@ -273,6 +316,16 @@ def experiment_section(folder: Path, runs: dict, report: dict, img: Path, doc: P
         plot_energy_rounds(report, img / about["heatmap"])
         rel = os.path.relpath(img / about["heatmap"], doc.parent)
         lines += [f"![energy share per rank partition (rows) and round (columns), mean over seeds]({rel})", ""]
+    for key, draw, alt in (
+        ("validation_plot", "plot_validation", "validation metric per round, mean and min-max over seeds"),
+        ("bytes_plot", "plot_metric_against_bytes", "final metric against bytes up + down per run"),
+    ):
+        if about.get(key):
+            from raflora.report import plots
+
+            img.mkdir(parents=True, exist_ok=True)
+            getattr(plots, draw)(report, img / about[key])
+            lines += [f"![{alt}]({os.path.relpath(img / about[key], doc.parent)})", ""]
     if about.get("conclusion"):
         lines += ["**Conclusion.** " + about["conclusion"].strip(), ""]
     return lines
@@ -329,7 +382,7 @@ def _seed_signs(pair: dict) -> str:
     return f"{ahead} / {level} / {len(diffs) - ahead - level}"
 
 
-HEADLINED = ("raflora", "carryover")  # the methods an experiment may be built around
+HEADLINED = ("raflora", "carryover", "consensus")  # the methods an experiment may be built around
 
 
 def headline_rows(folder: Path, runs: dict, report: dict) -> list[list[str]]:
@@ -337,8 +390,8 @@ def headline_rows(folder: Path, runs: dict, report: dict) -> list[list[str]]:
     the same setting it trails most (the most negative paired difference of the final metric), and
     on how many seeds the reference is ahead / level / behind it."""
     rows = []
-    if report["reference"] not in HEADLINED:
-        return rows
+    if report["reference"] not in HEADLINED or _about(folder).get("glance", True) is False:
+        return rows  # glance = false: an experiment whose reference runs another row already counts
     title = _about(folder).get("title", folder.name).split(" ", 1)[0].rstrip(".")
     by_reference: dict[str, list[dict]] = {}
     for pair in report["paired"]:
@@ -373,10 +426,14 @@ def build(results: Path, out: Path, img: Path, paper: Path | None = ROOT / "conf
             "## At a glance",
             "",
             "For every group of the method an experiment is built around (its reference: raflora, or "
-            "carryover, this library's own method): the method of the same setting it trails most on "
-            "the final metric (the best other method when it trails none) and the paired difference "
-            "reference - that method over seeds, the same against flexlora (the baseline the paper is "
-            "built against), and on how many seeds the reference is ahead / level / behind. "
+            "carryover or consensus, this library's own methods): the method of the same setting it trails "
+            "most on the final metric (the best other method when it trails none) and the paired difference "
+            "reference - that method over seeds with its 95 % interval, Wilcoxon p and verdict (ahead or "
+            "behind only where the interval excludes 0), the same against flexlora (the baseline the paper "
+            "is built against), and on how many seeds the reference is ahead / tied / behind. Experiments "
+            "before 9 ran 3 seeds at one shared learning rate with a test-selected best round; with 3 seeds "
+            "the Wilcoxon p is never below 0.25, and most of their differences are level. Experiment 6c "
+            "reran 6's carryover, flexlora and flora runs to the last digit and has no row of its own. "
             "`unreached` is the reference's rule for a rank partition no sampled client reaches "
             "(raflora's default is `drop`; experiments 8-8c compare the two).",
             "",
@@ -388,9 +445,9 @@ def build(results: Path, out: Path, img: Path, paper: Path | None = ROOT / "conf
                 "unreached",
                 "best other method",
                 "reference - it",
-                "seeds ahead / level / behind",
+                "seeds ahead / tied / behind",
                 "reference - flexlora",
-                "seeds ahead / level / behind",
+                "seeds ahead / tied / behind",
             ],
             rows,
         ) + [""]

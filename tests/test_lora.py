@@ -27,7 +27,7 @@ def rand(*shape, seed=0, dtype=F64):
 
 def test_factors_shape_rank_and_delta():
     A, B = rand(3, 7), rand(5, 3, seed=1)
-    f = LoRAFactors(A, B, 0.25)
+    f = LoRAFactors(A=A, B=B, scale=0.25)
     assert f.rank == 3 and f.shape == (5, 7) and f.num_values() == 3 * (5 + 7)
     assert torch.allclose(f.delta(), 0.25 * torch.einsum("ij,jk->ik", B, A))
 
@@ -202,7 +202,8 @@ def test_fresh_factors_start_at_zero():
 
 def test_pad_factors_extends_without_changing_the_product():
     A, B = rand(3, 7), rand(5, 3, seed=1)
-    B5, A5 = pad_factors("w", LowRank(B, A), 5, seed=2)
+    padded = pad_factors("w", LowRank(A=A, B=B), 5, seed=2)
+    A5, B5 = padded.A, padded.B
     assert A5.shape == (5, 7) and B5.shape == (5, 5)
     assert torch.equal(A5[:3], A) and torch.equal(B5[:, :3], B)
     assert torch.count_nonzero(B5[:, 3:]) == 0
@@ -212,5 +213,19 @@ def test_pad_factors_extends_without_changing_the_product():
 
 def test_pad_factors_truncates_to_leading_components():
     A, B = rand(4, 7), rand(5, 4, seed=1)
-    B2, A2 = pad_factors("w", LowRank(B, A), 2)
+    padded = pad_factors("w", LowRank(A=A, B=B), 2)
+    A2, B2 = padded.A, padded.B
     assert torch.equal(A2, A[:2]) and torch.equal(B2, B[:, :2])
+
+
+def test_low_rank_takes_a_then_b_by_keyword_and_is_never_unpacked():
+    A, B = rand(2, 5), rand(4, 2, seed=1)
+    f = LowRank(A=A, B=B)
+    assert f.A is A and f.B is B and f.rank == 2 and f.dtype == F64
+    assert torch.equal(f.dense(), B @ A)
+    with pytest.raises(TypeError):
+        LowRank(A, B)  # positional: the order that LoRAFactors and the old LowRank disagreed on
+    with pytest.raises(TypeError):
+        _, _ = f  # unpacking would tell the factors apart by position
+    copy = f.clone()
+    assert type(copy) is LowRank and torch.equal(copy.A, A) and copy.A is not A

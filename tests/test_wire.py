@@ -11,10 +11,10 @@ def factors():
     g = torch.Generator().manual_seed(0)
     return {
         "model.layers.0.self_attn.q_proj": LoRAFactors(
-            torch.randn(4, 32, generator=g), torch.randn(24, 4, generator=g), 0.5
+            A=torch.randn(4, 32, generator=g), B=torch.randn(24, 4, generator=g), scale=0.5
         ),
         "model.layers.0.self_attn.v_proj": LoRAFactors(
-            torch.randn(2, 32, generator=g), torch.randn(24, 2, generator=g), 8 / 3
+            A=torch.randn(2, 32, generator=g), B=torch.randn(24, 2, generator=g), scale=8 / 3
         ),
     }
 

@@ -28,7 +28,7 @@ def valid_payload(rng: random.Random) -> bytes:
     factors = {}
     for name in rng.sample(NAMES, rng.randint(1, 3)):
         r, m, n = rng.randint(1, 4), rng.randint(1, 6), rng.randint(1, 6)
-        factors[name] = LoRAFactors(torch.randn(r, n), torch.randn(m, r), rng.choice([0.5, 2.0, 8 / 3]))
+        factors[name] = LoRAFactors(A=torch.randn(r, n), B=torch.randn(m, r), scale=rng.choice([0.5, 2.0, 8 / 3]))
     return encode_factors(factors, rng.choice(["float32", "bfloat16", "float16"]), rng.choice(["AB", "A", "B"]))
 
 
@@ -137,7 +137,7 @@ def load_files(path: Path) -> tuple[int, int]:
 
 
 def test_a_wire_error_names_what_is_wrong():
-    good = encode_factors({"q": LoRAFactors(torch.ones(2, 3), torch.ones(4, 2), 1.0)})
+    good = encode_factors({"q": LoRAFactors(A=torch.ones(2, 3), B=torch.ones(4, 2), scale=1.0)})
     header, data = split(good)
     header["q.lora_A"]["data_offsets"] = [0, 2**31]
     for payload, message in [

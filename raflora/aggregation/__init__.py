@@ -129,10 +129,12 @@ def _methods_doc() -> str:
             f"{f.name}={f.default!r}" if f.default is not dataclasses.MISSING else f"{f.name}=[]"
             for f in cls.option_fields()
         )
-        lines.append(f"    - ``{name}``{f' ({opts})' if opts else ''}: {cls.__doc__.splitlines()[0]}")
+        lines.append(f"    - ``{name}``{f' ({opts})' if opts else ''}: {(cls.__doc__ or cls.name).splitlines()[0]}")
     return "\n".join(lines)
 
 
-aggregate.__doc__ += "\n    Methods (name, options and defaults):\n\n" + _methods_doc() + "\n"
+aggregate.__doc__ = (
+    (aggregate.__doc__ or "") + "\n    Methods (name, options and defaults):\n\n" + _methods_doc() + "\n"
+)
 
 __all__ = ["AGGREGATORS", "AggregationResult", "Method", "NoValidUpdates", "aggregate", "method_named"]

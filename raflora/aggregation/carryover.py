@@ -76,4 +76,4 @@ class Carryover(Method):
         U, S, V = stable_svd(previous.B.to(**like), previous.A.to(**like), top=top)
         k = min(top, S.shape[0])
         w = carried_weights(ranks, checked.weights, k).to(dtype=S.dtype, device=S.device)
-        return append_components(factors, U[:, :k] * (S[:k] * w), V[:, :k].T)
+        return append_components(factors, A=V[:, :k].T, B=U[:, :k] * (S[:k] * w))

@@ -233,7 +233,7 @@ class Consensus(Method):
         stack, lambdas = self.stack(checked, module, (U * S, V.T))
         w = start_weights(ranks, checked.weights, lambdas, S.shape[0]).to(dtype=S.dtype, device=S.device)
         # U (S w), as carryover forms it: strength 0 gives carryover's numbers bit for bit
-        return append_components(stack, U * (S * w), V.T)
+        return append_components(stack, A=V.T, B=U * (S * w))
 
     def stack(self, checked: Checked, module: str, start: Start | None):
         """The module's uploads with their weights (a stack) and ``[(l_k, lambda_k)]``, the changes

@@ -65,5 +65,5 @@ class FedSALoRA(Method):
             for f, w in zip(fs, weights):
                 A[: f.rank] += w * f.A
             # Only A is global; B is zero here because the server has none of the clients' B.
-            factors[m] = LowRank(torch.zeros((fs[0].B.shape[0], A.shape[0]), dtype=A.dtype, device=A.device), A)
+            factors[m] = LowRank(A=A, B=torch.zeros((fs[0].B.shape[0], A.shape[0]), dtype=A.dtype, device=A.device))
         return factors

@@ -54,7 +54,7 @@ class FFALoRA(Method):
         for m in checked.modules:
             B = average_factors([u.factors[m] for u in checked.updates], weights).B
             frozen = init_a(m, B.shape[1], checked.shapes[m][1], seed, checked.dtype).to(checked.device)
-            factors[m] = LowRank(B, frozen)
+            factors[m] = LowRank(A=frozen, B=B)
         return factors
 
     def missing_part(self, module, part, rank, shape, seed, dtype=torch.float32):

@@ -55,7 +55,7 @@ class FLoRIST(Method):
     def combine(self, checked: Checked, seed: int) -> dict[str, LowRank]:
         factors = {}
         for m, stack in fedavg_stacks(checked).items():
-            U, S, V = stable_svd(*stack)
+            U, S, V = stable_svd(stack.B, stack.A)
             p = min(energy_rank(S, self.tau), S.shape[0])
-            factors[m] = LowRank(U[:, :p] * S[:p], V[:, :p].T.contiguous())
+            factors[m] = LowRank(A=V[:, :p].T.contiguous(), B=U[:, :p] * S[:p])
         return factors

@@ -69,5 +69,5 @@ def self_prune(received: LoRAFactors, trained: LoRAFactors, gamma: float, r_min:
     # At least 1: a rank-0 adapter is not an update (aggregate would refuse the client).
     new_rank = max(1, int(r_min), int(math.floor(gamma * trained.rank)))
     if after < before and new_rank < trained.rank:
-        return LoRAFactors(trained.A[:new_rank].clone(), trained.B[:, :new_rank].clone(), trained.scale)
+        return LoRAFactors(A=trained.A[:new_rank].clone(), B=trained.B[:, :new_rank].clone(), scale=trained.scale)
     return trained

@@ -66,10 +66,10 @@ from raflora.lora import LoRAFactors, LowRank, product_frobenius_norm
 
 def ideal_cross(factors: list[LoRAFactors], weights: list[float], A_avg: Tensor) -> Tensor:
     """``dW @ A_avg^T = sum_i p_i s_i B_i (A_i A_avg^T)`` (``m x r_max``) without forming ``dW``."""
-    out = None
-    for f, p in zip(factors, weights):
-        term = (p * f.scale) * (f.B.double() @ (f.A.double() @ A_avg.T))
-        out = term if out is None else out + term
+    terms = ((p * f.scale) * (f.B.double() @ (f.A.double() @ A_avg.T)) for f, p in zip(factors, weights))
+    out = next(terms)  # a round has at least one accepted update
+    for term in terms:
+        out = out + term
     return out
 
 
@@ -166,5 +166,5 @@ class LoRAFAIR(Method):
             ideal_norm = float(product_frobenius_norm(stack.B.double(), stack.A.double()))
             cross = ideal_cross(fs, weights, A_avg)
             B = corrected_b(averaged.B.double(), A_avg, cross, ideal_norm, self.lam, self.steps, self.step_size)
-            out[m] = LowRank(B=B.to(averaged.B.dtype), A=averaged.A)
+            out[m] = LowRank(A=averaged.A, B=B.to(averaged.B.dtype))
         return out

@@ -17,16 +17,22 @@ methods that the runtimes read instead of comparing method names:
 - ``result_type``: what a client of rank ``r`` starts from next round
   (:mod:`raflora.aggregation.result`);
 - :meth:`refuse` (method-specific checks) and :meth:`combine` (the formula, a pure function of the
-  accepted updates returning a named ``LowRank(B, A)`` per module).
+  accepted updates returning a :class:`~raflora.lora.LowRank` per module).
 
 Adding a method is one file with one such class and one line in the registry
 (:data:`raflora.aggregation.AGGREGATORS`).
+
+A round is a few steps, methods of this class that both :meth:`Method.aggregate` (updates in memory)
+and :func:`raflora.aggregation.streamed.aggregate_files` (uploads on disk, one module at a time)
+run: :meth:`~Method.check_round`, validation (``check_updates``), each of
+:meth:`~Method.refusal_steps`, :meth:`~Method.combine_safely`, :meth:`~Method.carried`,
+:meth:`~Method.build_result`. A new step or hook goes there, once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -38,6 +44,7 @@ from raflora.aggregation.stacking import Stack
 from raflora.aggregation.validate import (
     Checked,
     NoValidUpdates,
+    Refusals,
     check_ratio,
     check_updates,
     norm_outliers,
@@ -45,7 +52,6 @@ from raflora.aggregation.validate import (
 )
 from raflora.lora import ClientUpdate, LoRAFactors, LowRank
 
-Refusals = dict[int, tuple["str | None", str]]  # update index -> (module, reason)
 MAX_NORM_RATIO = 10.0  # federation.max_norm_ratio's default: an update 10x the median norm is refused
 
 
@@ -58,7 +64,7 @@ def fits_dtype(factors: LowRank, dtype: torch.dtype) -> bool:
         norm_b, norm_a = factors.log2_norm_bounds()
         if fits(norm_b, dtype) and fits(norm_a, dtype) and fits(norm_b + norm_a, dtype):
             return True
-    B, A = factors
+    B, A = factors.B, factors.A
     if not (all_finite(B) and all_finite(A)):
         return False
     norm_b, norm_a = log2_norm(B), log2_norm(A)
@@ -132,8 +138,8 @@ class Method:
         """Updates this method cannot combine, by index, with the module and the reason."""
         return {}
 
-    def combine(self, checked: Checked, seed: int) -> dict[str, LowRank]:
-        """The round's global update per module, ``LowRank(B, A)`` with every scale folded in."""
+    def combine(self, checked: Checked, seed: int) -> Mapping[str, LowRank]:
+        """The round's global update per module, ``LowRank(A=..., B=...)`` with every scale folded in."""
         raise NotImplementedError
 
     def aggregate(
@@ -152,24 +158,60 @@ class Method:
         (``max_norm_ratio``, :func:`~raflora.aggregation.validate.norm_outliers`), :meth:`combine`
         the rest (:meth:`combine_safely`). ``previous``: the previous round's global update, for a
         method that :attr:`wants_previous` (:meth:`carry` decides what of it stays, up to
-        ``top_rank``); ``ValueError`` for any other method."""
+        ``top_rank``); ``ValueError`` for any other method.
+
+        The steps are the ones :func:`raflora.aggregation.streamed.aggregate_files` runs module by
+        module: :meth:`check_round`, ``check_updates``, each of :meth:`refusal_steps`,
+        :meth:`combine_safely`, :meth:`carried`, :meth:`build_result`."""
+        ratio = self.check_round(max_norm_ratio, previous)
+        checked = check_updates(updates, modules, shapes)
+        for step in self.refusal_steps(seed, ratio, workers):
+            found = step(checked)
+            if found:
+                checked = checked.without(found)
+        checked, factors = self.combine_safely(checked, seed)
+        result = self.build_result(checked, self.carried(checked, factors, previous, top_rank), seed)
+        return result if workers is None else result.precompute(workers)
+
+    # -- the steps of a round (aggregate above, aggregate_files in streamed.py) -------------------
+    def check_round(self, max_norm_ratio: float, previous: Mapping[str, LowRank] | None) -> float:
+        """The round's arguments, checked before any update is read: ``max_norm_ratio`` as a float
+        (``ValueError`` unless 0 or >= 1), and ``ValueError`` for a ``previous`` this method does
+        not read (:attr:`wants_previous`)."""
         ratio = check_ratio(max_norm_ratio)
         if previous and not self.wants_previous:
             raise ValueError(f"{self.name}: does not read the previous global update; pass previous=None")
-        checked = check_updates(updates, modules, shapes)
-        refused = self.refuse(checked, seed)
-        if refused:
-            checked = checked.without(refused)
-        outliers = norm_outliers(checked, self.uploads, ratio, workers)
-        if outliers:
-            checked = checked.without(outliers)
-        checked, factors = self.combine_safely(checked, seed)
-        if previous:
-            factors = {m: self.carry(f, previous.get(m), checked, m, top_rank) for m, f in factors.items()}
-        result = self.result_type(self, checked, factors, seed)
-        return result if workers is None else result.precompute(workers)
+        return ratio
 
-    def combine_safely(self, checked: Checked, seed: int) -> tuple[Checked, dict[str, LowRank]]:
+    def refusal_steps(
+        self, seed: int, max_norm_ratio: float, workers: int | None = None
+    ) -> tuple[Callable[[Checked], Refusals], ...]:
+        """The checks that refuse updates after validation, in the order a round applies them, each
+        deciding on the updates still in the round: this method's own (:meth:`refuse`), then the
+        norm bound (:func:`~raflora.aggregation.validate.norm_outliers`)."""
+        return (
+            lambda checked: self.refuse(checked, seed),
+            lambda checked: norm_outliers(checked, self.uploads, max_norm_ratio, workers),
+        )
+
+    def carried(
+        self,
+        checked: Checked,
+        factors: Mapping[str, LowRank],
+        previous: Mapping[str, LowRank] | None,
+        top_rank: int | None,
+    ) -> Mapping[str, LowRank]:
+        """``factors`` with what each module carries on of ``previous`` (:meth:`carry`); unchanged
+        when the round passes no previous update."""
+        if not previous:
+            return factors
+        return {m: self.carry(f, previous.get(m), checked, m, top_rank) for m, f in factors.items()}
+
+    def build_result(self, checked: Checked, factors: Mapping[str, LowRank], seed: int) -> AggregationResult:
+        """The round's result: :attr:`result_type` of the accepted updates and the global update."""
+        return self.result_type(self, checked, factors, seed)
+
+    def combine_safely(self, checked: Checked, seed: int) -> tuple[Checked, Mapping[str, LowRank]]:
         """:meth:`combine`, never failing on finite input nor returning a global update that is not
         finite in its dtype: a combine that raises ``LinAlgError`` or overflows is repeated in
         float64; if that fails too, the update with the largest norm in the failing module is
@@ -244,7 +286,9 @@ class Method:
         back from what it ``kept`` after its last round (``None``: it has not trained yet)."""
         if not self.private or not kept:
             return dict(received)
-        return {m: dataclasses.replace(f, **{self.private: kept[m]}) for m, f in received.items()}
+        if self.private == "A":
+            return {m: dataclasses.replace(f, A=kept[m]) for m, f in received.items()}
+        return {m: dataclasses.replace(f, B=kept[m]) for m, f in received.items()}
 
     def client_keeps(self, trained: Mapping[str, LoRAFactors]) -> dict[str, Tensor]:
         """What a client stores for itself after training (its ``private`` factor), else ``{}``."""

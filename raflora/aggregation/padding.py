@@ -19,7 +19,7 @@ def average_factors(factors: Sequence[LoRAFactors], weights: Sequence[float], re
     ``renormalise=False`` (zero padding): component ``j`` is ``sum_i w_i x_i[j]`` with ``x_i[j] = 0``
     when ``r_i <= j``. ``renormalise=True`` (replication padding): component ``j`` is averaged only
     over the clients that have it, ``sum_{i: r_i > j} w_i x_i[j] / sum_{i: r_i > j} w_i``.
-    Returns ``LowRank(B_avg, A_avg)``, ``B_avg`` with the scales folded in.
+    Returns ``LowRank(A=A_avg, B=B_avg)``, ``B_avg`` with the scales folded in.
     """
     first = factors[0]
     r_max = max(f.rank for f in factors)
@@ -36,4 +36,4 @@ def average_factors(factors: Sequence[LoRAFactors], weights: Sequence[float], re
         inv = (1.0 / coverage).to(dtype=A.dtype, device=A.device)
         B = B * inv
         A = A * inv[:, None]
-    return LowRank(B, A)
+    return LowRank(A=A, B=B)

@@ -68,10 +68,10 @@ def keep_unreached(factors: LowRank, previous: LowRank | None, reached: int, top
     top = top_rank if top_rank is not None else previous.A.shape[0]
     if top <= reached:
         return factors
-    like = {"dtype": factors.dtype, "device": factors.device}
-    U, S, V = stable_svd(previous.B.to(**like), previous.A.to(**like), top=top)
+    B, A = (t.to(dtype=factors.dtype, device=factors.device) for t in (previous.B, previous.A))
+    U, S, V = stable_svd(B, A, top=top)
     tail = slice(reached, min(top, S.shape[0]))
-    return append_components(factors, U[:, tail] * S[tail], V[:, tail].T)
+    return append_components(factors, A=V[:, tail].T, B=U[:, tail] * S[tail])
 
 
 WEIGHTINGS = ("data", "uniform")
@@ -158,7 +158,7 @@ class RaFLoRA(Method):
     def combine(self, checked: Checked, seed: int) -> dict[str, LowRank]:
         n = len(checked.updates)
         weights = checked.weights if self.weighting == "data" else [1.0 / n] * n
-        factors = {}
+        factors: dict[str, LowRank] = {}
         for m in checked.modules:
             ranks = checked.ranks(m)
             levels = self.rank_levels or sorted(set(ranks))

@@ -1,6 +1,6 @@
 """What ``aggregate`` returns: the round's global update per module, in factored form.
 
-Every result keeps, per module, a named pair ``LowRank(B, A)`` with ``delta = B @ A`` (client
+Every result keeps, per module, a :class:`~raflora.lora.LowRank` (``.A``, ``.B``) with ``delta = B @ A`` (client
 scales already folded in), so ``delta`` is never formed unless asked for and singular values come
 from :func:`raflora.lora.product_svd`. Subclasses differ in what a client starts from next round
 (:meth:`AggregationResult.client_factors`); each method names its own
@@ -10,7 +10,7 @@ from :func:`raflora.lora.product_svd`. Subclasses differ in what a client starts
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -46,7 +46,7 @@ class AggregationResult:
     updates), ``weights`` (``client_id -> p_i``).
     """
 
-    def __init__(self, method: Method, checked: Checked, factors: dict[str, LowRank], seed: int = 0):
+    def __init__(self, method: Method, checked: Checked, factors: Mapping[str, LowRank], seed: int = 0):
         self.method = method
         self.modules: tuple[str, ...] = checked.modules
         self.rejected: list[Rejection] = list(checked.rejected)
@@ -58,7 +58,7 @@ class AggregationResult:
         self._scales = {m: {u.client_id: u.factors[m].scale for u in checked.updates} for m in self.modules}
         self._svd: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
         self._sv: dict[str, Tensor] = {}
-        self._top: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        self._top: dict[str, tuple[int, Tensor, Tensor, Tensor]] = {}  # module -> (directions asked, Bt, S, At)
 
     def __repr__(self) -> str:
         kept = ", ".join(f"{c!r}: {p:.3f}" for c, p in self.weights.items())
@@ -74,7 +74,7 @@ class AggregationResult:
         return module
 
     def delta_factors(self, module: str) -> LowRank:
-        """``LowRank(B, A)`` with ``delta = B @ A``; ``B`` is ``(m, k)``, ``A`` is ``(k, n)``."""
+        """``LowRank(A=A, B=B)`` with ``delta = B @ A``; ``A`` is ``(k, n)``, ``B`` is ``(m, k)``."""
         return self._factors[self._module(module)]
 
     def delta(self, module: str) -> Tensor:
@@ -84,7 +84,8 @@ class AggregationResult:
     def svd(self, module: str) -> tuple[Tensor, Tensor, Tensor]:
         """Thin SVD ``U, S, V`` of ``delta`` computed from the factors (cached)."""
         if module not in self._svd:
-            self._svd[module] = stable_svd(*self.delta_factors(module))
+            factors = self.delta_factors(module)
+            self._svd[module] = stable_svd(factors.B, factors.A)
         return self._svd[module]
 
     def singular_values(self, module: str) -> Tensor:
@@ -97,8 +98,10 @@ class AggregationResult:
             return self._svd[module][1]
         if module not in self._sv:
             factors = self.delta_factors(module)
-            dense = isinstance(factors, DenseUpdate)
-            self._sv[module] = stable_svdvals(factors.matrix) if dense else stable_singular_values(*factors)
+            if isinstance(factors, DenseUpdate):
+                self._sv[module] = stable_svdvals(factors.matrix)
+            else:
+                self._sv[module] = stable_singular_values(factors.B, factors.A)
         return self._sv[module]
 
     def precompute(self, workers: int = 1) -> AggregationResult:
@@ -149,11 +152,10 @@ class TruncationResult(AggregationResult):
     """
 
     def _hand_back(self, module, rank, scale):
-        B, A = self._factors[module]
-        B_r, A_r = pad_factors(module, LowRank(B, A), rank, self.seed)
+        padded = pad_factors(module, self._factors[module], rank, self.seed)
         # Divide the client's own columns only: (B / scale)[:, :r] would keep a whole m x r_max
         # copy alive behind every client's factors (2.42x the uploads kept, issue 13).
-        return LoRAFactors(A_r, B_r / scale, scale)
+        return LoRAFactors(A=padded.A, B=padded.B / scale, scale=scale)
 
 
 class FrozenAResult(TruncationResult):
@@ -198,7 +200,7 @@ class SVDResult(AggregationResult):
             if isinstance(factors, DenseUpdate):
                 BAV, S, V = stable_dense_top_svd(factors.matrix, need)
             else:
-                BAV, S, V = stable_top_svd(*factors, top=need)
+                BAV, S, V = stable_top_svd(factors.B, factors.A, top=need)
             t = BAV.shape[1]
         root = S[:t].sqrt()
         # In place: BAV and V are this call's own tensors (no second copy of them, issue 13).
@@ -216,8 +218,8 @@ class SVDResult(AggregationResult):
         k = min(rank, Bt.shape[1])
         # s B A = Bt At = U_k S_k V_k^T: each factor takes sqrt(S_k / s), so B and A have equal norms.
         root = 1.0 / math.sqrt(scale)
-        B, A = pad_factors(module, LowRank(Bt[:, :k] * root, At[:k] * root), rank, self.seed)
-        return LoRAFactors(A.contiguous(), B.contiguous(), scale)
+        padded = pad_factors(module, LowRank(A=At[:k] * root, B=Bt[:, :k] * root), rank, self.seed)
+        return LoRAFactors(A=padded.A.contiguous(), B=padded.B.contiguous(), scale=scale)
 
 
 class MergeResult(AggregationResult):
@@ -229,7 +231,7 @@ class MergeResult(AggregationResult):
         factors = self._factors[module]
         fresh = fresh_factors(module, m, n, rank, scale, self.seed, factors.dtype)
         # fresh_factors draws on the CPU; hand back on the device the round ran on.
-        return LoRAFactors(fresh.A.to(factors.device), fresh.B.to(factors.device), scale)
+        return LoRAFactors(A=fresh.A.to(factors.device), B=fresh.B.to(factors.device), scale=scale)
 
     def global_rank(self, module: str) -> int:
         """Rank of the broadcast global adapter (``sum r_i`` for flora, ``p`` for florist)."""
@@ -267,10 +269,9 @@ class SharedAResult(AggregationResult):
     def _hand_back(self, module, rank, scale):
         A = self._factors[module].A
         m = self.shapes[module][0]
-        B_r, A_r = pad_factors(
-            module, LowRank(torch.zeros((m, A.shape[0]), dtype=A.dtype, device=A.device), A), rank, self.seed
-        )
-        return LoRAFactors(A_r, B_r, scale)
+        zero_b = torch.zeros((m, A.shape[0]), dtype=A.dtype, device=A.device)
+        padded = pad_factors(module, LowRank(A=A, B=zero_b), rank, self.seed)
+        return LoRAFactors(A=padded.A, B=padded.B, scale=scale)
 
     def download_values(self, module, rank):
         return rank * self.shapes[self._module(module)][1]

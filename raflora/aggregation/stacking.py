@@ -6,42 +6,24 @@ dense ``m x n`` sum: the weights go into the rows of the stacked ``A``.
 A :class:`Stack` keeps the clients' own factors and the per-column weights, not the stacked copy:
 the stacked ``B`` and ``A`` are formed when they are read (by the SVD of one module, then dropped),
 so a round's result holds no second copy of the uploads (issue 13: peak memory <= 1.5x the uploads
-with every client's factors kept). It reads as a :class:`~raflora.lora.LowRank` (``.B``, ``.A``,
-``B, A = stack``, ``.dense()``, ``.rank``, ``.dtype``, ``.device``).
+with every client's factors kept). It is a :class:`~raflora.lora.LowRank` whose ``.A`` and ``.B``
+are formed when read (``.dense()``, ``.rank``, ``.dtype``, ``.device`` as well).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from raflora.aggregation.numerics import log2_norm
+from raflora.aggregation.validate import Checked
 from raflora.lora import LoRAFactors, LowRank
 
 
-class PairForm:
-    """What reads a global update as a :class:`~raflora.lora.LowRank` needs, from :meth:`pair`:
-    ``B, A = update``, ``update[0]``, ``len(update)``."""
-
-    __slots__ = ()
-
-    def pair(self) -> LowRank:
-        raise NotImplementedError
-
-    def __iter__(self) -> Iterator[Tensor]:
-        return iter(self.pair())
-
-    def __getitem__(self, index: int) -> Tensor:
-        return self.pair()[index]
-
-    def __len__(self) -> int:
-        return 2
-
-
-class Stack(PairForm):
+class Stack(LowRank):
     """``sum_i B_i diag(w_i) A_i`` kept as its parts; ``w_i`` (client scale times column weights,
     in ``A``'s dtype) multiplies the rows of ``A_i`` when the stacked ``A`` is formed."""
 
@@ -85,8 +67,8 @@ class Stack(PairForm):
         return out
 
     def pair(self) -> LowRank:
-        """The stacked ``LowRank(B, A)``, formed now."""
-        return LowRank(self.B, self.A)
+        """The stacked ``LowRank(A=A, B=B)``, formed now."""
+        return LowRank(A=self.A, B=self.B)
 
     def dense(self) -> Tensor:
         return self.B @ self.A
@@ -105,7 +87,7 @@ class Stack(PairForm):
         a = total([log2_norm(A) + (0.0 if w is None else _log2_peak(w)) for _, A, w in self.parts])
         return b, a
 
-    def appended(self, B: Tensor, A: Tensor) -> Stack:
+    def appended(self, *, A: Tensor, B: Tensor) -> Stack:
         """This stack with the components ``B @ A`` added after its own (weight 1)."""
         return Stack(self.parts + ((B, A, None),))
 
@@ -115,12 +97,12 @@ def _log2_peak(w: Tensor) -> float:
     return math.log2(peak) if peak > 0.0 else -math.inf
 
 
-def append_components(factors: LowRank | Stack, B: Tensor, A: Tensor) -> LowRank | Stack:
+def append_components(factors: LowRank, *, A: Tensor, B: Tensor) -> LowRank:
     """``factors`` with the components ``B @ A`` appended (a kept or carried part of the previous
     update): a :class:`Stack` gains a part, a pair is concatenated."""
     if isinstance(factors, Stack):
-        return factors.appended(B, A)
-    return LowRank(torch.cat([factors.B, B], dim=1), torch.cat([factors.A, A], dim=0))
+        return factors.appended(A=A, B=B)
+    return LowRank(A=torch.cat([factors.A, A], dim=0), B=torch.cat([factors.B, B], dim=1))
 
 
 def stack_factors(factors: Sequence[LoRAFactors], column_weights: Sequence[Tensor]) -> Stack:
@@ -139,20 +121,21 @@ def constant_weights(factors: Sequence[LoRAFactors], weights: Sequence[float]) -
     return [torch.full((f.rank,), float(w), dtype=torch.float64) for f, w in zip(factors, weights)]
 
 
-def fedavg_stacks(checked) -> dict[str, Stack]:
-    """Per module, the stack of ``sum_i p_i s_i B_i A_i`` over the accepted updates."""
+def fedavg_stacks(checked: Checked) -> dict[str, LowRank]:
+    """Per module, the :class:`Stack` of ``sum_i p_i s_i B_i A_i`` over the accepted updates (typed
+    as what ``combine`` returns)."""
     weights = checked.weights
-    stacks = {}
+    stacks: dict[str, LowRank] = {}
     for m in checked.modules:
         fs = [u.factors[m] for u in checked.updates]
         stacks[m] = stack_factors(fs, constant_weights(fs, weights))
     return stacks
 
 
-class DenseUpdate(PairForm):
+class DenseUpdate(LowRank):
     """A global update kept as its dense ``(m, n)`` matrix: what a stack becomes when its rank
     ``R = sum r_i`` makes ``R (m + n)`` values more than ``m n`` (many clients, see
-    :mod:`raflora.aggregation.streamed`). Reads as a ``LowRank(D, I)``; :meth:`dense` is ``D``."""
+    :mod:`raflora.aggregation.streamed`). Reads as a ``LowRank(A=I, B=D)``; :meth:`dense` is ``D``."""
 
     __slots__ = ("matrix",)
 
@@ -197,7 +180,7 @@ class DenseUpdate(PairForm):
         return torch.eye(self.matrix.shape[1], dtype=self.matrix.dtype, device=self.matrix.device)
 
     def pair(self) -> LowRank:
-        return LowRank(self.matrix, self.A)
+        return LowRank(A=self.A, B=self.matrix)
 
     def dense(self) -> Tensor:
         return self.matrix

@@ -7,9 +7,12 @@ result in the smaller exact form (the stacked pair, or the dense ``m x n`` matri
 ``R (m + n) > m n``, ``R = sum r_i``) and drops the factors before reading the next module. Peak
 memory is one module's uploads and working set plus the result, not all uploads.
 
-The rules are :func:`raflora.aggregate`'s: validation, the method's own refusals and the norm bound
-(``max_norm_ratio``), each decided on the clients still in the round, in that order (one pass
-over the files when nobody is refused, three otherwise, then one to combine); a client refused in any module is refused in all, and the weights are the
+The steps are :meth:`Method.aggregate <raflora.aggregation.method.Method.aggregate>`'s, the same
+functions: validation, then each of :meth:`~raflora.aggregation.method.Method.refusal_steps` (the
+method's own refusals, the norm bound ``max_norm_ratio``), each decided on the clients still in the
+round, in that order (one pass over the files when nobody is refused, one per step more otherwise),
+then one pass to combine (``combine_safely``), carry (``carried``) and build each module's result
+(``build_result``). A client refused in any module is refused in all, and the weights are the
 accepted clients' shares of the examples. On the same uploads the numbers are ``aggregate``'s (a
 test checks it) except for a module made dense, whose SVD comes from the dense matrix (the same
 update; the singular vectors agree to float32 rounding). ``result.rejected`` lists the refusals
@@ -27,10 +30,10 @@ from typing import Any
 
 import torch
 
-from raflora.aggregation.method import MAX_NORM_RATIO, Method
+from raflora.aggregation.method import MAX_NORM_RATIO, Method, Refusals
 from raflora.aggregation.result import AggregationResult
 from raflora.aggregation.stacking import compact
-from raflora.aggregation.validate import Checked, NoValidUpdates, Rejection, check_updates, norm_outliers
+from raflora.aggregation.validate import Checked, NoValidUpdates, Rejection, check_updates
 from raflora.lora import ClientUpdate, LoRAFactors, LowRank
 from raflora.wire import Entry, WireError, encode_factors, header_length, read_header, tensor_of
 
@@ -65,7 +68,7 @@ class UploadFile:
                 a, b = header.get(f"{m}.lora_A"), header.get(f"{m}.lora_B")
                 if a is None or b is None or f"{m}.scale" not in meta:
                     continue
-                factors[m] = LoRAFactors(_read(fh, start, a), _read(fh, start, b), float(meta[f"{m}.scale"]))
+                factors[m] = LoRAFactors(A=_read(fh, start, a), B=_read(fh, start, b), scale=float(meta[f"{m}.scale"]))
         return ClientUpdate(self.client_id, factors, self.num_examples)
 
 
@@ -189,7 +192,7 @@ def _checked(uploads, module, shapes, refused: _Refused) -> Checked | None:
     return checked
 
 
-def _refuse(checked: Checked, found: Mapping[int, tuple[str | None, str]], refused: _Refused) -> None:
+def _refuse(checked: Checked, found: Refusals, refused: _Refused) -> None:
     for i, (module, reason) in sorted(found.items()):
         refused.add(checked.updates[i].client_id, module, reason)
 
@@ -211,6 +214,7 @@ def aggregate_files(
     from raflora.aggregation import method_of  # the registry imports this module's neighbours
 
     method = method_of(method, options, "aggregate_files()")
+    ratio = method.check_round(max_norm_ratio, previous)
     uploads = list(uploads)
     if not uploads:
         raise NoValidUpdates("no client uploads given: aggregate_files needs at least one UploadFile")
@@ -226,27 +230,24 @@ def aggregate_files(
             raise NoValidUpdates("no upload file could be read")
         modules = Counter(listed).most_common(1)[0][0]
     modules, shapes = tuple(modules), dict(shapes or {})
-    # 1: validation, and a look at what the method's checks and the norm bound would refuse. When
-    # nobody is refused (the usual round) that look is aggregate()'s answer and one pass suffices;
-    # otherwise each is decided again on the clients left, in aggregate()'s order (passes 2, 3).
+    steps = method.refusal_steps(seed, ratio)
+    # 1: validation, and a look at what the refusal steps would refuse. When nobody is refused (the
+    # usual round) that look is aggregate()'s answer and one pass suffices; otherwise each step is
+    # decided again on the clients left, in aggregate()'s order (one pass per step).
     anything = False
     for module in modules:
         checked = _checked(uploads, module, shapes, refused)
         if checked is None or checked.rejected:
             anything = True
             continue
-        found = method.refuse(checked, seed)
-        anything = anything or bool(found) or bool(norm_outliers(checked, method.uploads, max_norm_ratio))
+        anything = anything or any(step(checked) for step in steps)
     if anything or refused.clients:
-        for module in modules:  # 2: the method's own refusals
-            checked = _checked(uploads, module, shapes, refused)
-            if checked is not None:
-                _refuse(checked, method.refuse(checked, seed), refused)
-        for module in modules:  # 3: the norm bound
-            checked = _checked(uploads, module, shapes, refused)
-            if checked is not None:
-                _refuse(checked, norm_outliers(checked, method.uploads, max_norm_ratio), refused)
-    while True:  # 4: combine; a module whose combine refuses a client restarts the pass without it
+        for step in steps:
+            for module in modules:
+                checked = _checked(uploads, module, shapes, refused)
+                if checked is not None:
+                    _refuse(checked, step(checked), refused)
+    while True:  # last: combine; a module whose combine refuses a client restarts the pass without it
         results = {}
         for module in modules:
             checked = _checked(uploads, module, shapes, refused)
@@ -255,13 +256,11 @@ def aggregate_files(
             checked, factors = method.combine_safely(checked, seed)
             if checked.rejected:
                 break
-            f = factors[module]
-            if previous:
-                f = method.carry(f, previous.get(module), checked, module, top_rank)
-            result = method.result_type(method, checked, {module: compact(f, shapes[module])}, seed)
+            factors = method.carried(checked, factors, previous, top_rank)
+            result = method.build_result(checked, {module: compact(factors[module], shapes[module])}, seed)
             result.precompute()
             results[module] = result
-            del checked, factors, f  # this module's factors go before the next module's are read
+            del checked, factors  # this module's factors go before the next module's are read
         else:
             return ModuleResults(method, results, refused.rejected, seed)
         for cid, mod, reason in checked.rejected:

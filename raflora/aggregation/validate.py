@@ -19,6 +19,7 @@ from raflora.aggregation.workers import for_each_module
 from raflora.lora import ClientUpdate, LoRAFactors
 
 Rejection = tuple[Hashable, "str | None", str]
+Refusals = dict[int, tuple["str | None", str]]  # update index -> (module, reason)
 
 
 class NoValidUpdates(ValueError):
@@ -46,7 +47,7 @@ class Checked:
     def ranks(self, module: str) -> list[int]:
         return [u.factors[module].rank for u in self.updates]
 
-    def without(self, index_reasons: Mapping[int, tuple[str | None, str]]) -> Checked:
+    def without(self, index_reasons: Refusals) -> Checked:
         """These updates less the ones at the given indices (method-specific checks), each recorded
         with its reason; ``NoValidUpdates`` when none is left."""
         rejected = self.rejected + tuple(
@@ -65,7 +66,7 @@ class Checked:
             updates=tuple(
                 ClientUpdate(
                     u.client_id,
-                    {m: LoRAFactors(f.A.to(dtype), f.B.to(dtype), f.scale) for m, f in u.factors.items()},
+                    {m: LoRAFactors(A=f.A.to(dtype), B=f.B.to(dtype), scale=f.scale) for m, f in u.factors.items()},
                     u.num_examples,
                 )
                 for u in self.updates
@@ -90,22 +91,17 @@ def update_log2_norms(checked: Checked, module: str, uploads: str) -> list[float
 
 def check_ratio(max_norm_ratio) -> float:
     """``max_norm_ratio`` as a float; ValueError unless it is 0 (off) or a finite number >= 1."""
-    if (
-        isinstance(max_norm_ratio, bool)
-        or not isinstance(max_norm_ratio, numbers.Real)
-        or not (max_norm_ratio == 0 or 1 <= max_norm_ratio < math.inf)
-    ):
+    ratio = float(max_norm_ratio) if isinstance(max_norm_ratio, numbers.Real) else math.nan
+    if isinstance(max_norm_ratio, bool) or not (ratio == 0 or 1 <= ratio < math.inf):
         raise ValueError(f"max_norm_ratio must be 0 (off) or a finite number >= 1, got {max_norm_ratio!r}")
-    return float(max_norm_ratio)
+    return ratio
 
 
 def _power(log2_value: float) -> str:
     return f"{2.0**log2_value:.3g}" if log2_value < 1000 else f"1e{log2_value * math.log10(2):.0f}"
 
 
-def norm_outliers(
-    checked: Checked, uploads: str, max_norm_ratio: float, workers: int | None = None
-) -> dict[int, tuple[str, str]]:
+def norm_outliers(checked: Checked, uploads: str, max_norm_ratio: float, workers: int | None = None) -> Refusals:
     """Updates whose norm in some module exceeds ``max_norm_ratio`` times the round's median norm
     there, by index, with the module and the ratio in the reason.
 
@@ -122,7 +118,7 @@ def norm_outliers(
     for_each_module(
         lambda m: by_module.__setitem__(m, update_log2_norms(checked, m, uploads)), checked.modules, workers or 1
     )
-    refused: dict[int, tuple[str, str]] = {}
+    refused: Refusals = {}
     for module in checked.modules:
         norms = by_module[module]
         median = sorted(norms)[(len(norms) - 1) // 2]
@@ -266,7 +262,8 @@ def check_updates(
                 and f.B.dim() == 2
             ]
             if seen:
-                shapes[module] = tuple(int(x) for x in _most_common(seen))
+                rows, cols = _most_common(seen)
+                shapes[module] = (int(rows), int(cols))
 
     accepted: list[ClientUpdate] = []
     for u in candidates:
@@ -300,7 +297,9 @@ def check_updates(
         ClientUpdate(
             u.client_id,
             {
-                m: LoRAFactors(f.A.to(device=device, dtype=dtype), f.B.to(device=device, dtype=dtype), float(f.scale))
+                m: LoRAFactors(
+                    A=f.A.to(device=device, dtype=dtype), B=f.B.to(device=device, dtype=dtype), scale=float(f.scale)
+                )
                 for m, f in u.factors.items()
             },
             int(u.num_examples),

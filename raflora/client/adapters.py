@@ -150,7 +150,7 @@ class AdapterModel:
     def get_factors(self, rank: int) -> dict[str, LoRAFactors]:
         name, s = adapter_name(rank), self.scales[rank]
         return {
-            module: LoRAFactors(_cpu_copy(layer.lora_A[name].weight), _cpu_copy(layer.lora_B[name].weight), s)
+            module: LoRAFactors(A=_cpu_copy(layer.lora_A[name].weight), B=_cpu_copy(layer.lora_B[name].weight), scale=s)
             for module, layer in sorted(self.layers.items())
         }
 

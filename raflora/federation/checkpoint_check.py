@@ -71,7 +71,7 @@ def state_problem(
         for part in "AB"
     ]
     tensors += [(f"head/{key}", t) for key, t in state.head.items()]
-    tensors += [(f"delta/{m}/{part}", t) for m, pair in state.delta.items() for part, t in zip("BA", pair, strict=True)]
+    tensors += [(f"delta/{m}/{part}", getattr(pair, part)) for m, pair in state.delta.items() for part in "BA"]
     tensors += [(f"base/{m}", t) for m, t in state.base.items()]
     for name, t in tensors:
         problem = _not_finite(name, t)
@@ -97,7 +97,8 @@ def shape_problem(state, expected: Expected) -> str | None:
     for key, t in state.head.items():
         if tuple(t.shape) != tuple(expected.head[key]):
             return f"head/{key} has shape {tuple(t.shape)}, the model's {tuple(expected.head[key])}"
-    for module, (B, A) in state.delta.items():
+    for module, delta in state.delta.items():
+        B, A = delta.B, delta.A
         if module not in weights:
             return f"delta/{module}: the model adapts no module of that name"
         m, n = weights[module]

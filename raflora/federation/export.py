@@ -5,7 +5,8 @@ sum merged into the base for flora/florist. The adapter holds its best rank-``r`
 (``r = ranks.r_max`` by default), split evenly between the factors:
 ``B = U_r sqrt(S_r / s)``, ``A = sqrt(S_r / s) V_r^T``. ``--merged`` writes ``W0 + (W - W0)``
 exactly, with the global head: a transformers model (text, reasoning) as a ``save_pretrained``
-folder with its tokenizer, any other model as ``model.safetensors`` of its state dict.
+folder with its tokenizer (the text model with its own code, loaded with ``trust_remote_code=True``),
+any other model as ``model.safetensors`` of its state dict.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def global_svd(state: FederationState, base0: Mapping[str, Tensor], module: str)
     if state.base:
         U, S, Vh = torch.linalg.svd(state.base[module] - base0[module], full_matrices=False)
         return U, S, Vh.T
-    B, A = state.delta[module]
-    return product_svd(B, A)
+    delta = state.delta[module]
+    return product_svd(delta.B, delta.A)
 
 
 def global_factors(
@@ -52,7 +53,7 @@ def global_factors(
             root = (S[:k].float() / scale).sqrt()
             B[:, :k] = U[:, :k].float() * root
             A[:k] = root[:, None] * V[:, :k].T.float()
-        out[module] = LoRAFactors(A, B, scale)
+        out[module] = LoRAFactors(A=A, B=B, scale=scale)
     return out
 
 
@@ -150,14 +151,15 @@ def write_merged(task, state: FederationState, folder: Path, *, model=None, show
             if state.base and module in state.base and name.endswith(".weight"):
                 p.copy_(state.base[module])
             elif not state.base and module in state.delta and name.endswith(".weight"):
-                B, A = state.delta[module]
-                p.add_(B @ A)
+                p.add_(state.delta[module].dense())
             elif name in state.head:
                 p.copy_(state.head[name])
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.safetensors"
     if hasattr(model, "save_pretrained"):
-        model.save_pretrained(folder)  # ties shared weights (SmolLM2's lm_head) instead of refusing them
+        # ties shared weights (SmolLM2's lm_head) instead of refusing them; raflora's own model class
+        # also writes its code (save_standalone), so that plain transformers loads the folder
+        getattr(model, "save_standalone", model.save_pretrained)(folder)
         if getattr(task, "tokenizer", None) is not None:
             task.tokenizer.save_pretrained(folder)
     else:

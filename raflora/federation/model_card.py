@@ -59,9 +59,9 @@ def _load_snippet(facts: CardFacts, folder: str) -> str:
     if facts.merged:
         if facts.task_type == "SEQ_CLS":
             return (
-                "import raflora  # registers the raflora-meanpool model type with transformers\n"
-                "from transformers import AutoModelForSequenceClassification\n"
-                f"model = AutoModelForSequenceClassification.from_pretrained({folder!r})"
+                "from transformers import AutoModelForSequenceClassification  # no raflora import needed\n"
+                "# the model's code is in the folder (modeling_raflora_meanpool.py)\n"
+                f"model = AutoModelForSequenceClassification.from_pretrained({folder!r}, trust_remote_code=True)"
             )
         if facts.task_type == "CAUSAL_LM":
             return (

@@ -26,7 +26,7 @@ from raflora.federation.diagnostics import round_diagnostics
 from raflora.federation.setup import RunSetup, derived_seed
 from raflora.federation.state import FederationState
 from raflora.federation.transport import Packet, pack, receive, transmit, wire_size
-from raflora.lora import ClientUpdate, LoRAFactors, LowRank
+from raflora.lora import ClientUpdate, LoRAFactors
 
 Kept = dict[str, Tensor]  # module -> the private factor a client keeps between rounds
 
@@ -35,7 +35,7 @@ def download_bytes(setup: RunSetup, state: FederationState) -> int:
     """What one client receives when the method merges into the base: the whole global stack
     (after round 1); 0 otherwise (the packet's own bytes count)."""
     if setup.method.merges_into_base and state.delta:
-        stack = {m: LoRAFactors(f.A, f.B, 1.0) for m, f in state.delta.items()}
+        stack = {m: LoRAFactors(A=f.A, B=f.B, scale=1.0) for m, f in state.delta.items()}
         return wire_size(stack, setup.config.federation.transport_dtype, "AB")
     return 0
 
@@ -268,7 +268,7 @@ def _apply(setup, state, result, heads, weights) -> None:
     method = setup.method
     state.head = average_head(heads, weights)
     if not method.private:  # a method whose clients keep a part has no global update to keep
-        state.delta = {m: LowRank(*(t.detach().clone() for t in result.delta_factors(m))) for m in result.modules}
+        state.delta = {m: result.delta_factors(m).clone() for m in result.modules}
     if method.merges_into_base:
         setup.model.add_to_base({m: result.delta(m) for m in result.modules})
         state.base = setup.model.base_weights(result.modules)

@@ -67,8 +67,8 @@ def _tensors(state: FederationState) -> dict[str, Tensor]:
             out[f"start/{rank}/{module}/A"] = f.A
             out[f"start/{rank}/{module}/B"] = f.B
     out.update({f"head/{key}": t for key, t in state.head.items()})
-    for module, (B, A) in state.delta.items():
-        out[f"delta/{module}/B"], out[f"delta/{module}/A"] = B, A
+    for module, delta in state.delta.items():
+        out[f"delta/{module}/B"], out[f"delta/{module}/A"] = delta.B, delta.A
     out.update({f"base/{module}": w for module, w in state.base.items()})
     return {k: v.detach().cpu().clone().contiguous() for k, v in out.items()}
 
@@ -208,11 +208,11 @@ def _state(meta: dict, tensors: dict[str, Tensor]) -> FederationState:
     for key, ab in pairs.items():
         kind, rest = key.split("/", 1)
         if kind == "delta":
-            state.delta[rest] = LowRank(ab["B"], ab["A"])
+            state.delta[rest] = LowRank(A=ab["A"], B=ab["B"])
         else:
             rank, module = rest.split("/", 1)
             scale = float(meta["scales"][rank][module])
-            state.starts.setdefault(int(rank), {})[module] = LoRAFactors(ab["A"], ab["B"], scale)
+            state.starts.setdefault(int(rank), {})[module] = LoRAFactors(A=ab["A"], B=ab["B"], scale=scale)
     return state
 
 

@@ -42,7 +42,7 @@ def unpack(packet: Packet, fill: Fill, factor_dtype: torch.dtype = torch.float32
         shape = packet.shapes[module]
         A = fill(module, "A", rank, shape).to(factor_dtype) if A is None else A.to(factor_dtype)
         B = fill(module, "B", rank, shape).to(factor_dtype) if B is None else B.to(factor_dtype)
-        received[module] = LoRAFactors(A, B, scale)
+        received[module] = LoRAFactors(A=A, B=B, scale=scale)
     return received
 
 
@@ -58,7 +58,7 @@ def receive(
     for module, f in sent.items():
         A = f.A if "A" in parts else fill(module, "A", f.rank, f.shape).to(f.A.dtype)
         B = f.B if "B" in parts else fill(module, "B", f.rank, f.shape).to(f.B.dtype)
-        out[module] = LoRAFactors(A, B, f.scale)
+        out[module] = LoRAFactors(A=A, B=B, scale=f.scale)
     return out
 
 

@@ -13,9 +13,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from raflora.report.load import ReportError, Run, expand, load_run, load_runs
-from raflora.report.summary import build_report
-from raflora.report.sweep_table import attach_sweep, load_sweep
+from raflora.report.load import ReportError, Run, expand, load_run, load_runs, load_sweep
+from raflora.report.summary import attach_sweep, build_report
 
 
 def default_folder(run_folders: Sequence[str | Path]) -> Path:

@@ -68,7 +68,7 @@ def _per_round(members: list[dict], field: str) -> list[dict]:
     by_round: dict[int, list[float]] = {}
     for summary in members:
         for row in summary["per_round"]:
-            if row[field] is not None:
+            if row.get(field) is not None:  # a validation field is absent from summaries made without one
                 by_round.setdefault(row["round"], []).append(row[field])
     return [{"round": k, **stats(v)} for k, v in sorted(by_round.items())]
 
@@ -121,7 +121,11 @@ def build_groups(
         group.update({field: stats([_value(m, field) for m in members]) for field in STAT_FIELDS})
         for field in ("bytes_up", "bytes_down", "seconds"):
             group[field] = stats([m[field] for m in members])
-        group["per_round"] = {metric: _per_round(members, metric), "rho_rmin": _per_round(members, "rho_rmin")}
+        group["per_round"] = {
+            metric: _per_round(members, metric),
+            f"val_{metric}": _per_round(members, f"val_{metric}"),  # empty for runs without a validation set
+            "rho_rmin": _per_round(members, "rho_rmin"),
+        }
         group["energy_per_round"] = _energy_rounds(members)
         groups.append(group)
     return groups, pair_settings

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from raflora.report.tables import (
     SEEDS_NOTE,
+    SWEEP_NOTE,
     difference_rows,
     energy_rows,
     group_rows,
@@ -24,6 +25,7 @@ from raflora.report.tables import (
     per_round_rows,
     per_round_sections,
     summary_rows,
+    sweep_rows,
 )
 
 STYLE = """
@@ -78,8 +80,6 @@ def report_html(report: dict, folder: Path, plots: Sequence[str] = ()) -> str:
                 html_table(*paired_rows(report), table_id="paired"),
             ]
     if report.get("sweep"):
-        from raflora.report.sweep_table import SWEEP_NOTE, sweep_rows
-
         parts += [
             "<h2>Sweep</h2>",
             f'<p class="note">{escape(SWEEP_NOTE)}</p>',

@@ -1,4 +1,5 @@
-"""Reading run folders for a report: each run's resolved ``config.toml`` and ``metrics.jsonl``.
+"""Reading run folders for a report: each run's resolved ``config.toml`` and ``metrics.jsonl``, and
+a sweep folder's ``sweep.json`` (:func:`load_sweep`).
 
 The config is read as plain TOML, not validated again: a run made on another machine (with a data
 file that is not here) still reports. Every problem names the folder or file and the line.
@@ -200,3 +201,18 @@ def finite(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
+
+
+# A sweep's grid: raflora sweep's sweep.json (points, methods, and which runs make each cell).
+SWEEP_FILE = "sweep.json"
+
+
+def load_sweep(run_folders: Sequence[str | Path]) -> tuple[dict, Path] | None:
+    """The grid of a sweep folder given alone (``raflora report OUT``), with that folder; else None."""
+    if len(run_folders) != 1 or not (Path(run_folders[0]) / SWEEP_FILE).is_file():
+        return None
+    root = Path(run_folders[0])
+    try:
+        return json.loads((root / SWEEP_FILE).read_text()), root
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{root / SWEEP_FILE}: not JSON: {err}") from None

@@ -212,6 +212,41 @@ def plot_bytes(report: dict, path: Path) -> None:
     figure.savefig(path)
 
 
+def plot_validation(report: dict, path: Path) -> None:
+    """The validation metric per evaluated round (mean, min-max band over seeds): where a budget
+    reaches its plateau, read on the validation set only."""
+    metric = report["metric"]
+    figure, (ax,) = _figure()
+    drawn = _mean_lines(ax, report, f"val_{metric}")
+    ax.set_ylim(*metric_limits(drawn))
+    ax.set_ylabel(f"validation {metric}" + (" (mean, band: min-max over seeds)" if _seeded(report) else ""))
+    ax.set_title(f"validation {metric} per round ({report['task']})")
+    ax.legend(fontsize="small" if len(report["groups"]) > 5 else None)
+    figure.savefig(path)
+
+
+def plot_metric_against_bytes(report: dict, path: Path) -> None:
+    """Each group's final metric (mean, min-max bar over seeds) against its bytes up + down per run:
+    what a method's accuracy costs on the wire."""
+    metric = report["metric"]
+    figure, (ax,) = _figure()
+    largest = max(g["bytes_up"]["mean"] + g["bytes_down"]["mean"] for g in report["groups"])
+    unit, divisor = ("GB", 1e9) if largest >= 1e9 else ("MB", 1e6) if largest >= 1e6 else ("kB", 1e3)
+    for group in report["groups"]:
+        final = group["final_metric"]
+        if final is None:
+            continue
+        x = (group["bytes_up"]["mean"] + group["bytes_down"]["mean"]) / divisor
+        bar = [[final["mean"] - final["min"]], [final["max"] - final["mean"]]]
+        ax.errorbar([x], [final["mean"]], yerr=bar, fmt="o", capsize=3, label=group["label"])
+        ax.annotate(group["label"], (x, final["mean"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(f"{unit} up + down per run, all rounds" + (" (mean over seeds)" if _seeded(report) else ""))
+    ax.set_ylabel(f"final {metric}" + (" (mean, bar: min-max over seeds)" if _seeded(report) else ""))
+    ax.set_title(f"final {metric} against bytes ({report['task']})")
+    ax.grid(alpha=0.3)
+    figure.savefig(path)
+
+
 def write_plots(report: dict, out: Path) -> list[str]:
     """Draw every plot into ``out``; returns the file names, in :data:`PLOTS` order."""
     for name, draw in zip(PLOTS, (plot_metric, plot_rho, plot_energy, plot_energy_rounds, plot_bytes)):

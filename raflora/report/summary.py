@@ -9,11 +9,13 @@ per round. ``differences`` lists the config values that are not the same in ever
 config.toml lacks (written by an older version) counts at its default, and what a method decides
 for itself (its options at their defaults, an older folder's ``federation.empty_partition``) is part
 of ``federation.method``'s label, not a difference of its own.
+``sweep`` (:func:`attach_sweep`): a sweep's grid with each cell's group and its numbers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from raflora.report.groups import build_groups, paired_differences
@@ -188,3 +190,26 @@ def build_report(runs: Sequence[Run], reference: str | None = None, tuned: dict 
         "paired": paired_differences(groups, pair_settings, summaries, reference),
         "tuned": dict(tuned or {}),
     }
+
+
+def attach_sweep(report: dict, grid: dict, root: Path) -> None:
+    """``report["sweep"]``: the grid with each cell's group and its numbers; a cell whose runs are
+    not in the report (a sweep stopped early) has none."""
+    group_of = {}
+    by_label = {run["label"]: run for run in report["runs"]}
+    for group in report["groups"]:
+        for label in group["runs"]:
+            group_of[Path(by_label[label]["path"]).resolve()] = group
+    cells = []
+    for cell in grid["cells"]:
+        groups = {id(group_of[p]): group_of[p] for p in ((root / r).resolve() for r in cell["runs"]) if p in group_of}
+        group = next(iter(groups.values())) if len(groups) == 1 else None
+        cells.append(
+            {
+                **cell,
+                "group": group and group["label"],
+                "final_metric": group and group["final_metric"],
+                "rho_rmin_last": group and group["rho_rmin_last"],
+            }
+        )
+    report["sweep"] = {"points": grid["points"], "methods": grid["methods"], "cells": cells}

@@ -1,10 +1,12 @@
 """The report's tables as (header, rows) of text cells, and report.md built from them: the summary
 (one row per run), mean and spread per group of seeds, paired differences, the energy per rank
-partition and per-round tables (one column per run), all from
-:func:`raflora.report.summary.build_report`'s numbers. report.html renders the same rows."""
+partition, per-round tables (one column per run) and a sweep's table (one row per grid point, per
+method its final metric and final rho_rmin), all from :func:`raflora.report.summary.build_report`'s
+numbers. report.html renders the same rows."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -241,6 +243,33 @@ def intro(report: dict) -> str:
     )
 
 
+def _setting_text(settings: dict) -> str:
+    return " ".join(f"{key}={json.dumps(value)}" for key, value in settings.items())
+
+
+def sweep_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    sweep, metric = report["sweep"], report["metric"]
+    header = ["point", "settings"]
+    for method in sweep["methods"]:
+        header += [f"{method} final {metric}", f"{method} final rho_rmin"]
+    cells = {(c["point"], c["method"]): c for c in sweep["cells"]}
+    rows = []
+    for point in sweep["points"]:
+        row = [point["label"], _setting_text(point["settings"])]
+        for method in sweep["methods"]:
+            cell = cells.get((point["label"], method))
+            same = f" (= {cell['same_as']})" if cell and cell["same_as"] else ""
+            row += [spread(cell and cell["final_metric"]) + same, spread(cell and cell["rho_rmin_last"], 3) + same]
+        rows.append(row)
+    return header, rows
+
+
+SWEEP_NOTE = (
+    "One row per grid point; cells: mean ± std [min, max] over seeds. '(= point-k)': the point "
+    "sets nothing for this method (an option it does not have), so its runs of point-k stand here."
+)
+
+
 SEEDS_NOTE = (
     "Runs whose configs differ only in run.seed form a group. Cells: mean ± sample standard "
     "deviation [min, max] over the seeds. Paired differences: the reference method minus the "
@@ -273,8 +302,6 @@ def report_markdown(report: dict, plots: Sequence[str] = ()) -> str:
             lines += [f"### Paired differences (reference {report['reference']})", ""]
             lines += markdown_table(*paired_rows(report)) + [""]
     if report.get("sweep"):
-        from raflora.report.sweep_table import SWEEP_NOTE, sweep_rows
-
         lines += ["## Sweep", "", SWEEP_NOTE, ""] + markdown_table(*sweep_rows(report)) + [""]
     if report["differences"]:
         lines += ["## What differs between the runs", ""] + markdown_table(*difference_rows(report)) + [""]

@@ -9,12 +9,23 @@ The config holds the encoder's own config (``encoder``) and where its pretrained
 (``encoder_name_or_path``: a Hub id found in the local Hugging Face cache, or a folder). A folder
 holding only ``config.json`` is a *base folder*: ``from_pretrained`` then loads the encoder from
 ``encoder_name_or_path`` and starts a new head. A folder written by ``save_pretrained`` loads as
-usual. ``raflora.hf`` registers both classes with the transformers Auto classes.
+usual. :func:`register` (run when this module is imported) registers both classes with the
+transformers Auto classes; ``import raflora`` imports this module as soon as they load
+(:mod:`raflora.hf_auto`).
+
+This file is also the model code of a merged export: :meth:`MeanPoolForSequenceClassification.save_standalone`
+copies it, as it is, into the folder (``modeling_raflora_meanpool.py``, named by ``auto_map`` in
+``config.json``), so that ``AutoModelForSequenceClassification.from_pretrained(folder,
+trust_remote_code=True)`` loads the folder where raflora is not installed. It therefore imports only
+torch, transformers and the standard library (``tests/tasks/test_meanpool.py`` checks that). Where
+raflora has registered these classes, transformers loads such a folder with them, not with the copy.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +36,11 @@ from transformers.configuration_utils import PretrainedConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.modeling_utils import PreTrainedModel
 from transformers.models.auto.configuration_auto import AutoConfig
-from transformers.models.auto.modeling_auto import AutoModel
-
-from raflora.hf_auto import register
+from transformers.models.auto.modeling_auto import AutoModel, AutoModelForSequenceClassification
 
 MODEL_TYPE = "raflora-meanpool"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+CODE_FILE = "modeling_raflora_meanpool.py"  # this module's copy in a standalone folder
 
 
 class MeanPoolConfig(PretrainedConfig):
@@ -55,6 +65,8 @@ class MeanPoolConfig(PretrainedConfig):
         self.encoder_name_or_path = encoder_name_or_path
         self.encoder_kwargs = dict(encoder_kwargs or {})
         super().__init__(**kwargs)
+        if self.id2label is not None and not self.label2id:  # transformers 5 no longer derives it
+            self.label2id = {name: i for i, name in self.id2label.items()}
 
     @property
     def hidden_size(self) -> int:
@@ -125,6 +137,23 @@ class MeanPoolForSequenceClassification(PreTrainedModel):
         model.config.name_or_path = str(folder)
         return model.eval()
 
+    def save_standalone(self, folder: str | Path) -> Path:
+        """``save_pretrained`` plus this module's source as ``modeling_raflora_meanpool.py`` and an
+        ``auto_map`` naming its two classes in ``config.json``: transformers then loads the folder
+        with ``trust_remote_code=True`` without raflora (see the module)."""
+        folder = Path(folder)
+        self.save_pretrained(folder)
+        shutil.copyfile(__file__, folder / CODE_FILE)
+        module = CODE_FILE.removesuffix(".py")
+        config_file = folder / "config.json"
+        config = json.loads(config_file.read_text())
+        config["auto_map"] = {
+            "AutoConfig": f"{module}.{MeanPoolConfig.__name__}",
+            "AutoModelForSequenceClassification": f"{module}.{MeanPoolForSequenceClassification.__name__}",
+        }
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")  # as save_pretrained writes it
+        return folder
+
     def save_base(self, folder: str | Path, state_dict: dict | None = None) -> Path:
         """Write what reloads this model's frozen part: ``config.json`` alone when the encoder has
         a source (``encoder_name_or_path``), else the whole model (``save_pretrained``, with
@@ -163,4 +192,15 @@ def mean_pool_classifier(
     return model
 
 
-register()  # idempotent; covers this module being imported before transformers' Auto classes
+def register() -> None:
+    """Register ``MeanPoolConfig`` with ``AutoConfig`` and ``MeanPoolForSequenceClassification``
+    with ``AutoModelForSequenceClassification`` (idempotent)."""
+    AutoConfig.register(MODEL_TYPE, MeanPoolConfig, exist_ok=True)
+    AutoModelForSequenceClassification.register(MeanPoolConfig, MeanPoolForSequenceClassification, exist_ok=True)
+
+
+# Covers this module being imported before transformers' Auto classes. Not in a standalone folder's
+# copy: transformers registers that one itself, and where raflora is loaded too, the copy must not
+# replace raflora's classes under the same model type.
+if __name__ == "raflora.tasks.meanpool":
+    register()

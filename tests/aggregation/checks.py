@@ -125,7 +125,7 @@ def check_svd_hand_back_stays_trainable(method: str) -> None:
     zero = [
         ClientUpdate(
             u.client_id,
-            {m: LoRAFactors(f.A, torch.zeros_like(f.B), f.scale) for m, f in u.factors.items()},
+            {m: LoRAFactors(A=f.A, B=torch.zeros_like(f.B), scale=f.scale) for m, f in u.factors.items()},
             u.num_examples,
         )
         for u in updates
@@ -136,8 +136,8 @@ def check_svd_hand_back_stays_trainable(method: str) -> None:
     b = updates[1].factors["q_proj"].B[:, :1]
     zero_rows = torch.zeros((3, a.shape[1]), dtype=F64)
     same = [
-        ClientUpdate("x", {"q_proj": LoRAFactors(torch.cat([a, zero_rows[:1]]), b.repeat(1, 2), 1.0)}, 1),
-        ClientUpdate("y", {"q_proj": LoRAFactors(torch.cat([a, zero_rows]), b.repeat(1, 4), 1.0)}, 1),
+        ClientUpdate("x", {"q_proj": LoRAFactors(A=torch.cat([a, zero_rows[:1]]), B=b.repeat(1, 2), scale=1.0)}, 1),
+        ClientUpdate("y", {"q_proj": LoRAFactors(A=torch.cat([a, zero_rows]), B=b.repeat(1, 4), scale=1.0)}, 1),
     ]
     for ups, expected_rank in ((zero, 0), (same, 1)):
         res = aggregate(method, ups)

@@ -58,7 +58,7 @@ def random_updates(
             else:
                 A = init_a(module, r, n, frozen_a_seed, F64)
             B = torch.randn((m, r), generator=g, dtype=F64)
-            factors[module] = LoRAFactors(A.to(dtype), B.to(dtype), scale_of[i])
+            factors[module] = LoRAFactors(A=A.to(dtype), B=B.to(dtype), scale=scale_of[i])
         updates.append(ClientUpdate(f"c{i}", factors, counts[i]))
     return updates
 

@@ -16,10 +16,13 @@ from .reference import F64, assert_close, assert_singular_values, random_updates
 
 def previous_update(seed, shapes, rank=6, dtype=F64):
     g = torch.Generator().manual_seed(1000 + seed)
-    return {
-        m: LowRank(torch.randn(s[0], rank, generator=g, dtype=dtype), torch.randn(rank, s[1], generator=g, dtype=dtype))
-        for m, s in shapes.items()
-    }
+    return {m: random_pair(g, s, rank, dtype) for m, s in shapes.items()}
+
+
+def random_pair(g, shape, rank, dtype=F64):
+    """A random ``LowRank`` of ``shape``; ``B`` is drawn before ``A``."""
+    B = torch.randn(shape[0], rank, generator=g, dtype=dtype)
+    return LowRank(A=torch.randn(rank, shape[1], generator=g, dtype=dtype), B=B)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -57,11 +60,13 @@ def test_clients_that_return_their_start_leave_the_update_as_it_was():
     """The fixed point that rank collapse breaks: every client sends back its rank-r_i slice of the
     previous update unchanged; carryover returns that update's top r_max part whole."""
     g = torch.Generator().manual_seed(7)
-    G = LowRank(torch.randn(30, 8, generator=g, dtype=F64), torch.randn(8, 20, generator=g, dtype=F64))
+    G = random_pair(g, (30, 20), 8)
     U, S, Vh = torch.linalg.svd(G.dense(), full_matrices=False)
     ranks, sizes = [2, 4, 8, 2], [50, 10, 5, 35]
     updates = [
-        ClientUpdate(i, {"w": LoRAFactors((S[:r, None] * Vh[:r]).contiguous(), U[:, :r].contiguous(), 1.0)}, n)
+        ClientUpdate(
+            i, {"w": LoRAFactors(A=(S[:r, None] * Vh[:r]).contiguous(), B=U[:, :r].contiguous(), scale=1.0)}, n
+        )
         for i, (r, n) in enumerate(zip(ranks, sizes))
     ]
     carried = aggregate("carryover", updates, previous={"w": G}, top_rank=8).delta("w")
@@ -74,7 +79,7 @@ def test_clients_that_return_their_start_leave_the_update_as_it_was():
 
 def test_directions_nobody_reached_are_kept_whole():
     g = torch.Generator().manual_seed(11)
-    G = LowRank(torch.randn(24, 8, generator=g, dtype=F64), torch.randn(8, 16, generator=g, dtype=F64))
+    G = random_pair(g, (24, 16), 8)
     updates = random_updates(2, [2, 2], shapes={"w": (24, 16)})
     res = aggregate("carryover", updates, previous={"w": G}, top_rank=8)
     U, S, Vh = torch.linalg.svd(G.dense(), full_matrices=False)

@@ -16,7 +16,7 @@ from raflora.aggregation.validate import NoValidUpdates
 def update(cid, seed: int) -> ClientUpdate:
     g = torch.Generator().manual_seed(seed)
     return ClientUpdate(
-        cid, {"w": LoRAFactors(torch.randn(2, 6, generator=g), torch.randn(5, 2, generator=g), 1.0)}, 10
+        cid, {"w": LoRAFactors(A=torch.randn(2, 6, generator=g), B=torch.randn(5, 2, generator=g), scale=1.0)}, 10
     )
 
 

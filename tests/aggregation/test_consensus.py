@@ -21,7 +21,9 @@ RANK_MIXES = [[2, 4, 8], [1, 1, 3, 6, 6], [4, 2, 4, 2, 8, 8], [8, 2]]
 def previous_update(seed, shapes, rank=6, dtype=F64):
     g = torch.Generator().manual_seed(1000 + seed)
     return {
-        m: LowRank(torch.randn(s[0], rank, generator=g, dtype=dtype), torch.randn(rank, s[1], generator=g, dtype=dtype))
+        m: LowRank(
+            B=torch.randn(s[0], rank, generator=g, dtype=dtype), A=torch.randn(rank, s[1], generator=g, dtype=dtype)
+        )
         for m, s in shapes.items()
     }
 
@@ -31,7 +33,9 @@ def trained_round(seed, ranks, previous, step=0.3, common=0.0, sizes=None, dtype
     out) and add their own change: ``step`` times independent noise on each factor, plus ``common``
     times one change shared by every client."""
     g = torch.Generator().manual_seed(seed)
-    start = aggregate("carryover", [ClientUpdate("g", {m: LoRAFactors(f.A, f.B, 1.0)}, 1) for m, f in previous.items()])
+    start = aggregate(
+        "carryover", [ClientUpdate("g", {m: LoRAFactors(A=f.A, B=f.B, scale=1.0)}, 1) for m, f in previous.items()]
+    )
     shared = {
         m: (
             torch.randn(f.B.shape[0], max(ranks), generator=g, dtype=F64),
@@ -46,7 +50,7 @@ def trained_round(seed, ranks, previous, step=0.3, common=0.0, sizes=None, dtype
             f = start.client_factors(m, r, scale=0.5)
             B = f.B + step * torch.randn(f.B.shape, generator=g, dtype=F64) + common * shared[m][0][:, :r]
             A = f.A + step * torch.randn(f.A.shape, generator=g, dtype=F64) + common * shared[m][1][:r]
-            factors[m] = LoRAFactors(A.to(dtype), B.to(dtype), 0.5)
+            factors[m] = LoRAFactors(A=A.to(dtype), B=B.to(dtype), scale=0.5)
         updates.append(ClientUpdate(f"c{i}", factors, sizes[i] if sizes else 10 + 7 * i))
     return updates
 
@@ -165,7 +169,7 @@ def test_a_client_that_did_not_train_has_no_change():
     again = aggregate("consensus", idle, previous=previous, top_rank=8).delta("w")
     assert_close(again, best_rank(dense, 8), torch.float32, "idle clients keep G_t")
     # One idle client among trained ones: its change in the reference is ~0, and the library agrees.
-    mixed = trained_round(4, [2, 4, 8, 8], {"w": LowRank(*previous["w"])}, step=0.2, dtype=torch.float32) + idle[2:]
+    mixed = trained_round(4, [2, 4, 8, 8], {"w": previous["w"].clone()}, step=0.2, dtype=torch.float32) + idle[2:]
     _, expected = ref_consensus(mixed, "w", previous=dense, top=8)
     got = partition_agreement([u.factors["w"] for u in mixed], p(mixed), previous["w"])
     assert torch.allclose(
@@ -197,8 +201,8 @@ def test_agreement_does_not_overflow_or_depend_on_the_magnitude():
         base = partition_agreement(factors, p(updates), prev)
         assert any(lam > 0.0 for _, lam in base)
         for c in (1e150, tiny):
-            moved = [LoRAFactors(f.A * c, f.B * c, f.scale) for f in factors]
-            got = partition_agreement(moved, p(updates), prev and LowRank(prev.B * c, prev.A * c))
+            moved = [LoRAFactors(A=f.A * c, B=f.B * c, scale=f.scale) for f in factors]
+            got = partition_agreement(moved, p(updates), prev and LowRank(A=prev.A * c, B=prev.B * c))
             assert all(abs(a - b) < 1e-12 for (_, a), (_, b) in zip(got, base)), (got, base)
 
 

@@ -14,7 +14,7 @@ def on(device, updates):
     return [
         ClientUpdate(
             u.client_id,
-            {m: LoRAFactors(f.A.to(device), f.B.to(device), f.scale) for m, f in u.factors.items()},
+            {m: LoRAFactors(A=f.A.to(device), B=f.B.to(device), scale=f.scale) for m, f in u.factors.items()},
             u.num_examples,
         )
         for u in updates

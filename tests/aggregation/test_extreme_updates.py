@@ -41,13 +41,15 @@ def good_update(method: str, cid: str, rank: int, seed: int, dtype: torch.dtype)
             B = B * (target / (scale * float(torch.linalg.norm(B))))
         else:
             B = B * (target / (scale * float(torch.linalg.norm(B @ A))))
-        factors[module] = LoRAFactors(A.to(dtype), B.to(dtype), scale)
+        factors[module] = LoRAFactors(A=A.to(dtype), B=B.to(dtype), scale=scale)
     return ClientUpdate(cid, factors, 1 + seed % 97)
 
 
 def scaled(update: ClientUpdate, cid: str, b: float = 1.0, a: float = 1.0, scale: float = 1.0) -> ClientUpdate:
     return ClientUpdate(
-        cid, {m: LoRAFactors(f.A * a, f.B * b, f.scale * scale) for m, f in update.factors.items()}, update.num_examples
+        cid,
+        {m: LoRAFactors(A=f.A * a, B=f.B * b, scale=f.scale * scale) for m, f in update.factors.items()},
+        update.num_examples,
     )
 
 
@@ -78,13 +80,15 @@ def bad_update(kind: str, template: ClientUpdate, cid: str, method: str, pick: i
     if kind in ("nan", "inf"):
         B = f.B.clone()
         B[pick % B.shape[0], 0] = math.nan if kind == "nan" else -math.inf
-        return ClientUpdate(cid, {**template.factors, "q_proj": LoRAFactors(f.A, B, f.scale)}, template.num_examples)
+        return ClientUpdate(
+            cid, {**template.factors, "q_proj": LoRAFactors(A=f.A, B=B, scale=f.scale)}, template.num_examples
+        )
     if kind == "wrong shape":
-        return ClientUpdate(cid, {**template.factors, "q_proj": LoRAFactors(f.A[:, :-1], f.B, f.scale)}, 3)
+        return ClientUpdate(cid, {**template.factors, "q_proj": LoRAFactors(A=f.A[:, :-1], B=f.B, scale=f.scale)}, 3)
     if kind == "missing module":
         return ClientUpdate(cid, {"q_proj": f}, 3)
     if kind == "rank 0":
-        return ClientUpdate(cid, {**template.factors, "q_proj": LoRAFactors(f.A[:0], f.B[:, :0], f.scale)}, 3)
+        return ClientUpdate(cid, {**template.factors, "q_proj": LoRAFactors(A=f.A[:0], B=f.B[:, :0], scale=f.scale)}, 3)
     raise ValueError(kind)
 
 
@@ -199,7 +203,7 @@ def test_ratio_is_measured_on_s_B_A_from_the_factors():
     good = [good_update("raflora", f"g{i}", 2, 7 + i, F64) for i in range(3)]
     f = good[0].factors["q_proj"]
     # The same product split differently (B x 1e3, A / 1e3) has the same norm: not an outlier.
-    same = ClientUpdate("split", {**good[0].factors, "q_proj": LoRAFactors(f.A / 1e3, f.B * 1e3, f.scale)}, 5)
+    same = ClientUpdate("split", {**good[0].factors, "q_proj": LoRAFactors(A=f.A / 1e3, B=f.B * 1e3, scale=f.scale)}, 5)
     assert aggregate("raflora", [*good, same]).rejected == []
     assert math.isclose(
         2 ** log2_product_norm(f.B * 1e3, f.A / 1e3, f.scale),
@@ -252,7 +256,7 @@ def _f32(updates):
     return [
         ClientUpdate(
             u.client_id,
-            {m: LoRAFactors(f.A.float(), f.B.float(), f.scale) for m, f in u.factors.items()},
+            {m: LoRAFactors(A=f.A.float(), B=f.B.float(), scale=f.scale) for m, f in u.factors.items()},
             u.num_examples,
         )
         for u in updates
@@ -288,9 +292,9 @@ def test_refused_for_overflow_names_the_module_and_the_reason():
             u.client_id,
             {
                 m: LoRAFactors(
-                    torch.ones((2, shapes[m][1]), dtype=F64) * 1e160,
-                    torch.ones((shapes[m][0], 2), dtype=F64) * 1e160,
-                    1.0,
+                    A=torch.ones((2, shapes[m][1]), dtype=F64) * 1e160,
+                    B=torch.ones((shapes[m][0], 2), dtype=F64) * 1e160,
+                    scale=1.0,
                 )
                 for m in shapes
             },

@@ -44,7 +44,7 @@ def test_client_that_trained_a_is_refused():
     moved = updates[1].factors["v_proj"]
     updates[1] = ClientUpdate(
         "c1",
-        {**updates[1].factors, "v_proj": LoRAFactors(moved.A + 0.5, moved.B, moved.scale)},
+        {**updates[1].factors, "v_proj": LoRAFactors(A=moved.A + 0.5, B=moved.B, scale=moved.scale)},
         updates[1].num_examples,
     )
     res = aggregate("ffa", updates)

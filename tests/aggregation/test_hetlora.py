@@ -26,8 +26,8 @@ def test_weights_ignore_num_examples_when_norms_differ():
     A = torch.ones((1, 2), dtype=F64)
     B = torch.ones((2, 1), dtype=F64)
     ups = [
-        ClientUpdate("small", {"w": LoRAFactors(A, B, 1.0)}, 1000),
-        ClientUpdate("big", {"w": LoRAFactors(A, 3 * B, 1.0)}, 1),
+        ClientUpdate("small", {"w": LoRAFactors(A=A, B=B, scale=1.0)}, 1000),
+        ClientUpdate("big", {"w": LoRAFactors(A=A, B=3 * B, scale=1.0)}, 1),
     ]
     delta = aggregate("hetlora", ups).delta("w")
     # weights 1/4 and 3/4: B_avg = (1/4 + 9/4) = 2.5, A_avg = 1.
@@ -39,7 +39,7 @@ def test_all_zero_updates_fall_back_to_example_weights():
     zeroed = [
         ClientUpdate(
             u.client_id,
-            {m: LoRAFactors(f.A, torch.zeros_like(f.B), f.scale) for m, f in u.factors.items()},
+            {m: LoRAFactors(A=f.A, B=torch.zeros_like(f.B), scale=f.scale) for m, f in u.factors.items()},
             u.num_examples,
         )
         for u in updates
@@ -68,12 +68,12 @@ def test_self_prune_shrinks_only_when_the_tail_shrank():
     g = torch.Generator().manual_seed(0)
     A = torch.randn((8, 6), generator=g, dtype=F64)
     B = torch.randn((5, 8), generator=g, dtype=F64)
-    received = LoRAFactors(A, B, 0.5)
-    shrunk = LoRAFactors(A, torch.cat([B[:, :4], 0.1 * B[:, 4:]], dim=1), 0.5)
+    received = LoRAFactors(A=A, B=B, scale=0.5)
+    shrunk = LoRAFactors(A=A, B=torch.cat([B[:, :4], 0.1 * B[:, 4:]], dim=1), scale=0.5)
     pruned = self_prune(received, shrunk, gamma=0.5, r_min=2)
     assert pruned.rank == 4 and pruned.scale == 0.5
     assert torch.equal(pruned.A, A[:4]) and torch.equal(pruned.B, B[:, :4])
-    grown = LoRAFactors(A, torch.cat([B[:, :4], 2 * B[:, 4:]], dim=1), 0.5)
+    grown = LoRAFactors(A=A, B=torch.cat([B[:, :4], 2 * B[:, 4:]], dim=1), scale=0.5)
     assert self_prune(received, grown, gamma=0.5, r_min=2) is grown
     # r_min is a floor: gamma 0.25 would give rank 2, r_min keeps 3.
     assert self_prune(received, shrunk, gamma=0.25, r_min=3).rank == 3

@@ -82,7 +82,9 @@ def test_scale_moved_between_b_and_s_gives_the_same_update():
     updates = random_updates(1, [1, 1, 1, 3])
     moved = [
         ClientUpdate(
-            u.client_id, {m: LoRAFactors(f.A, f.B / 3.0, f.scale * 3.0) for m, f in u.factors.items()}, u.num_examples
+            u.client_id,
+            {m: LoRAFactors(A=f.A, B=f.B / 3.0, scale=f.scale * 3.0) for m, f in u.factors.items()},
+            u.num_examples,
         )
         for u in updates
     ]
@@ -97,7 +99,7 @@ def test_clients_sharing_a_need_no_correction():
     g = torch.Generator().manual_seed(0)
     A = torch.randn((3, 6), generator=g, dtype=F64)
     ups = [
-        ClientUpdate(i, {"w": LoRAFactors(A, torch.randn((5, 3), generator=g, dtype=F64), 2.0)}, 1 + i)
+        ClientUpdate(i, {"w": LoRAFactors(A=A, B=torch.randn((5, 3), generator=g, dtype=F64), scale=2.0)}, 1 + i)
         for i in range(3)
     ]
     assert_close(aggregate("lora_fair", ups).delta("w"), product_sum(ups, "w", p(ups)), F64, "shared A")
@@ -107,7 +109,8 @@ def test_client_starts_from_the_corrected_pair():
     updates = random_updates(2, [4, 4, 4])
     res = aggregate("lora_fair", updates)
     for m in res.modules:
-        B, A = res.delta_factors(m)
+        global_update = res.delta_factors(m)
+        A, B = global_update.A, global_update.B
         f = res.client_factors(m, 4, scale=0.5)
         assert torch.equal(f.A, A) and torch.allclose(f.B * 0.5, B, rtol=1e-15, atol=0)
         assert_close(f.scale * f.B @ f.A, res.delta(m), F64, m)

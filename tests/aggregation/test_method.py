@@ -77,7 +77,7 @@ def test_only_carryover_consensus_and_raflora_keep_ask_for_the_previous_update(m
 
 
 def test_keep_unreached_without_previous_is_the_identity():
-    f = LowRank(torch.ones(3, 2, dtype=F64), torch.ones(2, 4, dtype=F64))
+    f = LowRank(A=torch.ones(2, 4, dtype=F64), B=torch.ones(3, 2, dtype=F64))
     assert keep_unreached(f, None, 2, 8) is f
 
 

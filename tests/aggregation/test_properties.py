@@ -48,10 +48,12 @@ def test_raflora_keeps_a_shared_consensus_whole(ranks, seed):
     A = torch.randn((r_max, 7), generator=g, dtype=F64)
     B = torch.randn((6, r_max), generator=g, dtype=F64)
     updates = [
-        ClientUpdate(i, {"w": LoRAFactors(A[:r], B[:, :r], 0.5)}, 1 + (seed * (i + 1)) % 97)
+        ClientUpdate(i, {"w": LoRAFactors(A=A[:r], B=B[:, :r], scale=0.5)}, 1 + (seed * (i + 1)) % 97)
         for i, r in enumerate(ranks)
     ]
-    assert rel_err(aggregate("raflora", updates).delta("w"), 0.5 * B @ A) < 1e-9
+    # The norm bound is off: a rank-8 slice can be over 10x the median of rank-1 slices (ranks
+    # [1, 1, 8], seed 753), and refusing it is not what this property is about.
+    assert rel_err(aggregate("raflora", updates, max_norm_ratio=0).delta("w"), 0.5 * B @ A) < 1e-9
 
 
 @FAST
@@ -68,7 +70,7 @@ def test_scale_invariance(method, ranks, seed, factor):
     moved = [
         ClientUpdate(
             u.client_id,
-            {m: LoRAFactors(f.A, f.B / factor, f.scale * factor) for m, f in u.factors.items()},
+            {m: LoRAFactors(A=f.A, B=f.B / factor, scale=f.scale * factor) for m, f in u.factors.items()},
             u.num_examples,
         )
         for u in updates
@@ -148,5 +150,5 @@ def test_raflora_is_flexlora_bit_for_bit_for_homogeneous_ranks(rank, sizes, seed
     updates = random_updates(seed, [rank] * len(sizes), num_examples=sizes)
     ra, flex = aggregate("raflora", updates), aggregate("flexlora", updates)
     for m in ra.modules:
-        assert torch.equal(ra.delta_factors(m)[1], flex.delta_factors(m)[1])
+        assert torch.equal(ra.delta_factors(m).A, flex.delta_factors(m).A)
         assert torch.equal(ra.delta(m), flex.delta(m))

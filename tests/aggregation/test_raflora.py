@@ -45,8 +45,8 @@ def test_partition_is_not_diluted():
     A = torch.eye(2, 3, dtype=F64)
     B = torch.eye(3, 2, dtype=F64)
     ups = [
-        ClientUpdate("low", {"w": LoRAFactors(A[:1], B[:, :1], 1.0)}, 5),
-        ClientUpdate("high", {"w": LoRAFactors(A, B, 1.0)}, 5),
+        ClientUpdate("low", {"w": LoRAFactors(A=A[:1], B=B[:, :1], scale=1.0)}, 5),
+        ClientUpdate("high", {"w": LoRAFactors(A=A, B=B, scale=1.0)}, 5),
     ]
     delta = aggregate("raflora", ups).delta("w")
     expected = torch.zeros((3, 3), dtype=F64)

@@ -33,8 +33,8 @@ def test_column_weights_undo_the_dilution_on_both_factors():
     A = torch.eye(2, 3, dtype=F64)
     B = torch.eye(3, 2, dtype=F64)
     ups = [
-        ClientUpdate("low", {"w": LoRAFactors(A[:1], B[:, :1], 1.0)}, 30),
-        ClientUpdate("high", {"w": LoRAFactors(A, B, 1.0)}, 10),
+        ClientUpdate("low", {"w": LoRAFactors(A=A[:1], B=B[:, :1], scale=1.0)}, 30),
+        ClientUpdate("high", {"w": LoRAFactors(A=A, B=B, scale=1.0)}, 10),
     ]
     assert aggregate("rb_lora", ups).delta("w")[1, 1].item() == pytest.approx(1.0)
     assert aggregate("rb_lora", ups, rank_balanced=False).delta("w")[1, 1].item() == pytest.approx(1 / 16)

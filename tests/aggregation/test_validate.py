@@ -33,17 +33,17 @@ def bad_cases(template: ClientUpdate) -> dict[str, tuple[object, str | None, str
     n = template.num_examples
     return {
         "wrong shape": (
-            with_module(template, "q_proj", LoRAFactors(torch.cat([f.A, f.A[:, :1]], 1), f.B, f.scale)),
+            with_module(template, "q_proj", LoRAFactors(A=torch.cat([f.A, f.A[:, :1]], 1), B=f.B, scale=f.scale)),
             "q_proj",
             "shape",
         ),
         "rank mismatch": (
-            with_module(template, "q_proj", LoRAFactors(f.A[:-1], f.B, f.scale)),
+            with_module(template, "q_proj", LoRAFactors(A=f.A[:-1], B=f.B, scale=f.scale)),
             "q_proj",
             "rank mismatch",
         ),
         "nan in A": (
-            with_module(template, "q_proj", LoRAFactors(poisoned(f.A, math.nan), f.B, f.scale)),
+            with_module(template, "q_proj", LoRAFactors(A=poisoned(f.A, math.nan), B=f.B, scale=f.scale)),
             "q_proj",
             "NaN",
         ),
@@ -51,7 +51,9 @@ def bad_cases(template: ClientUpdate) -> dict[str, tuple[object, str | None, str
             with_module(
                 template,
                 "v_proj",
-                LoRAFactors(template.factors["v_proj"].A, poisoned(template.factors["v_proj"].B, math.inf), f.scale),
+                LoRAFactors(
+                    A=template.factors["v_proj"].A, B=poisoned(template.factors["v_proj"].B, math.inf), scale=f.scale
+                ),
             ),
             "v_proj",
             "Inf",
@@ -61,21 +63,25 @@ def bad_cases(template: ClientUpdate) -> dict[str, tuple[object, str | None, str
         "zero examples": (ClientUpdate("bad", template.factors, 0), None, "num_examples"),
         "negative examples": (ClientUpdate("bad", template.factors, -3), None, "num_examples"),
         "nan examples": (ClientUpdate("bad", template.factors, math.nan), None, "num_examples"),
-        "non-tensor A": (with_module(template, "q_proj", LoRAFactors(f.A.tolist(), f.B, f.scale)), "q_proj", "tensor"),
+        "non-tensor A": (
+            with_module(template, "q_proj", LoRAFactors(A=f.A.tolist(), B=f.B, scale=f.scale)),
+            "q_proj",
+            "tensor",
+        ),
         "not LoRAFactors": (with_module(template, "q_proj", (f.A, f.B)), "q_proj", "LoRAFactors"),
         "integer factors": (
-            with_module(template, "q_proj", LoRAFactors(f.A.long(), f.B.long(), f.scale)),
+            with_module(template, "q_proj", LoRAFactors(A=f.A.long(), B=f.B.long(), scale=f.scale)),
             "q_proj",
             "floating",
         ),
         "zero rank": (
-            with_module(template, "q_proj", LoRAFactors(f.A[:0], f.B[:, :0], f.scale)),
+            with_module(template, "q_proj", LoRAFactors(A=f.A[:0], B=f.B[:, :0], scale=f.scale)),
             "q_proj",
             "rank must be",
         ),
-        "1-D factor": (with_module(template, "q_proj", LoRAFactors(f.A[0], f.B, f.scale)), "q_proj", "2-D"),
-        "zero scale": (with_module(template, "q_proj", LoRAFactors(f.A, f.B, 0.0)), "q_proj", "scale"),
-        "nan scale": (with_module(template, "q_proj", LoRAFactors(f.A, f.B, math.nan)), "q_proj", "scale"),
+        "1-D factor": (with_module(template, "q_proj", LoRAFactors(A=f.A[0], B=f.B, scale=f.scale)), "q_proj", "2-D"),
+        "zero scale": (with_module(template, "q_proj", LoRAFactors(A=f.A, B=f.B, scale=0.0)), "q_proj", "scale"),
+        "nan scale": (with_module(template, "q_proj", LoRAFactors(A=f.A, B=f.B, scale=math.nan)), "q_proj", "scale"),
         "empty factors": (ClientUpdate("bad", {}, n), None, "no factors"),
     }
 
@@ -170,7 +176,7 @@ def test_explicit_modules_and_shapes_override_the_majority():
     good = good_updates("flexlora")
     # The only client matching the given shape is c0; the majority is refused.
     m, n = good[1].factors["q_proj"].shape
-    narrow = {"q_proj": LoRAFactors(good[0].factors["q_proj"].A, good[0].factors["q_proj"].B, 1.0)}
+    narrow = {"q_proj": LoRAFactors(A=good[0].factors["q_proj"].A, B=good[0].factors["q_proj"].B, scale=1.0)}
     res = aggregate("flexlora", [ClientUpdate("only", narrow, 1), *good], modules=["q_proj"], shapes={"q_proj": (m, n)})
     refused = {cid: reason for cid, _, reason in res.rejected}
     assert set(refused) == {"c0", "c1", "c2"} and all("v_proj" in r for r in refused.values())
@@ -180,7 +186,7 @@ def test_explicit_modules_and_shapes_override_the_majority():
 def test_mixed_dtypes_aggregate_in_float64():
     good = good_updates("flexlora")
     half = ClientUpdate(
-        "f32", {m: LoRAFactors(f.A.float(), f.B.float(), f.scale) for m, f in good[0].factors.items()}, 10
+        "f32", {m: LoRAFactors(A=f.A.float(), B=f.B.float(), scale=f.scale) for m, f in good[0].factors.items()}, 10
     )
     res = aggregate("flexlora", [half, *good[1:]])
     assert dense_global(res, "q_proj").dtype == F64
@@ -193,7 +199,7 @@ def test_numpy_counts_and_scales_are_accepted():
     converted = [
         ClientUpdate(
             u.client_id,
-            {m: LoRAFactors(f.A, f.B, np.float32(f.scale)) for m, f in u.factors.items()},
+            {m: LoRAFactors(A=f.A, B=f.B, scale=np.float32(f.scale)) for m, f in u.factors.items()},
             np.int64(u.num_examples),
         )
         for u in good
@@ -217,7 +223,7 @@ def test_low_precision_inputs_aggregate_in_float32():
     half = [
         ClientUpdate(
             u.client_id,
-            {m: LoRAFactors(f.A.bfloat16(), f.B.bfloat16(), f.scale) for m, f in u.factors.items()},
+            {m: LoRAFactors(A=f.A.bfloat16(), B=f.B.bfloat16(), scale=f.scale) for m, f in u.factors.items()},
             u.num_examples,
         )
         for u in good
@@ -239,7 +245,7 @@ def test_any_non_finite_value_is_refused(dtype, value, where):
         A, B = f.A.to(dtype).clone(), f.B.to(dtype).clone()
         target = A if name == "A" else B
         target[where[0] % target.shape[0], where[1] % target.shape[1]] = value
-        bad = ClientUpdate("bad", {"w": LoRAFactors(A, B, f.scale)}, 5)
+        bad = ClientUpdate("bad", {"w": LoRAFactors(A=A, B=B, scale=f.scale)}, 5)
         res = aggregate("raflora", [bad, good[1]])
         assert [(cid, m) for cid, m, _ in res.rejected] == [("bad", "w")], name
         assert "NaN or Inf" in res.rejected[0][2]

@@ -26,8 +26,8 @@ def test_high_components_are_diluted_by_low_rank_clients():
     A = torch.eye(2, 3, dtype=torch.float64)
     B = torch.eye(3, 2, dtype=torch.float64)
     ups = [
-        ClientUpdate("low", {"w": LoRAFactors(A[:1], B[:, :1], 1.0)}, 5),
-        ClientUpdate("high", {"w": LoRAFactors(A, B, 1.0)}, 5),
+        ClientUpdate("low", {"w": LoRAFactors(A=A[:1], B=B[:, :1], scale=1.0)}, 5),
+        ClientUpdate("high", {"w": LoRAFactors(A=A, B=B, scale=1.0)}, 5),
     ]
     delta = aggregate("zero_pad", ups).delta("w")
     assert delta[0, 0].item() == pytest.approx(1.0)

@@ -28,7 +28,7 @@ def test_peft_output_is_base_plus_scaled_factors():
     task, model = _model()
     g = torch.Generator().manual_seed(0)
     factors = {
-        m: LoRAFactors(torch.randn(4, n, generator=g), torch.randn(mm, 4, generator=g), model.scales[4])
+        m: LoRAFactors(A=torch.randn(4, n, generator=g), B=torch.randn(mm, 4, generator=g), scale=model.scales[4])
         for m, (mm, n) in model.shapes().items()
     }
     model.activate(4)

@@ -213,7 +213,8 @@ def test_keep_preserves_the_higher_directions_and_drop_loses_them(tmp_path):
     _, before_d, dropped = two_rounds(tmp_path, "drop")
     for m in before:
         assert torch.equal(before[m], before_d[m])  # round 1 is the same under both rules
-        after_keep, after_drop = dense64(*kept.delta[m]), dense64(*dropped.delta[m])
+        keep_m, drop_m = kept.delta[m], dropped.delta[m]
+        after_keep, after_drop = dense64(keep_m.B, keep_m.A), dense64(drop_m.B, drop_m.A)
         # drop: the global update is the rank-2 client's alone; keep: plus directions 3..8 of round 1.
         assert torch.linalg.matrix_rank(after_drop) == 2
         tail = best_rank(before[m], 8) - best_rank(before[m], 2)
@@ -239,7 +240,7 @@ def test_a_poisoned_client_is_refused_by_the_norm_bound_and_the_round_goes_on(tm
         turn = honest(setup, state, round_, client, kept, on_step)
         if client != 1:
             return turn
-        factors = {m: LoRAFactors(f.A, f.B * 1e6, f.scale) for m, f in turn.update.factors.items()}
+        factors = {m: LoRAFactors(A=f.A, B=f.B * 1e6, scale=f.scale) for m, f in turn.update.factors.items()}
         return dataclasses.replace(turn, update=ClientUpdate(client, factors, turn.update.num_examples))
 
     monkeypatch.setattr(round_module, "run_client", poisoned)

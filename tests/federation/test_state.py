@@ -23,7 +23,7 @@ from raflora.lora import LoRAFactors
 
 def state(round_: int) -> FederationState:
     g = torch.Generator().manual_seed(round_)
-    factors = LoRAFactors(torch.randn(2, 6, generator=g), torch.randn(5, 2, generator=g), 4.0)
+    factors = LoRAFactors(A=torch.randn(2, 6, generator=g), B=torch.randn(5, 2, generator=g), scale=4.0)
     return FederationState(
         round=round_,
         starts={2: {"q": factors}},

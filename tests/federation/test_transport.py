@@ -13,8 +13,8 @@ from raflora.wire import encode_factors
 def factors(seed=0):
     g = torch.Generator().manual_seed(seed)
     return {
-        "q": LoRAFactors(torch.randn(3, 7, generator=g), torch.randn(5, 3, generator=g), 2.0),
-        "v": LoRAFactors(torch.randn(2, 7, generator=g), torch.randn(4, 2, generator=g), 0.5),
+        "q": LoRAFactors(A=torch.randn(3, 7, generator=g), B=torch.randn(5, 3, generator=g), scale=2.0),
+        "v": LoRAFactors(A=torch.randn(2, 7, generator=g), B=torch.randn(4, 2, generator=g), scale=0.5),
     }
 
 

@@ -1,7 +1,8 @@
 """Exported adapters and merged models load the Hugging Face way (tiny random models, no download).
 
 text: ``AutoPeftModelForSequenceClassification`` after ``import raflora``, and the merged folder with
-``AutoModelForSequenceClassification``; reasoning: ``AutoPeftModelForCausalLM`` in a process that
+``AutoModelForSequenceClassification`` (with raflora, and in a process where raflora cannot be
+imported, from the model code saved in the folder); reasoning: ``AutoPeftModelForCausalLM`` in a process that
 never imports raflora, and the merged folder (tied embeddings) with ``AutoModelForCausalLM``;
 vision: ``raflora.tasks.vision.load_adapter`` / ``load_merged``.
 """
@@ -9,8 +10,11 @@ vision: ``raflora.tasks.vision.load_adapter`` / ``load_merged``.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,9 +22,11 @@ import torch
 from raflora.client.adapters import AdapterModel
 from raflora.federation import export_run
 from raflora.federation.export import write_adapter, write_merged
+from raflora.federation.export_folder import recorded
 from raflora.federation.state import FederationState
+from raflora.lora import LowRank
 from raflora.runtimes.embedded import run_federation
-from raflora.tasks import build_task
+from raflora.tasks import build_task, meanpool
 
 METRICS = [{"round": 1, "method": "raflora", "ranks": [2, 4], "accuracy": 0.5, "loss": 1.0}]
 
@@ -39,16 +45,16 @@ def _logits(model, batch):
 def random_state(model: AdapterModel, rank: int, seed: int = 0) -> FederationState:
     """A global update of rank ``rank`` on every adapted module and a perturbed head."""
     g = torch.Generator().manual_seed(seed)
-    delta = {
-        m: (0.2 * torch.randn(rows, rank, generator=g), 0.2 * torch.randn(rank, cols, generator=g))
-        for m, (rows, cols) in model.shapes().items()
-    }
+    delta = {}
+    for m, (rows, cols) in model.shapes().items():
+        B = 0.2 * torch.randn(rows, rank, generator=g)  # drawn before A
+        delta[m] = LowRank(A=0.2 * torch.randn(rank, cols, generator=g), B=B)
     head = {k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in model.get_head(None).items()}
     return FederationState(round=1, head=head, delta=delta, metrics=[dict(r) for r in METRICS])
 
 
 def global_logits(model: AdapterModel, state: FederationState, batch) -> torch.Tensor:
-    with model.global_model({m: B @ A for m, (B, A) in state.delta.items()}, state.head) as g:
+    with model.global_model({m: f.dense() for m, f in state.delta.items()}, state.head) as g:
         return _logits(g, batch)
 
 
@@ -64,8 +70,6 @@ def text_run(make_config):
 
 
 def _out(config):
-    from pathlib import Path
-
     return Path(config.out)
 
 
@@ -107,6 +111,75 @@ def test_text_merged_folder_loads_with_auto_model(text_run, tmp_path):
     assert (merged / "tokenizer.json").is_file() and "AutoModelForSequenceClassification" in (
         merged / "README.md"
     ).read_text()
+    assert "modeling_raflora_meanpool.py" in recorded(merged)  # the export's own file: replaced by the next one
+    saved = json.loads((merged / "config.json").read_text())
+    assert saved["auto_map"]["AutoModelForSequenceClassification"].startswith("modeling_raflora_meanpool.")
+    assert saved["label2id"] == {name: i for i, name in enumerate(task.label_names())}
+
+
+# Run with ``python -S``: no site-packages .pth files, so not raflora's editable install either; the
+# venv's site-packages come back through PYTHONPATH (torch, transformers). That stands in for a fresh
+# venv without raflora, which would cost a torch install on every test run.
+STANDALONE = """
+import sys, torch
+try:
+    import raflora
+except ImportError:
+    pass
+else:
+    sys.exit(f"raflora is importable here: {raflora.__file__}")
+from transformers import AutoModelForSequenceClassification
+torch.set_num_threads(int(sys.argv[4]))  # the caller's: the same sums in the same order
+model = AutoModelForSequenceClassification.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+with torch.no_grad():
+    logits = model(**torch.load(sys.argv[2])).logits
+assert not any(name.split(".")[0] == "raflora" for name in sys.modules), "raflora was imported"
+torch.save({"logits": logits, "id2label": model.config.id2label, "label2id": model.config.label2id}, sys.argv[3])
+"""
+
+
+def load_without_raflora(folder, batch, tmp_path) -> dict:
+    """``STANDALONE`` run on ``folder`` and ``batch``: the logits and the label maps it loaded."""
+    torch.save(batch, tmp_path / "batch.pt")
+    paths = sysconfig.get_paths()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": os.pathsep.join(dict.fromkeys([paths["purelib"], paths["platlib"]])),
+        "HF_HOME": str(tmp_path / "hf"),  # transformers copies the model code under HF_HOME/modules
+        "HF_HUB_OFFLINE": "1",
+    }
+    run = [
+        sys.executable,
+        "-S",
+        "-c",
+        STANDALONE,
+        str(folder),
+        str(tmp_path / "batch.pt"),
+        str(tmp_path / "out.pt"),
+        str(torch.get_num_threads()),
+    ]
+    subprocess.run(run, check=True, timeout=300, cwd=tmp_path, env=env)
+    return torch.load(tmp_path / "out.pt")
+
+
+@pytest.mark.parametrize("encoder", ["tiny", pytest.param("minilm", marks=pytest.mark.slow)])
+def test_text_merged_folder_loads_with_plain_transformers(encoder, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    task = build_task("text", model=encoder, max_length=24, train_size=8, test_size=8)
+    model, state, batch = model_state_batch(task, 2)
+    write_merged(task, state, tmp_path / "merged")
+    expected = global_logits(model, state, batch)
+    assert torch.allclose(
+        _logits(AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged"), batch), expected, atol=1e-6
+    )
+    loaded = load_without_raflora(tmp_path / "merged", batch, tmp_path)
+    assert torch.allclose(loaded["logits"], expected, atol=1e-6)
+    names = task.label_names()
+    assert loaded["id2label"] == dict(enumerate(names)) and loaded["label2id"] == {n: i for i, n in enumerate(names)}
+    assert (tmp_path / "merged" / "modeling_raflora_meanpool.py").read_bytes() == Path(meanpool.__file__).read_bytes()
+    assert "trust_remote_code=True" in (tmp_path / "merged" / "README.md").read_text()
 
 
 def test_the_card_names_the_hub_id_of_a_cached_or_bundled_model():

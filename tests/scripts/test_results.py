@@ -153,3 +153,53 @@ def test_the_committed_results_page_is_what_the_script_builds_from_the_committed
     text = load_script("results").build(ROOT / "results", out, out.parent / "img")
     committed = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
     assert text == committed, "docs/results.md is stale: run python scripts/results.py and commit it"
+
+
+def test_a_tuned_comparison_reports_its_parts_choices_and_curves(tmp_path):
+    # a tuning sweep (left out by about.toml's runs) and a comparison at each method's own lr
+    folder = tmp_path / "results" / "exp-tuned"
+    for method, lr in (("raflora", 0.008), ("flexlora", 0.02)):
+        for seed in (0, 1):
+            run = folder / "compare" / method / f"seed-{seed}"
+            _write_run(run, method, seed)
+            config = (run / "config.toml").read_text().replace("[task]", f"[train]\nlr = {lr}\n[task]")
+            (run / "config.toml").write_text(config)
+            records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            for record in records:
+                record["val_accuracy"] = 0.5 + 0.1 * record["round"] + (0.05 if method == "raflora" else 0.0)
+                record["val_loss"] = 1.0
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        _write_run(folder / "tune" / "point-1" / method / "seed-100", method, 0)  # must not be reported
+    choices = {
+        "raflora": {
+            "settings": {"train.lr": 0.008},
+            "point": "point-2",
+            "sweep": "tune",
+            "validation": {"point-1": 0.61, "point-2": 0.66},
+        },
+        "flexlora": {
+            "settings": {"train.lr": 0.02},
+            "point": "point-1",
+            "sweep": "tune",
+            "validation": {"point-1": 0.64, "point-2": 0.6},
+        },
+    }
+    (folder / "compare" / "tuned.json").write_text(json.dumps(choices))
+    (folder / "run.json").write_text(json.dumps({"experiment": "exp-tuned", "parts": []}))
+    (folder / "about.toml").write_text(
+        'title = "Tuned"\nreference = "raflora"\nruns = ["compare"]\n'
+        'tables = ["tuning", "groups", "paired", "val_rounds"]\n'
+        'validation_plot = "tuned_val.png"\nbytes_plot = "tuned_bytes.png"\n'
+    )
+    out, img = tmp_path / "docs" / "results.md", tmp_path / "docs" / "img"
+    out.parent.mkdir()
+    text = load_script("results").build(tmp_path / "results", out, img).split("## Tuned")[1]
+    assert _row(text, "| raflora | train.lr = 0.008 |")[2:] == ["0.6100", "0.6600 *"]
+    assert _row(text, "| flexlora | train.lr = 0.02 |")[2:] == ["0.6400 *", "0.6000"]
+    assert "seed-100" not in text and "| raflora | raflora | 0,1 |" in text  # the sweep's runs are left out
+    assert _row(text, "| raflora - flexlora | 2 | +0.1500")  # paired although their lr differ
+    assert "best val accuracy" in text
+    columns = _row(text, "| round | ")[1:]
+    assert dict(zip(columns, _row(text, "| 2 | ")[1:])) == {"raflora": "0.7500", "flexlora": "0.7000"}
+    for name in ("tuned_val.png", "tuned_bytes.png"):
+        assert (img / name).stat().st_size > 1000 and f"](img/{name})" in text

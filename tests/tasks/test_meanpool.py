@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ast
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import raflora  # noqa: F401  (registers raflora-meanpool)
-from raflora.tasks import BBCNewsTask
+from raflora.tasks import BBCNewsTask, meanpool
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +53,7 @@ def test_head_is_torch_linear_init_drawn_from_the_seed(task):
     assert torch.equal(model.classifier.weight, reference.weight)
     assert torch.equal(model.classifier.bias, reference.bias)
     assert model.config.id2label[0] == "business" and model.config.num_labels == 5
+    assert model.config.label2id == {name: i for i, name in model.config.id2label.items()}
 
 
 def test_forward_returns_logits_and_loss(task, batch):
@@ -67,6 +72,56 @@ def test_save_pretrained_loads_with_the_auto_class(task, batch, tmp_path):
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m")
     assert type(loaded) is type(model)
     assert torch.equal(logits(model, batch), logits(loaded, batch))
+
+
+def test_the_module_imports_only_torch_transformers_and_the_standard_library():
+    """save_standalone copies this module into a folder that must load where raflora is not installed."""
+    tree = ast.parse(Path(meanpool.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0 and node.module, f"line {node.lineno}: a relative import"
+            imported.add(node.module.split(".")[0])
+    assert imported - set(sys.stdlib_module_names) == {"torch", "transformers"}
+
+
+def test_a_label_map_read_without_label2id_gets_it_from_id2label():
+    config = meanpool.MeanPoolConfig.from_dict({"id2label": {"0": "ham", "1": "spam"}, "label2id": None})
+    assert config.id2label == {0: "ham", 1: "spam"} and config.label2id == {"ham": 0, "spam": 1}
+
+
+def test_standalone_folder_where_raflora_is_loaded_too(task, batch, tmp_path):
+    """With raflora registered, transformers prefers raflora's classes to the folder's code (an explicitly
+    registered model type wins over ``trust_remote_code``); importing the folder's copy of this module
+    leaves raflora's classes registered under raflora-meanpool."""
+    model = task.load_model()
+    model.save_standalone(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["auto_map"] == {
+        "AutoConfig": "modeling_raflora_meanpool.MeanPoolConfig",
+        "AutoModelForSequenceClassification": "modeling_raflora_meanpool.MeanPoolForSequenceClassification",
+    }
+    torch.save(logits(model, batch), tmp_path / "logits.pt")
+    torch.save(batch, tmp_path / "batch.pt")
+    code = (
+        "import sys, torch, raflora\n"
+        "from transformers import AutoConfig, AutoModelForSequenceClassification\n"
+        "from transformers.dynamic_module_utils import get_class_from_dynamic_module\n"
+        "from raflora.tasks.meanpool import MeanPoolConfig, MeanPoolForSequenceClassification\n"
+        "folder, batch, expected = sys.argv[1], torch.load(sys.argv[2]), torch.load(sys.argv[3])\n"
+        "copy = get_class_from_dynamic_module('modeling_raflora_meanpool.MeanPoolConfig', folder)\n"
+        "assert copy is not MeanPoolConfig and copy.__module__.startswith('transformers_modules.')\n"
+        "assert type(AutoConfig.for_model('raflora-meanpool')) is MeanPoolConfig\n"
+        "for trust in (True, False):\n"
+        "    loaded = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=trust).eval()\n"
+        "    assert type(loaded) is MeanPoolForSequenceClassification, type(loaded)\n"
+        "    with torch.no_grad():\n"
+        "        assert torch.equal(loaded(**batch).logits, expected)\n"
+    )
+    env = dict(os.environ, HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")  # the copy goes to HF_HOME/modules
+    args = [str(tmp_path / name) for name in ("m", "batch.pt", "logits.pt")]
+    subprocess.run([sys.executable, "-c", code, *args], check=True, timeout=300, env=env)
 
 
 def test_base_folder_loads_the_encoder_from_its_source(task, batch, tmp_path):
@@ -100,7 +155,6 @@ def test_base_folder_of_an_in_memory_encoder_holds_the_weights(task, batch, tmp_
 def test_encoder_from_the_hub_cache_is_named_by_its_hub_id(task, batch, tmp_path):
     """An encoder loaded by Hub id from a local Hugging Face cache (offline): the base folder names
     the id, reloads from the cache, and the model card's hub_id is that id."""
-    import os
 
     snapshot = tmp_path / "hub" / "models--raflora-test--tiny-bert" / "snapshots" / "0123abc"
     task.load_model().backbone.save_pretrained(snapshot)

@@ -232,7 +232,7 @@ def _received(wire: bytes, sent: Mapping[str, LoRAFactors], fill: Fill, dtype: t
             raise ReplyError(f"module {module!r}: rank {rank}, this client's rank is {want.rank}")
         A = fill(module, "A", rank, want.shape).to(dtype) if A is None else A.to(dtype)
         B = fill(module, "B", rank, want.shape).to(dtype) if B is None else B.to(dtype)
-        received[module] = LoRAFactors(A, B, scale)
+        received[module] = LoRAFactors(A=A, B=B, scale=scale)
     return received
 
 
