@@ -30,8 +30,12 @@ data:
 	test -z "$$missing" || (apt-get update -qq && apt-get install -y -qq $$missing) \
 		|| echo "warning: could not install$$missing; the vision task or the report's browser test will not run"
 
+# ends with the commands to type next: the raflora command lives in the venv
 demo: setup
 	$(PY) -m raflora.cli demo
+	@echo
+	@echo "next: . $(VENV)/bin/activate    # puts raflora on your PATH (or type $(VENV)/bin/raflora)"
+	@echo "      raflora --help; raflora export runs/demo; raflora compare configs/synthetic.toml"
 
 test: setup lint
 	$(PY) -m pytest -q

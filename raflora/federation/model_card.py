@@ -52,6 +52,7 @@ class CardFacts:
     score: float | None = None
     score_round: int | None = None
     merged: bool = False
+    tokenizer: bool = False  # the folder holds the tokenizer's files
 
 
 def _load_snippet(facts: CardFacts, folder: str) -> str:
@@ -78,13 +79,25 @@ def _load_snippet(facts: CardFacts, folder: str) -> str:
         return (
             "import raflora  # registers the raflora-meanpool model type with transformers\n"
             "from peft import AutoPeftModelForSequenceClassification\n"
-            f"model = AutoPeftModelForSequenceClassification.from_pretrained({folder!r})"
+            f"model = AutoPeftModelForSequenceClassification.from_pretrained({folder!r})\n\n"
+            "# a copy of this folder elsewhere (base_model_name_or_path names the base/ folder written here):\n"
+            "from peft import PeftModel\nfrom transformers import AutoModelForSequenceClassification\n"
+            'copy = "path/to/the/copy"\n'
+            'model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(copy + "/base"), copy)'
         )
     if facts.task_type == "CAUSAL_LM":
-        return (
+        snippet = (
             "from peft import AutoPeftModelForCausalLM  # no raflora import needed\n"
             f"model = AutoPeftModelForCausalLM.from_pretrained({folder!r})"
         )
+        if facts.base and facts.source and facts.base == hub_id(facts.source) != facts.source:
+            snippet += (
+                f"\n# offline, when your Hugging Face cache lacks {facts.base}: the base from the folder the "
+                "run used\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n"
+                f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({facts.source!r}), "
+                f"{folder!r})"
+            )
+        return snippet
     if facts.base == VISION_BASE:
         return f"from raflora.tasks.vision import load_adapter\nmodel = load_adapter({folder!r})"
     return (
@@ -146,10 +159,9 @@ def model_card(facts: CardFacts, folder: str) -> str:
         )
     )
     snippet = _load_snippet(facts, folder)
-    if facts.task_type and facts.source and not facts.merged:
-        snippet += (
-            f"\n\nfrom transformers import AutoTokenizer\ntokenizer = AutoTokenizer.from_pretrained({facts.source!r})"
-        )
+    if facts.task_type and not facts.merged and (facts.tokenizer or facts.source):
+        where = folder if facts.tokenizer else facts.source
+        snippet += f"\n\nfrom transformers import AutoTokenizer\ntokenizer = AutoTokenizer.from_pretrained({where!r})"
     body = (
         f"# Federated {what} trained with raflora\n\n"
         f"Global model of a federated run: `{facts.method}` aggregation of clients with heterogeneous LoRA "

@@ -4,9 +4,11 @@ learning-rate schedule)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -90,6 +92,7 @@ def build_setup(config: Config) -> RunSetup:
     device = resolve_device(config.run.device)  # a missing GPU stops the run before anything loads
     seed = config.run.seed
     task = build_task(config.task.name, **config.task.options)
+    check_model(task, config)  # a model that is not installed: said before the data and the spinner
     data, validation = hold_out(load_data(task, config), config)
     fed = config.federation
     shards = split_among_clients(config, data)
@@ -129,6 +132,7 @@ def check_inputs(config: Config) -> None:
     as a ConfigError, before it starts."""
     resolve_device(config.run.device)
     task = build_task(config.task.name, **config.task.options)
+    check_model(task, config)
     split_among_clients(config, hold_out(load_data(task, config), config)[0])
     load_model(task, config)
 
@@ -181,6 +185,12 @@ def hold_out(data: TaskData, config: Config) -> tuple[TaskData, list]:
 def split_among_clients(config: Config, data: TaskData) -> list[list[int]]:
     """The partition of the training examples; too few examples (or keys) for the clients is a ConfigError."""
     p, n = config.partition, config.federation.num_clients
+    if p.scheme == "by_key" and data.train_keys is None:
+        raise ConfigError(
+            f"partition.scheme = 'by_key' needs a key per training example and task {config.task.name!r} has none: "
+            "set task.key_column to the column that groups the rows (user, site, ...), or choose "
+            "partition.scheme = 'iid' or 'dirichlet'"
+        )
     try:
         return partition(
             p.scheme,
@@ -198,12 +208,26 @@ def split_among_clients(config: Config, data: TaskData) -> list[list[int]]:
         raise ConfigError(f"federation.num_clients = {n}, partition.scheme = {p.scheme!r}: {err}{where}") from None
 
 
+def check_model(task: Task, config: Config) -> None:
+    """A model that is not on this machine (a package not installed, a missing folder, a Hub id the
+    cache lacks) as a ConfigError naming the key, at once: nothing is loaded to find out."""
+    with _model_problem(task, config):
+        task.check_model()
+
+
 def load_model(task: Task, config: Config):
     """The task's base model; a model that is not available here (a Hub id offline, a missing
     folder, target modules it lacks) is a ConfigError naming the key."""
-    try:
+    with _model_problem(task, config):
+        task.check_model()  # cheap; said before the spinner starts
         with spinner(f"loading model {config.task.options.get('model', config.task.name)}"):
             return task.load_model()
+
+
+@contextlib.contextmanager
+def _model_problem(task: Task, config: Config) -> Iterator[None]:
+    try:
+        yield
     except (OSError, ValueError, ImportError) as err:
         model = config.task.options.get("model", getattr(task, "model", None))
         key = f"task.model = {model!r}" if model is not None else f"task {config.task.name!r}"

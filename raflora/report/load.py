@@ -70,6 +70,8 @@ def method_label(federation: dict[str, Any]) -> str:
     table = dict(_legacy_federation(federation)["method"])
     name = table.pop("name", "?")
     cls = AGGREGATORS.get(name)
+    if "empty_partition" in federation and cls and "empty_partition" in cls.option_names():
+        table.setdefault("empty_partition", federation["empty_partition"])  # an older folder's key
     defaults = cls().options() if cls else {}
     changed = ", ".join(f"{k}={v!r}" for k, v in table.items() if defaults.get(k, object()) != v)
     return f"{name} ({changed})" if changed else str(name)

@@ -4,7 +4,11 @@ Per run: the task metric at the last evaluated round and at its best round (on t
 set when the run has one, ``eval.validation``; on the test split for runs without), ``rho_rmin`` (energy
 share of the global update's top ``r_min`` directions; 1 = collapsed) first and last, totals of
 bytes, seconds and rejected updates, the energy per rank partition of the last round, and one row
-per round. ``differences`` lists the config values that are not the same in every run.
+per round. ``differences`` lists the config values that are not the same in every run, as the user
+(or the command: ``--set``, ``--methods``, ``--grid``, ``--seeds``) set them: a key a run's
+config.toml lacks (written by an older version) counts at its default, and what a method decides
+for itself (its options at their defaults, an older folder's ``federation.empty_partition``) is part
+of ``federation.method``'s label, not a difference of its own.
 ``sweep`` (:func:`attach_sweep`): a sweep's grid with each cell's group and its numbers.
 """
 
@@ -16,9 +20,11 @@ from typing import Any
 
 from raflora.report.groups import build_groups, paired_differences
 from raflora.report.load import ReportError, Run, finite
+from raflora.report.method_keys import FOLLOWS_METHOD
 
 # Config keys that differ between any two runs without saying anything about the experiment.
 IGNORED_DIFFERENCES = ("run.out",)
+_MISSING = object()
 
 
 def _last(values: list[tuple[int, float | None]]) -> dict | None:
@@ -116,15 +122,38 @@ def _flat(config: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _default(key: str) -> Any:
+    """The schema's default of a section key (``run.keep_checkpoints``); ``_MISSING`` for a task
+    option (its default depends on the task) or a key the schema no longer has."""
+    from raflora.config import SECTIONS
+
+    section, _, name = key.partition(".")
+    field = getattr(SECTIONS.get(section), "model_fields", {}).get(name) if section != "task" else None
+    if field is None or field.is_required():
+        return _MISSING
+    return field.get_default(call_default_factory=True)
+
+
+def _method_decides(key: str) -> bool:
+    """An older folder's flat method keys (``federation.tau``, ``federation.empty_partition``): the
+    method label (:func:`raflora.report.load.method_label`) holds what they changed."""
+    from raflora.config_io import LEGACY_KEYS
+
+    return key in FOLLOWS_METHOD or key in {f"federation.{name}" for name in LEGACY_KEYS}
+
+
 def differences(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
-    """``{"federation.method": {label: value, ...}}`` for every config value not shared by all runs."""
+    """``{"federation.method": {label: value, ...}}`` for every config value the runs do not share
+    (see the module: a missing key is its default; a method's own choices are in its label)."""
     flats = [_flat(run.config) for run in runs]
-    keys = sorted(set().union(*flats) - set(IGNORED_DIFFERENCES))
-    return {
-        key: {run.label: flat.get(key) for run, flat in zip(runs, flats)}
-        for key in keys
-        if len({repr(flat.get(key)) for flat in flats}) > 1
-    }
+    keys = sorted(k for k in set().union(*flats) - set(IGNORED_DIFFERENCES) if not _method_decides(k))
+    table = {}
+    for key in keys:
+        default = _default(key)
+        values = [flat.get(key, default) for flat in flats]
+        if len({repr(v) for v in values}) > 1:
+            table[key] = {run.label: None if v is _MISSING else v for run, v in zip(runs, values)}
+    return table
 
 
 def build_report(runs: Sequence[Run], reference: str | None = None, tuned: dict | None = None) -> dict[str, Any]:

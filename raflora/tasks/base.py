@@ -40,6 +40,10 @@ class Task(ABC):
     def load_model(self) -> nn.Module:
         """A fresh base model with its (seeded) task head. Called once per run."""
 
+    def check_model(self) -> None:  # noqa: B027 (optional hook, not abstract)
+        """Raise (ImportError naming the package to install, FileNotFoundError) when the model is not
+        on this machine; called before :meth:`load_model`, and quick: it loads nothing."""
+
     @abstractmethod
     def load_data(self) -> TaskData:
         """Train and test examples; deterministic for the task's seed."""

@@ -198,6 +198,13 @@ class ReasoningGymTask(Task):
                 self._tokenizer.pad_token = self._tokenizer.eos_token
         return self._tokenizer
 
+    def check_model(self) -> None:
+        if self.model == "smollm2":
+            if not _complete(Path(self.cache_dir).expanduser()):
+                smollm2_gguf()  # built from the GGUF on first use: its package must be there
+        elif self.model != "tiny":
+            self._source()
+
     def load_model(self) -> nn.Module:
         offline()
         from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM

@@ -106,6 +106,9 @@ class TextClassificationTask(Task):
             self._tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(self.model), local_files_only=True)
         return self._tokenizer
 
+    def check_model(self) -> None:
+        resolve_encoder(self.model)  # 'tiny' too: it takes MiniLM's vocabulary
+
     def load_model(self) -> nn.Module:
         """A ``MeanPoolForSequenceClassification``: the encoder and a new head seeded by ``seed``."""
         offline()

@@ -186,3 +186,35 @@ def test_runs_of_one_task_with_other_ranks(comparison, tmp_path):
     assert report["r_min"] == [2, 8] and [run["r_min"] for run in report["runs"]] == [2, 8]
     assert report["differences"]["ranks.policy"] == {"raflora": "cycle", "ranks8": "homogeneous"}
     assert "| ranks.policy | `cycle` | `homogeneous` |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def _as_older_folder(run, empty_partition: str) -> None:
+    """Rewrite a run's config.toml as a version with ``federation.empty_partition`` and without
+    ``run.keep_checkpoints`` wrote it (the method flat in ``[federation]``)."""
+    config = (run / "config.toml").read_text()
+    name = config.split("[federation.method]\nname = ", 1)[1].split("\n", 1)[0]
+    head, _, rest = config.partition("[federation.method]\n")
+    rest = rest.split("\n\n", 1)[1]  # the method table's lines go
+    head = head.replace("[federation]\n", f'[federation]\nmethod = {name}\nempty_partition = "{empty_partition}"\n')
+    (run / "config.toml").write_text((head + rest).replace("keep_checkpoints = 2\n", ""))
+
+
+def test_what_differs_lists_only_what_the_user_changed(comparison, tmp_path):
+    # older folders recorded each method's own rule for an unreached partition and lack newer keys:
+    # neither is a difference; raflora's rule changed from its default is, in its method label
+    folder = comparison[0]
+    for label, method, rule in (("a", "raflora", "drop"), ("b", "flexlora", "drop"), ("c", "raflora", "keep")):
+        shutil.copytree(folder / method, tmp_path / label, ignore=shutil.ignore_patterns("checkpoints", "adapter"))
+        _as_older_folder(tmp_path / label, rule)
+    shutil.copytree(folder / "zero_pad", tmp_path / "d", ignore=shutil.ignore_patterns("checkpoints", "adapter"))
+    assert "keep_checkpoints = 2" in (tmp_path / "d" / "config.toml").read_text()
+    runs = [str(tmp_path / label) for label in "abcd"]
+    assert main(["report", *runs, "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["differences"] == {
+        "federation.method": {"a": "raflora", "b": "flexlora", "c": "raflora (empty_partition='keep')", "d": "zero_pad"}
+    }
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "federation.empty_partition" not in markdown and "keep_checkpoints" not in markdown
+    assert "federation.empty_partition" not in html and "keep_checkpoints" not in html

@@ -307,13 +307,29 @@ def test_efficientnet_adapter_and_merged_load_without_a_base(tmp_path):
 
 
 @pytest.mark.slow
-def test_minilm_adapter_base_folder_points_at_the_wheel(tmp_path):
-    from peft import AutoPeftModelForSequenceClassification
+def test_minilm_adapter_base_folder_points_at_the_wheel_and_a_copy_loads(tmp_path):
+    import shutil
+
+    from peft import AutoPeftModelForSequenceClassification, PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     task = build_task("text", max_length=32, test_size=16)
     model, state, batch = model_state_batch(task, 2)
-    adapter_folder(task, model, state, 2, tmp_path / "adapter")
-    assert sorted(p.name for p in (tmp_path / "adapter" / "base").iterdir()) == ["config.json"]
-    assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in (tmp_path / "adapter" / "README.md").read_text()
-    loaded = AutoPeftModelForSequenceClassification.from_pretrained(str(tmp_path / "adapter"))
-    assert torch.allclose(_logits(loaded, batch), global_logits(model, state, batch), atol=1e-4)
+    adapter_folder(task, model, state, 2, tmp_path / "run" / "adapter")
+    folder = tmp_path / "run" / "adapter"
+    base = {p.name for p in (folder / "base").iterdir()}  # the config and the tokenizer, no weights
+    assert "config.json" in base and "tokenizer.json" in base and not base & {"model.safetensors", "pytorch_model.bin"}
+    card = (folder / "README.md").read_text()
+    assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in card
+    assert f"AutoTokenizer.from_pretrained({str(folder)!r})" in card  # no path into the venv to copy
+    expected = global_logits(model, state, batch)
+    loaded = AutoPeftModelForSequenceClassification.from_pretrained(str(folder))
+    assert torch.allclose(_logits(loaded, batch), expected, atol=1e-4)
+    # copied elsewhere, the run gone: the copy's base/ and tokenizer
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(folder, copy)
+    shutil.rmtree(tmp_path / "run")
+    texts = ["Oil prices fell sharply on Monday.", "The striker scored twice."]
+    assert AutoTokenizer.from_pretrained(copy)(texts).input_ids == task.tokenizer(texts).input_ids
+    loaded = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(copy / "base"), copy)
+    assert torch.allclose(_logits(loaded, batch), expected, atol=1e-4)
