@@ -37,12 +37,13 @@ class Checked:
     rejected: tuple[Rejection, ...]
     dtype: torch.dtype
     device: torch.device
+    max_weight: float = 1.0  # the largest share one update may have (capped_shares); 1: no cap
 
     @property
     def weights(self) -> list[float]:
-        """``p_i = num_examples_i / sum of num_examples`` over the accepted updates."""
-        total = float(sum(u.num_examples for u in self.updates))
-        return [u.num_examples / total for u in self.updates]
+        """``p_i = num_examples_i / sum of num_examples`` over the accepted updates, each share
+        capped at ``max_weight`` (:func:`capped_shares`)."""
+        return capped_shares([u.num_examples for u in self.updates], self.max_weight)
 
     def ranks(self, module: str) -> list[int]:
         return [u.factors[module].rank for u in self.updates]
@@ -135,6 +136,42 @@ def norm_outliers(checked: Checked, uploads: str, max_norm_ratio: float, workers
     return refused
 
 
+def check_max_weight(max_weight) -> float:
+    """``max_weight`` as a float; ValueError unless it is a number in (0, 1]."""
+    value = float(max_weight) if isinstance(max_weight, numbers.Real) else math.nan
+    if isinstance(max_weight, bool) or not 0 < value <= 1:
+        raise ValueError(f"max_weight must be a number in (0, 1], got {max_weight!r}")
+    return value
+
+
+def capped_shares(counts: Sequence[int], max_weight: float = 1.0) -> list[float]:
+    """Each count's share of the total, no share above ``max_weight`` (water-filling).
+
+    ``p_i = n_i / sum n`` when no share is over the cap (the same floats, so a round the cap does
+    not reach has FedAvg's weights bit for bit). Otherwise the shares over the cap are set to it and
+    what they lose goes to the others in proportion to their counts, again until none is over:
+    ``p_i = max_weight`` for the capped set C, ``p_i = (1 - |C| max_weight) n_i / sum_{j not in C} n_j``
+    for the rest. When the k counts cannot all fit under the cap (``k * max_weight <= 1``) every
+    share is ``1 / k``: no update outweighs another.
+    """
+    total = float(sum(counts))
+    shares = [n / total for n in counts]
+    if max(shares) <= max_weight:
+        return shares
+    k = len(counts)
+    if k * max_weight <= 1:
+        return [1.0 / k] * k
+    capped: set[int] = set()
+    while True:
+        rest = float(sum(n for i, n in enumerate(counts) if i not in capped))
+        free = 1.0 - len(capped) * max_weight
+        shares = [max_weight if i in capped else free * n / rest for i, n in enumerate(counts)]
+        over = {i for i, p in enumerate(shares) if i not in capped and p > max_weight}
+        if not over:
+            return shares
+        capped |= over
+
+
 MAX_EXAMPLES = 10**12  # far above any client's data; with it every weight sum is exact in float64
 
 
@@ -204,11 +241,13 @@ def check_updates(
     updates: Sequence[ClientUpdate],
     modules: Sequence[str] | None = None,
     shapes: Mapping[str, tuple[int, int]] | None = None,
+    max_weight: float = 1.0,
 ) -> Checked:
     """Validate updates; return the accepted ones cast to a common dtype/device.
 
     ``modules`` is the set every update must cover exactly (default: the most common set among
     the updates). ``shapes`` maps a module to its ``(m, n)`` (default: the most common shape).
+    ``max_weight``: the largest share of the round one update may get (:func:`capped_shares`).
     """
     updates = list(updates)
     if not updates:
@@ -306,4 +345,4 @@ def check_updates(
         )
         for u in accepted
     )
-    return Checked(cast, expected, shapes, tuple(rejected), dtype, device)
+    return Checked(cast, expected, shapes, tuple(rejected), dtype, device, check_max_weight(max_weight))
