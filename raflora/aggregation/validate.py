@@ -98,7 +98,13 @@ def check_ratio(max_norm_ratio) -> float:
     return ratio
 
 
-def _power(log2_value: float) -> str:
+def lower_median(values: Sequence[float]) -> float:
+    """The ``ceil(n/2)``-th smallest value: an honest majority fixes it however large the rest are."""
+    return sorted(values)[(len(values) - 1) // 2]
+
+
+def power_text(log2_value: float) -> str:
+    """``2**log2_value`` to 3 digits, written as a power of ten when it is too large for a float."""
     return f"{2.0**log2_value:.3g}" if log2_value < 1000 else f"1e{log2_value * math.log10(2):.0f}"
 
 
@@ -122,15 +128,15 @@ def norm_outliers(checked: Checked, uploads: str, max_norm_ratio: float, workers
     refused: Refusals = {}
     for module in checked.modules:
         norms = by_module[module]
-        median = sorted(norms)[(len(norms) - 1) // 2]
+        median = lower_median(norms)
         if median == -math.inf:
             continue
         for i, (u, norm) in enumerate(zip(checked.updates, norms)):
             if i not in refused and norm - median > limit:
                 refused[i] = (
                     module,
-                    f"client {u.client_id!r}: module {module!r}: update norm {_power(norm)} is "
-                    f"{_power(norm - median)} times the round's median {_power(median)} "
+                    f"client {u.client_id!r}: module {module!r}: update norm {power_text(norm)} is "
+                    f"{power_text(norm - median)} times the round's median {power_text(median)} "
                     f"(max_norm_ratio {max_norm_ratio:g})",
                 )
     return refused
