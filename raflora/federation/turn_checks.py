@@ -13,12 +13,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from raflora.aggregation.validate import lower_median, power_text
 from raflora.lora import LoRAFactors
+
+if TYPE_CHECKING:  # round.py imports this module
+    from raflora.federation.round import ClientTurn
 
 MIN_HEAD_TURNS = 3  # as for the factors' norm bound: below that no majority tells which change is off
 
@@ -57,17 +61,17 @@ def factor_problem(factors, rank: int, dtype: torch.dtype) -> tuple[str, str] | 
     return None
 
 
-def turn_problem(turn, known: int, rank: int, dtype: torch.dtype, head: Mapping[str, Tensor]):
+def turn_problem(turn: ClientTurn, known: int, rank: int, dtype: torch.dtype, head: Mapping[str, Tensor]):
     """``(module or None, why)`` when the server refuses ``turn`` (``known``: the server's example
     count of the client), else None."""
     said = turn.update.num_examples
     if isinstance(said, bool) or said != known:
         return None, f"says {said!r} examples, the server knows {known}"
-    problem = factor_problem(turn.update.factors, rank, dtype)
-    if problem:
-        return problem
-    problem = head_problem(turn.head, head)
-    return (None, problem) if problem else None
+    in_factors = factor_problem(turn.update.factors, rank, dtype)
+    if in_factors:
+        return in_factors
+    in_head = head_problem(turn.head, head)
+    return (None, in_head) if in_head else None
 
 
 def log2_change(head: Mapping[str, Tensor], reference: Mapping[str, Tensor]) -> float:
@@ -96,13 +100,13 @@ def head_outliers(changes: Mapping[int, float], max_norm_ratio: float) -> dict[i
 
 
 def check_turns(
-    turns: Mapping[int, object],
+    turns: Mapping[int, ClientTurn],
     counts: Mapping[int, int],
     ranks: Mapping[int, int] | list[int],
     dtype: torch.dtype,
     head: Mapping[str, Tensor],
     max_norm_ratio: float,
-) -> tuple[dict[int, object], list[dict]]:
+) -> tuple[dict[int, ClientTurn], list[dict]]:
     """The turns the server accepts for aggregation, each update weighted by the server's count
     ``counts[client]``, and the refused ones as ``{"client", "module", "reason"}``.
 
@@ -110,7 +114,7 @@ def check_turns(
     the assigned ``ranks[client]`` or the server's ``dtype``, its head is not the model's
     (``head``: keys, shapes, dtype, real, finite), or its head change is over ``max_norm_ratio``
     times the round's median (from 3 turns on)."""
-    kept: dict[int, object] = {}
+    kept: dict[int, ClientTurn] = {}
     refused: list[dict] = []
     for client, turn in turns.items():
         problem = turn_problem(turn, counts[client], ranks[client], dtype, head)
