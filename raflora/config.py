@@ -144,6 +144,14 @@ class FederationConfig(Section):
         "more than this many times the round's median; 0 = off, applied from 3 updates",
         json_schema_extra={"anyOf": [{"const": 0}, {"minimum": 1}]},
     )
+    max_client_weight: float = setting(
+        0.5,
+        "the largest share of a round's weight one client may get, in (0, 1]; a larger share is cut to "
+        "it and the rest spread over the others by their example counts (equal shares when they cannot "
+        "all fit); 0.5: no client outweighs all the others together; 1 = off",
+        gt=0,
+        le=1,
+    )
     dropout: float = setting(
         0.0, "share of the sampled clients that fail each round (seeded by run seed and round), in [0, 1)", ge=0, lt=1
     )

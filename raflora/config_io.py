@@ -17,6 +17,7 @@ name alone (every option at its default). Run folders written by older versions 
   passed it the previous global update) and is read as ``flexlora``; another method with ``keep``
   ran a rule that is raflora's alone now and is refused. One notice line says so.
   A folder from before the key has none: its code dropped, raflora's default.
+- without ``federation.max_client_weight``: its code capped no client's weight (read as 1.0).
 
 A config file (not a run folder) with those keys is refused with a line saying what to write.
 """
@@ -42,6 +43,8 @@ log = logging.getLogger("raflora")
 LEGACY_KEYS = {"tau": "florist", "rank_levels": "raflora", "sfed_alpha": "fedsa"}
 # what a run folder written before federation.empty_partition existed did with an unreached partition
 EMPTY_PARTITION_BEFORE_KEY = "drop"
+# the weight cap of a run folder written before federation.max_client_weight existed: none
+MAX_CLIENT_WEIGHT_BEFORE_KEY = 1.0
 _noticed: set[str] = set()
 
 
@@ -104,13 +107,16 @@ def _legacy_empty_partition(federation: dict[str, Any], where: str) -> dict[str,
 
 
 def _legacy(data: dict[str, Any], where: str = "config") -> dict[str, Any]:
-    """An older run folder's config as today's: the flat method keys, ``federation.empty_partition``
-    and the reasoning task's ``bf16_autocast`` (now ``train.precision``)."""
+    """An older run folder's config as today's: the flat method keys, ``federation.empty_partition``,
+    the reasoning task's ``bf16_autocast`` (now ``train.precision``) and no weight cap before
+    ``federation.max_client_weight`` (its code weighted by the counts alone)."""
     data = dict(data)
     if isinstance(data.get("federation"), Mapping):
         data["federation"] = _legacy_federation(data["federation"])
         if "empty_partition" in data["federation"]:
             data["federation"] = _legacy_empty_partition(data["federation"], where)
+    if isinstance(data.get("federation", {}), Mapping):
+        data["federation"] = {"max_client_weight": MAX_CLIENT_WEIGHT_BEFORE_KEY, **data.get("federation", {})}
     task = data.get("task")
     if isinstance(task, Mapping) and "bf16_autocast" in task:
         task = dict(task)

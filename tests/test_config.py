@@ -165,6 +165,20 @@ def test_run_folders_of_the_flat_format_are_still_read(tmp_path):
     assert config.federation.method.name == "florist" and config.federation.method.tau == 0.8
 
 
+def test_run_folders_before_max_client_weight_read_without_a_cap(tmp_path):
+    before = METHOD_BASE.format(method='method = "raflora"')
+    assert load_config(write(tmp_path, before), legacy=True).federation.max_client_weight == 1.0  # its code
+    assert load_config(write(tmp_path, before)).federation.max_client_weight == 0.5  # a config file: the default
+    kept = METHOD_BASE.format(method='method = "raflora"\nmax_client_weight = 0.3')
+    assert load_config(write(tmp_path, kept), legacy=True).federation.max_client_weight == 0.3
+    for bad in ("0", "1.5", "-0.1"):
+        with pytest.raises(
+            ConfigError,
+            match=r"^federation.max_client_weight (must be in \(0, 1\], got|= 1.5 is out of range; it must be at most 1)",
+        ):
+            load_config(write(tmp_path, before), {"federation.max_client_weight": float(bad)})
+
+
 def test_run_folders_with_the_old_empty_partition_key_are_read_with_the_rule_they_ran(tmp_path, caplog):
     def legacy(method: str, rule: str | None):
         key = f'\nempty_partition = "{rule}"' if rule else ""

@@ -86,6 +86,7 @@ def aggregate(
     max_norm_ratio: float = MAX_NORM_RATIO,
     previous: Mapping[str, LowRank] | None = None,
     top_rank: int | None = None,
+    max_weight: float = 1.0,
     **options,
 ) -> AggregationResult:
     """Aggregate one round of client updates with ``method``: a name in ``AGGREGATORS`` (with its
@@ -102,6 +103,9 @@ def aggregate(
     ``previous``: the previous round's global update per module, which a method carries on
     (:meth:`Method.carry`: the components no update reached, or carryover's share), up to
     ``top_rank`` directions.
+    ``max_weight``: the largest share of the round one update may get, in (0, 1]; a share over it
+    is cut to it and the rest spread over the others by their counts (water-filling,
+    :func:`~raflora.aggregation.validate.capped_shares`); 1 (default): ``p_i = n_i / sum n``.
     Malformed updates land in ``result.rejected``; raises ``NoValidUpdates`` when none is left,
     and nothing else but ``ValueError``/``TypeError`` for a bad option: on finite input a failing
     SVD is redone in rescaled float64, and an aggregate that still overflows refuses its largest
@@ -119,6 +123,7 @@ def aggregate(
         max_norm_ratio=max_norm_ratio,
         previous=previous,
         top_rank=top_rank,
+        max_weight=max_weight,
     )
 
 

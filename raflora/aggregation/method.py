@@ -45,6 +45,7 @@ from raflora.aggregation.validate import (
     Checked,
     NoValidUpdates,
     Refusals,
+    check_max_weight,
     check_ratio,
     check_updates,
     norm_outliers,
@@ -153,18 +154,20 @@ class Method:
         max_norm_ratio: float = MAX_NORM_RATIO,
         previous: Mapping[str, LowRank] | None = None,
         top_rank: int | None = None,
+        max_weight: float = 1.0,
     ) -> AggregationResult:
         """Validate ``updates``, drop what :meth:`refuse` refuses and the norm outliers
         (``max_norm_ratio``, :func:`~raflora.aggregation.validate.norm_outliers`), :meth:`combine`
         the rest (:meth:`combine_safely`). ``previous``: the previous round's global update, for a
         method that :attr:`wants_previous` (:meth:`carry` decides what of it stays, up to
-        ``top_rank``); ``ValueError`` for any other method.
+        ``top_rank``); ``ValueError`` for any other method. ``max_weight``: no update's share of
+        the round above it (:func:`~raflora.aggregation.validate.capped_shares`; 1: FedAvg's shares).
 
         The steps are the ones :func:`raflora.aggregation.streamed.aggregate_files` runs module by
         module: :meth:`check_round`, ``check_updates``, each of :meth:`refusal_steps`,
         :meth:`combine_safely`, :meth:`carried`, :meth:`build_result`."""
-        ratio = self.check_round(max_norm_ratio, previous)
-        checked = check_updates(updates, modules, shapes)
+        ratio = self.check_round(max_norm_ratio, previous, max_weight)
+        checked = check_updates(updates, modules, shapes, max_weight)
         for step in self.refusal_steps(seed, ratio, workers):
             found = step(checked)
             if found:
@@ -174,11 +177,14 @@ class Method:
         return result if workers is None else result.precompute(workers)
 
     # -- the steps of a round (aggregate above, aggregate_files in streamed.py) -------------------
-    def check_round(self, max_norm_ratio: float, previous: Mapping[str, LowRank] | None) -> float:
+    def check_round(
+        self, max_norm_ratio: float, previous: Mapping[str, LowRank] | None, max_weight: float = 1.0
+    ) -> float:
         """The round's arguments, checked before any update is read: ``max_norm_ratio`` as a float
-        (``ValueError`` unless 0 or >= 1), and ``ValueError`` for a ``previous`` this method does
-        not read (:attr:`wants_previous`)."""
+        (``ValueError`` unless 0 or >= 1), ``max_weight`` (``ValueError`` unless in (0, 1]), and
+        ``ValueError`` for a ``previous`` this method does not read (:attr:`wants_previous`)."""
         ratio = check_ratio(max_norm_ratio)
+        check_max_weight(max_weight)
         if previous and not self.wants_previous:
             raise ValueError(f"{self.name}: does not read the previous global update; pass previous=None")
         return ratio

@@ -174,14 +174,14 @@ def _load_all(uploads: Sequence[UploadFile], module: str, refused: _Refused) -> 
     return out
 
 
-def _checked(uploads, module, shapes, refused: _Refused) -> Checked | None:
+def _checked(uploads, module, shapes, refused: _Refused, max_weight: float = 1.0) -> Checked | None:
     """The module's updates of the clients still in the round, validated; the ones validation
     refuses are recorded (and refused for every module)."""
     updates = _load_all(uploads, module, refused)
     if not updates:
         return None
     try:
-        checked = check_updates(updates, [module], {module: shapes[module]} if module in shapes else None)
+        checked = check_updates(updates, [module], {module: shapes[module]} if module in shapes else None, max_weight)
     except NoValidUpdates as err:  # its message names every client's reason
         for u in updates:
             refused.add(u.client_id, module, f"module {module!r}: {err}")
@@ -207,6 +207,7 @@ def aggregate_files(
     max_norm_ratio: float = MAX_NORM_RATIO,
     previous: Mapping[str, LowRank] | None = None,
     top_rank: int | None = None,
+    max_weight: float = 1.0,
     **options,
 ) -> ModuleResults:
     """Aggregate one round whose uploads are files (:class:`UploadFile`), one module at a time;
@@ -214,7 +215,7 @@ def aggregate_files(
     from raflora.aggregation import method_of  # the registry imports this module's neighbours
 
     method = method_of(method, options, "aggregate_files()")
-    ratio = method.check_round(max_norm_ratio, previous)
+    ratio = method.check_round(max_norm_ratio, previous, max_weight)
     uploads = list(uploads)
     if not uploads:
         raise NoValidUpdates("no client uploads given: aggregate_files needs at least one UploadFile")
@@ -236,7 +237,7 @@ def aggregate_files(
     # decided again on the clients left, in aggregate()'s order (one pass per step).
     anything = False
     for module in modules:
-        checked = _checked(uploads, module, shapes, refused)
+        checked = _checked(uploads, module, shapes, refused, max_weight)
         if checked is None or checked.rejected:
             anything = True
             continue
@@ -244,13 +245,13 @@ def aggregate_files(
     if anything or refused.clients:
         for step in steps:
             for module in modules:
-                checked = _checked(uploads, module, shapes, refused)
+                checked = _checked(uploads, module, shapes, refused, max_weight)
                 if checked is not None:
                     _refuse(checked, step(checked), refused)
     while True:  # last: combine; a module whose combine refuses a client restarts the pass without it
         results = {}
         for module in modules:
-            checked = _checked(uploads, module, shapes, refused)
+            checked = _checked(uploads, module, shapes, refused, max_weight)
             if checked is None:
                 raise NoValidUpdates("no client update is left: " + "; ".join(r for _, _, r in refused.rejected[-5:]))
             checked, factors = method.combine_safely(checked, seed)

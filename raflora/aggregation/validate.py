@@ -37,12 +37,13 @@ class Checked:
     rejected: tuple[Rejection, ...]
     dtype: torch.dtype
     device: torch.device
+    max_weight: float = 1.0  # the largest share one update may have (capped_shares); 1: no cap
 
     @property
     def weights(self) -> list[float]:
-        """``p_i = num_examples_i / sum of num_examples`` over the accepted updates."""
-        total = float(sum(u.num_examples for u in self.updates))
-        return [u.num_examples / total for u in self.updates]
+        """``p_i = num_examples_i / sum of num_examples`` over the accepted updates, each share
+        capped at ``max_weight`` (:func:`capped_shares`)."""
+        return capped_shares([u.num_examples for u in self.updates], self.max_weight)
 
     def ranks(self, module: str) -> list[int]:
         return [u.factors[module].rank for u in self.updates]
@@ -97,7 +98,13 @@ def check_ratio(max_norm_ratio) -> float:
     return ratio
 
 
-def _power(log2_value: float) -> str:
+def lower_median(values: Sequence[float]) -> float:
+    """The ``ceil(n/2)``-th smallest value: an honest majority fixes it however large the rest are."""
+    return sorted(values)[(len(values) - 1) // 2]
+
+
+def power_text(log2_value: float) -> str:
+    """``2**log2_value`` to 3 digits, written as a power of ten when it is too large for a float."""
     return f"{2.0**log2_value:.3g}" if log2_value < 1000 else f"1e{log2_value * math.log10(2):.0f}"
 
 
@@ -121,18 +128,54 @@ def norm_outliers(checked: Checked, uploads: str, max_norm_ratio: float, workers
     refused: Refusals = {}
     for module in checked.modules:
         norms = by_module[module]
-        median = sorted(norms)[(len(norms) - 1) // 2]
+        median = lower_median(norms)
         if median == -math.inf:
             continue
         for i, (u, norm) in enumerate(zip(checked.updates, norms)):
             if i not in refused and norm - median > limit:
                 refused[i] = (
                     module,
-                    f"client {u.client_id!r}: module {module!r}: update norm {_power(norm)} is "
-                    f"{_power(norm - median)} times the round's median {_power(median)} "
+                    f"client {u.client_id!r}: module {module!r}: update norm {power_text(norm)} is "
+                    f"{power_text(norm - median)} times the round's median {power_text(median)} "
                     f"(max_norm_ratio {max_norm_ratio:g})",
                 )
     return refused
+
+
+def check_max_weight(max_weight) -> float:
+    """``max_weight`` as a float; ValueError unless it is a number in (0, 1]."""
+    value = float(max_weight) if isinstance(max_weight, numbers.Real) else math.nan
+    if isinstance(max_weight, bool) or not 0 < value <= 1:
+        raise ValueError(f"max_weight must be a number in (0, 1], got {max_weight!r}")
+    return value
+
+
+def capped_shares(counts: Sequence[int], max_weight: float = 1.0) -> list[float]:
+    """Each count's share of the total, no share above ``max_weight`` (water-filling).
+
+    ``p_i = n_i / sum n`` when no share is over the cap (the same floats, so a round the cap does
+    not reach has FedAvg's weights bit for bit). Otherwise the shares over the cap are set to it and
+    what they lose goes to the others in proportion to their counts, again until none is over:
+    ``p_i = max_weight`` for the capped set C, ``p_i = (1 - |C| max_weight) n_i / sum_{j not in C} n_j``
+    for the rest. When the k counts cannot all fit under the cap (``k * max_weight <= 1``) every
+    share is ``1 / k``: no update outweighs another.
+    """
+    total = float(sum(counts))
+    shares = [n / total for n in counts]
+    if max(shares) <= max_weight:
+        return shares
+    k = len(counts)
+    if k * max_weight <= 1:
+        return [1.0 / k] * k
+    capped: set[int] = set()
+    while True:
+        rest = float(sum(n for i, n in enumerate(counts) if i not in capped))
+        free = 1.0 - len(capped) * max_weight
+        shares = [max_weight if i in capped else free * n / rest for i, n in enumerate(counts)]
+        over = {i for i, p in enumerate(shares) if i not in capped and p > max_weight}
+        if not over:
+            return shares
+        capped |= over
 
 
 MAX_EXAMPLES = 10**12  # far above any client's data; with it every weight sum is exact in float64
@@ -204,11 +247,13 @@ def check_updates(
     updates: Sequence[ClientUpdate],
     modules: Sequence[str] | None = None,
     shapes: Mapping[str, tuple[int, int]] | None = None,
+    max_weight: float = 1.0,
 ) -> Checked:
     """Validate updates; return the accepted ones cast to a common dtype/device.
 
     ``modules`` is the set every update must cover exactly (default: the most common set among
     the updates). ``shapes`` maps a module to its ``(m, n)`` (default: the most common shape).
+    ``max_weight``: the largest share of the round one update may get (:func:`capped_shares`).
     """
     updates = list(updates)
     if not updates:
@@ -306,4 +351,4 @@ def check_updates(
         )
         for u in accepted
     )
-    return Checked(cast, expected, shapes, tuple(rejected), dtype, device)
+    return Checked(cast, expected, shapes, tuple(rejected), dtype, device, check_max_weight(max_weight))

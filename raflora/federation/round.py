@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from raflora.aggregation import NoValidUpdates
@@ -26,6 +25,7 @@ from raflora.federation.diagnostics import round_diagnostics
 from raflora.federation.setup import RunSetup, derived_seed
 from raflora.federation.state import FederationState
 from raflora.federation.transport import Packet, pack, receive, transmit, wire_size
+from raflora.federation.turn_checks import check_turns
 from raflora.lora import ClientUpdate, LoRAFactors
 
 Kept = dict[str, Tensor]  # module -> the private factor a client keeps between rounds
@@ -179,6 +179,7 @@ def close_round(
     bytes_down: int | None = None,
     evaluate_clients: Callable[[str], dict[int, dict[str, float]]] | None = None,
     dropped: Sequence[int] = (),
+    counts: Mapping[int, int] | None = None,
 ) -> dict:
     """The server's part of round ``round_`` once the clients' ``turns`` are in: aggregate, merge,
     diagnose, evaluate; update ``state`` in place and return the round's metrics. ``refused`` lists
@@ -188,19 +189,35 @@ def close_round(
     models) on ``"validation"`` or ``"test"``.
     ``dropped``: the sampled clients that failed (``federation.dropout``), listed in the metrics.
     A method that asks for the previous global update (``Method.wants_previous``: carryover, raflora
-    with ``empty_partition = "keep"``) gets it; what it keeps of it is the method's own rule."""
+    with ``empty_partition = "keep"``) gets it; what it keeps of it is the method's own rule.
+    Each turn is first checked against what the server knew before the round
+    (:func:`~raflora.federation.turn_checks.check_turns`: its example count, which is ``counts``'s
+    (default: the client's shard of the partition), its rank and factor dtype, its head); a refused
+    turn reaches neither the aggregate nor the head. No client's share of the round's weight is over
+    ``federation.max_client_weight``."""
     config = setup.config
     updates, heads, losses, diverged = [], {}, {}, []
-    bytes_up = 0
+    bytes_up = sum(turns[c].bytes_up for c in sampled if c in turns)
+    for c in sampled:
+        if c in turns and turns[c].diverged:
+            diverged.append(c)
+    reference = state.head or setup.model.get_head(None)
+    known = counts if counts is not None else {c: len(setup.shards[c]) for c in turns}
+    dtype = next(iter(next(iter(state.starts.values())).values())).A.dtype
+    passed, refused_turns = check_turns(
+        {c: turns[c] for c in sampled if c in turns},
+        known,
+        setup.ranks,
+        dtype,
+        reference,
+        config.federation.max_norm_ratio,
+    )
     for client in sampled:
-        if client not in turns:
+        if client not in passed:
             continue
-        turn = turns[client]
-        bytes_up += turn.bytes_up
+        turn = passed[client]
         updates.append(turn.update)
         heads[client], losses[client] = turn.head, turn.loss
-        if turn.diverged:
-            diverged.append(client)
     if bytes_down is None:
         bytes_down = sum(turn.bytes_down for turn in turns.values())
     record = {
@@ -211,7 +228,7 @@ def close_round(
         "dropped": sorted(dropped),
         "diverged": diverged,
     }
-    rejected = list(refused)
+    rejected = list(refused) + refused_turns
     try:
         # workers: the modules are factorized side by side on run.threads threads (bit-identical
         # to one thread at a time, see raflora.aggregation.workers)
@@ -224,19 +241,14 @@ def close_round(
             max_norm_ratio=config.federation.max_norm_ratio,
             previous=state.delta if setup.method.wants_previous else None,
             top_rank=max(setup.levels),
+            max_weight=config.federation.max_client_weight,
         )
     except NoValidUpdates as err:
         result = None
         rejected.append({"client": None, "module": None, "reason": str(err)})
     else:
         rejected += [{"client": c, "module": m, "reason": why} for c, m, why in result.rejected]
-    accepted = (
-        {}
-        if result is None
-        else {c: w for c, w in result.weights.items() if all(torch.isfinite(t).all() for t in heads[c].values())}
-    )
-    for c in sorted(set(result.weights if result else ()) - set(accepted)):
-        rejected.append({"client": c, "module": None, "reason": f"client {c!r}: head contains NaN or Inf"})
+    accepted = {} if result is None else dict(result.weights)
     record.update(accepted=len(accepted), rejected=rejected)
     if result is not None and accepted:
         _apply(setup, state, result, {c: heads[c] for c in accepted}, accepted)

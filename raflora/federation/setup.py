@@ -17,6 +17,7 @@ from raflora.aggregation import Method
 from raflora.client.adapters import AdapterModel
 from raflora.client.device import resolve_device
 from raflora.config import Config, ConfigError
+from raflora.federation.sizes import check_sizes
 from raflora.lora import fresh_factors, lora_scale
 from raflora.partition import partition
 from raflora.ranks import client_ranks
@@ -106,8 +107,10 @@ def build_setup(config: Config) -> RunSetup:
         for r in sorted(set(ranks) | {config.ranks.r_max})
     }
     torch.manual_seed(seed)
+    base = load_model(task, config)
+    check_sizes(config, task, base, ranks)  # before the adapters are built on it, or the data tokenised
     model = AdapterModel(
-        load_model(task, config),
+        base,
         task.target_modules,
         task.head_modules,
         sorted(set(ranks)),
@@ -127,14 +130,19 @@ def build_setup(config: Config) -> RunSetup:
 
 
 def check_inputs(config: Config) -> None:
-    """Read the data, split it and load the model as :func:`build_setup` does, and drop them: a
-    runtime that sets the run up elsewhere (Flower's ServerApp, under Ray) refuses bad input here,
-    as a ConfigError, before it starts."""
+    """Read the data, split it, load the model and check the sizes (:mod:`raflora.federation.sizes`)
+    as :func:`build_setup` does, and drop them: a runtime that sets the run up elsewhere (Flower's
+    ServerApp, under Ray) refuses bad input here, as a ConfigError, before it starts."""
     resolve_device(config.run.device)
     task = build_task(config.task.name, **config.task.options)
     check_model(task, config)
     split_among_clients(config, hold_out(load_data(task, config), config)[0])
-    load_model(task, config)
+    check_sizes(
+        config,
+        task,
+        load_model(task, config),
+        client_ranks(config.ranks, config.federation.num_clients, config.run.seed),
+    )
 
 
 # The three steps below read the user's files and models. What they refuse is a config problem

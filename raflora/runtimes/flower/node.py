@@ -28,7 +28,7 @@ from flwr.app import Context
 
 from raflora.config import ConfigError
 from raflora.config_io import config_from_dict
-from raflora.federation.setup import RunSetup, build_setup, derived_seed, load_data, split_among_clients
+from raflora.federation.setup import RunSetup, build_setup, derived_seed, hold_out, load_data, split_among_clients
 from raflora.ranks import client_ranks
 from raflora.tasks import build_task
 
@@ -121,7 +121,9 @@ def node_identity(data: Mapping[str, Any], node: Node, labels: Sequence[str] | N
     model built: a deployed node answers the server's QUERY in a process of its own, and building
     the model there (importing transformers) would cost seconds for nothing."""
     config = config_from_dict(node_config_data(data, node, labels) if node.declared else data)
-    shards = split_among_clients(config, load_data(build_task(config.task.name, **config.task.options), config))
+    # the examples it trains on (build_setup's): a validation hold-out is not among them
+    task = build_task(config.task.name, **config.task.options)
+    shards = split_among_clients(config, hold_out(load_data(task, config), config)[0])
     if node.declared:
         return node.rank, len(shards[0])
     n = config.federation.num_clients

@@ -11,7 +11,9 @@ Two kinds of federation; which one is the server's configuration (``declared``),
 - **declared** (nodes give their own ``rank`` and ``data-file``): the clients are the nodes that
   answered, numbered in order of their client ids for those present at the start, then in order
   of arrival; each rank is checked against ``ranks.r_max`` and the method's rank rules
-  (:meth:`Method.check_ranks`). Nodes may join after round 1 (with a rank the run already has).
+  (:meth:`Method.check_ranks`), each example count once here (a positive integer below 10**12):
+  it is the client's weight for the whole run (capped by ``federation.max_client_weight``), and a
+  train reply that says another is refused. Nodes may join after round 1 (with a rank the run already has).
 A node of the other kind is refused.
 
 A client id (a non-empty string) belongs to the node that first declared it (``owners``, kept in
@@ -33,6 +35,7 @@ from pathlib import Path
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from raflora.aggregation.validate import count_problem
 from raflora.config import Config, ConfigError
 from raflora.config_io import config_to_toml
 from raflora.runtimes.flower.records import with_run
@@ -254,6 +257,9 @@ class Roster:
             if not 0 <= member.partition_id < n:
                 return f"partition-id {member.partition_id} is not in 0..{n - 1}"
             return ""
+        problem = count_problem(member.examples)
+        if problem:
+            return f"examples must be a positive integer below 10**12, got {problem}"
         r_max = self.config.ranks.r_max
         if not 1 <= member.rank <= r_max:
             return f"rank {member.rank} is not in 1..ranks.r_max = {r_max}"

@@ -9,6 +9,9 @@ makes, in the same order, so both write the same ``metrics.jsonl``.
 Evaluation is the server's (the global model on the task's test split), so the client-side
 evaluation round of :meth:`Strategy.start` is empty.
 
+A reply's example count is not its weight: the server weights each client by what it knew before the
+round (the roster's declared count, or the client's shard), and refuses a reply that says another.
+
 Replies are matched to the messages sent by the message id Flower gave each message, never by the
 sender: when a node is gone, the SuperLink answers for it, with its own reason, which the round
 records. A round waits ``federation.round_timeout`` seconds, then closes with the replies it has.
@@ -119,6 +122,9 @@ class RafloraStrategy(Strategy):
                 f"({'; '.join(refused[c] for c in sorted(refused))})"
             )
         evaluate = (lambda split: self.evaluate_clients(sorted(turns), split)) if setup.method.private else None
+        # a declared node's weight is the count it declared when it joined (checked then), never its
+        # reply's; a simulation node's is its shard of the config's partition, which the server knows
+        counts = {c: self.roster.members[c].examples for c in turns} if self.roster.declared else None
         record = close_round(
             setup,
             self.state,
@@ -130,6 +136,7 @@ class RafloraStrategy(Strategy):
             bytes_down=sum(r["downs"].values()),
             evaluate_clients=evaluate,
             dropped=r["dropped"],
+            counts=counts,
         )
         record_round(setup, self.state, record, self.say)
         return None, round_metrics(record, setup.task.metric)

@@ -191,3 +191,118 @@ def test_a_reply_with_another_rank_or_module_is_refused(tmp_path, task_identity)
     assert reasons[0].startswith("client 0: module ") and reasons[0].endswith(": rank 8, this client's rank is 2")
     assert reasons[1] == "client 1: module 'extra' was not sent to this client"
     assert first["accepted"] == 2
+
+
+# -- replies: the server's count, the model's head ---------------------------------------------
+
+
+def test_a_reply_claiming_more_examples_is_refused(tmp_path, task_identity):
+    def tamper(client, msg, reply):
+        if client == 0:
+            reply.content["metrics"]["num-examples"] = 10**12 - 1
+        return reply
+
+    metrics = serve_synthetic(tmp_path, "run", tamper)
+    for m in metrics:
+        assert [r["client"] for r in m["rejected"]] == [0] and m["accepted"] == 3
+        reason = m["rejected"][0]["reason"]
+        assert reason.startswith("client 0: says 999999999999 examples, the server knows ") and reason[-1].isdigit()
+
+
+def change_head(reply, change):
+    from raflora.runtimes.flower.records import record_tensors, tensors_record
+
+    head = record_tensors(reply.content["head"])
+    head["head.bias"] = change(head["head.bias"])
+    reply.content["head"] = tensors_record(head)
+    return reply
+
+
+@pytest.mark.parametrize(
+    "change, why",
+    [
+        (lambda b: b + torch.tensor([1e4, 0, 0, 0]), "head change"),
+        (lambda b: torch.full_like(b, float("nan")), "head contains NaN or Inf"),
+        (lambda b: b.to(torch.complex64), "is not a number type of this machine"),
+        (lambda b: b.to(torch.int32), "has the wrong shape or dtype"),
+    ],
+)
+def test_a_head_that_is_not_the_models_refuses_the_whole_reply(tmp_path, task_identity, change, why):
+    def tamper(client, msg, reply):
+        return change_head(reply, change) if client == 1 else reply
+
+    def refuse_client_1(client, msg, reply):
+        if client == 1:
+            reply.content["up"]["factor-dtype"] = "float64"
+        return reply
+
+    metrics = serve_synthetic(tmp_path, "run", tamper)
+    plain = serve_synthetic(tmp_path, "plain", refuse_client_1)
+    for m in metrics:
+        assert [r["client"] for r in m["rejected"]] == [1] and why in m["rejected"][0]["reason"]
+    # the same global model as when client 1's reply is refused for another reason: its factors are out too
+    # (bytes_up: a reply refused when it is read made no turn, so its upload is not counted)
+    for m in metrics + plain:
+        m["rejected"] = [r["client"] for r in m["rejected"]]
+        del m["bytes_up"]
+    assert without_time(metrics) == without_time(plain)
+    state = load_file(next((tmp_path / "run" / "checkpoints").glob(f"round_*/{STATE_TENSORS}")))
+    assert all(t.dtype == torch.float32 for k, t in state.items() if k.startswith("head/"))
+
+
+def test_a_declared_count_is_checked_once_and_its_weight_capped(tmp_path, files, serve_declared, monkeypatch):
+    from raflora.aggregation.raflora import RaFLoRA
+
+    weights = []
+    aggregate = RaFLoRA.aggregate
+
+    def spy(self, updates, **kwargs):
+        result = aggregate(self, updates, **kwargs)
+        weights.append(dict(result.weights))
+        return result
+
+    monkeypatch.setattr(RaFLoRA, "aggregate", spy)
+
+    def claiming(grid):  # ana (node 7000) says 10**12 - 1 examples when she joins and in every reply
+        push = grid.push_messages
+
+        def push_messages(messages):
+            ids = push(messages)
+            for msg, i in zip(messages, ids):
+                if msg.metadata.dst_node_id == 7000 and i in grid.replies:
+                    content = grid.replies[i].content
+                    if msg.metadata.message_type == "query":
+                        content["node"]["examples"] = 10**12 - 1
+                    elif msg.metadata.message_type == "train":
+                        content["metrics"]["num-examples"] = 10**12 - 1
+            return ids
+
+        grid.push_messages = push_messages
+
+    nodes = [node("ana", 2, files), node("ben", 4, files), node("chen", 8, files)]
+    metrics, lines, _ = serve_declared(config_data(tmp_path / "run", files["server"]), nodes, grid_hook=claiming)
+    assert "client 0: 'ana', rank 2, 999999999999 examples, node 7000" in lines
+    assert all(m["accepted"] == 3 for m in metrics) and len(weights) == 2
+    for w in weights:
+        assert w[0] == 0.5  # federation.max_client_weight: FedAvg would give 0.99999999997
+        assert w[1] + w[2] == pytest.approx(0.5)
+
+
+def test_a_declared_count_of_10_12_is_refused_when_the_node_joins(tmp_path, files, task_identity):
+    from raflora.runtimes.flower.client_app import app
+    from raflora.runtimes.flower.roster import Roster
+
+    class Claiming(LocalGrid):
+        def push_messages(self, messages):
+            ids = super().push_messages(messages)
+            for msg, i in zip(messages, ids):
+                if msg.metadata.message_type == "query" and msg.metadata.dst_node_id == 7000:
+                    self.replies[i].content["node"]["examples"] = 10**12
+            return ids
+
+    lines: list[str] = []
+    roster = Roster(config_from_dict(config_data(tmp_path / "run", files["server"])), say=lines.append, declared=True)
+    grid = Claiming(app, 0, node_configs=[node("ana", 2, files), node("ben", 4, files)], run_config={})
+    roster.wait(grid, 1, wait_s=5.0)
+    assert lines[0] == "node 7000 ('ana') refused: examples must be a positive integer below 10**12, got 1000000000000"
+    assert roster.names() == ["ben"]
