@@ -265,6 +265,6 @@ def _fitting(run_dir: Path, expected: Expected) -> Path:
 
 
 def _clients(config) -> int:
-    from raflora.federation.setup import sample_size
+    from raflora.federation.sampling import sample_size
 
     return sample_size(config)

@@ -17,6 +17,7 @@ from raflora.aggregation import Method
 from raflora.client.adapters import AdapterModel
 from raflora.client.device import resolve_device
 from raflora.config import Config, ConfigError
+from raflora.federation.sampling import sample_size
 from raflora.federation.sizes import check_sizes
 from raflora.lora import fresh_factors, lora_scale
 from raflora.partition import partition
@@ -24,13 +25,6 @@ from raflora.ranks import client_ranks
 from raflora.tasks import build_task
 from raflora.tasks.base import Task, TaskData
 from raflora.tasks.common import spinner, subsample
-
-
-def sample_size(config: Config) -> int:
-    f = config.federation
-    if f.sample_count > 0:
-        return f.sample_count
-    return max(1, int(round(f.sample_fraction * f.num_clients)))
 
 
 def derived_seed(*parts) -> int:

@@ -57,7 +57,7 @@ def check_ranks_fit(config: Config, shapes: dict[str, tuple[int, int]]) -> None:
 def memory_estimate(config: Config, task: Task, model: nn.Module, shapes: dict[str, tuple[int, int]], ranks) -> dict:
     """The estimate of this module's docstring, in bytes, by part: ``model``, ``factors``,
     ``activations`` and their ``total``. ``ranks``: the clients' ranks."""
-    from raflora.federation.setup import sample_size
+    from raflora.federation.sampling import sample_size
 
     params = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     sides = sum(m + n for m, n in shapes.values())
