@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,22 +37,21 @@ def test_r_max_above_a_modules_smaller_side_is_refused(tmp_path, prepare):
     build_setup(config(tmp_path, ranks={"r_max": 16}))  # a rank of the full smaller side is one
 
 
-def test_the_cli_refuses_r_max_100000_in_seconds_with_one_line(tmp_path):
-    began = time.perf_counter()
+def test_the_cli_refuses_r_max_100000_before_any_round_with_one_line(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "raflora.cli", "run", str(ROOT / "configs" / "synthetic.toml")]
         + ["--out", str(tmp_path / "run"), "--set", "ranks.r_max=100000", "--set", "run.threads=1"],
         capture_output=True,
         text=True,
     )
-    seconds = time.perf_counter() - began
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert lines == [
         "error: ranks.r_max = 100000 is above min(m, n) = 16 of module 'fc1' (32 x 16); "
         "a LoRA rank cannot exceed the smaller side of the matrix it adapts"
     ]
-    assert seconds < 15 and not (tmp_path / "run").exists()
+    # before any work: no round ran and no run folder was made (timings are for benchmarks, not tests)
+    assert "round 1" not in done.stdout + done.stderr and not (tmp_path / "run").exists()
 
 
 def test_max_length_above_the_tiny_encoders_positions_is_refused_when_the_config_is_read(tmp_path):
