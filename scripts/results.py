@@ -350,7 +350,7 @@ what this machine lacks. Each file's header says what it needs:
 NOT_YET = """## Not measured yet
 
 - Issue 23's standard (each method at its own validation-chosen learning rate, 10 seeds, intervals)
-  holds for the synthetic task only (experiment 9). BBC News and the reasoning task have not been
+  holds for the synthetic task (experiment 9). BBC News and the reasoning task have not been
   rerun that way; Fashion-MNIST has at most the reduced experiment 10 (3 methods, 5 seeds, one tuning
   seed) where it is on this page. Each tuned Fashion-MNIST or BBC run costs 1-2 minutes of a shared
   core, so the full grid (4 learning rates x methods x tuning seeds, then 10 seeds per method) is a
