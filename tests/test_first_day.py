@@ -20,6 +20,13 @@ from raflora.folder_lock import LOCK
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _interruptible() -> None:
+    # A shell without job control starts background commands with SIGINT ignored, and a child
+    # inherits that (then Python installs no KeyboardInterrupt handler): give the CLI a terminal's
+    # Ctrl-C whatever started the test run.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
@@ -29,6 +36,7 @@ def _cli(*args: str, **kwargs) -> subprocess.Popen:
         text=True,
         env=env,
         cwd=ROOT,
+        preexec_fn=_interruptible,
         **kwargs,
     )
 
