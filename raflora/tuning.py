@@ -18,22 +18,24 @@ import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raflora.config import ConfigError
 from raflora.report.tuned import TUNED_FILE  # noqa: F401  (where a comparison writes its choices)
 
+if TYPE_CHECKING:
+    from raflora.report.load import Run
 
-def _validation(folder: Path, metric: str) -> tuple[float, float]:
-    """The last record's validation metric and loss of the run in ``folder``."""
-    lines = (folder / "metrics.jsonl").read_text().splitlines() if (folder / "metrics.jsonl").is_file() else []
-    if not lines:
-        raise ConfigError(f"--tuned: {folder} holds no finished round")
-    last = json.loads(lines[-1])
-    value, loss = last.get(f"val_{metric}"), last.get("val_loss")
+
+def _validation(run: Run) -> tuple[float, float]:
+    """The last record's validation metric and loss of ``run``."""
+    if not run.records:
+        raise ConfigError(f"--tuned: {run.path} holds no finished round")
+    last = run.records[-1]
+    value, loss = last.get(f"val_{run.metric}"), last.get("val_loss")
     if value is None:
         raise ConfigError(
-            f"--tuned: {folder} has no validation numbers (val_{metric}); run the sweep with "
+            f"--tuned: {run.path} has no validation numbers (val_{run.metric}); run the sweep with "
             "--set eval.validation=0.2 so that the choice never reads the test split"
         )
     return float(value), float("inf") if loss is None else float(loss)
@@ -62,11 +64,10 @@ def choose(sweep_folder: str | Path, methods: Sequence[str]) -> dict[str, dict[s
             )
         scores = {}
         for cell in cells:
-            try:
-                metric = load_run(folder / cell["runs"][0]).metric
+            try:  # each run read once, by the report's reader (config and metrics)
+                values = [_validation(load_run(folder / run)) for run in cell["runs"]]
             except ReportError as err:
                 raise ConfigError(f"--tuned: {err}") from None
-            values = [_validation(folder / run, metric) for run in cell["runs"]]
             scores[cell["point"]] = (
                 statistics.fmean(v for v, _ in values),
                 statistics.fmean(loss for _, loss in values),
