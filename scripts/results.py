@@ -51,7 +51,7 @@ from raflora.report.tables import (  # noqa: E402
     spread,
     sweep_rows,
 )
-from raflora.report.tuned import TUNED_FILE  # noqa: E402
+from raflora.report.tuned import load_tuned  # noqa: E402
 
 HEADER = """# Results
 
@@ -193,12 +193,7 @@ def trace_table(folder: Path, runs: dict, label: str) -> list[str]:
 
 def _tuned(folder: Path, parts: list[str]) -> dict:
     """The per-method choices of the experiment's tuned comparisons (their ``tuned.json``)."""
-    tuned: dict = {}
-    for part in parts:
-        path = folder / part / TUNED_FILE
-        if path.is_file():
-            tuned.update(json.loads(path.read_text()))
-    return tuned
+    return {method: choice for part in parts for method, choice in load_tuned([folder / part]).items()}
 
 
 def experiment_report(folder: Path) -> tuple[dict, dict]:
